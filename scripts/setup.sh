@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the lab and the tests need on a fresh Debian 12 machine (run as root):
+# build tools (protoc for etcd-client), runc, a real OCI registry, skopeo, dbus and iproute2 for the
+# simulated hosts, and Debian's etcd 3.4.23 (bookworm), 3.5.16 (trixie), 3.5.30 (sid) extracted
+# side by side under $RUNC_ETCD_LAB_CACHE/etcd/<version>/ (nothing from trixie/sid is installed:
+# a private apt state dir downloads the .debs, dpkg -x unpacks them).
+set -euo pipefail
+CACHE=${RUNC_ETCD_LAB_CACHE:-/var/cache/runc-etcd-lab}
+SUITES=${SUITES:-bookworm trixie sid}
+
+if ! [ -f /usr/include/google/protobuf/descriptor.proto ] || ! command -v protoc >/dev/null || ! command -v runc >/dev/null || ! command -v docker-registry >/dev/null \
+   || ! command -v skopeo >/dev/null || ! command -v dbus-daemon >/dev/null || ! command -v ip >/dev/null; then
+  apt-get update -q >/dev/null
+  # --no-upgrade: the simulated hosts boot on an overlay of this machine's / and must not see it change
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade \
+    protobuf-compiler libprotobuf-dev runc docker-registry skopeo dbus iproute2 util-linux procps systemd ca-certificates >/dev/null
+fi
+
+A=$CACHE/apt
+mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/debs" "$CACHE/etcd"
+: > "$A/sources.list"
+for s in $SUITES; do
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $s main" >> "$A/sources.list"
+done
+APT=(-o Dir::Etc::SourceList="$A/sources.list" -o Dir::Etc::SourceParts=/dev/null
+     -o Dir::State::Lists="$A/lists" -o Dir::Cache="$A/cache" -o APT::Default-Release=
+     -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+apt-get "${APT[@]}" update -q >/dev/null
+cd "$A/debs"
+for p in etcd-server etcd-client; do
+  for v in $(apt-cache "${APT[@]}" madison $p | awk -F'|' '{gsub(/ /,"",$2); print $2}' | sort -u); do
+    ls "${p}_$(echo "$v" | sed 's/:/%3a/')"_*.deb >/dev/null 2>&1 || apt-get "${APT[@]}" download "$p=$v" >/dev/null
+  done
+done
+# one directory per upstream etcd version holding etcd, etcdctl and (3.5+) etcdutl
+for deb in "$A"/debs/*.deb; do
+  ver=$(dpkg-deb -f "$deb" Version); up=${ver#*:}; up=${up%%[-+]*}; up=${up%%~*}
+  x=$A/x/$(basename "$deb" .deb); [ -d "$x" ] || { mkdir -p "$x"; dpkg -x "$deb" "$x"; }
+  mkdir -p "$CACHE/etcd/$up"
+  for b in etcd etcdctl etcdutl; do
+    [ -f "$x/usr/bin/$b" ] && [ ! -L "$x/usr/bin/$b" ] && cp -a "$x/usr/bin/$b" "$CACHE/etcd/$up/"
+  done
+done
+for d in "$CACHE"/etcd/*/; do echo "etcd $(basename "$d"): $(ls "$d" | tr '\n' ' ')"; done

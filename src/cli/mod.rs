@@ -1,0 +1,67 @@
+//! The `runc-etcd` command line. Subcommands map one to one onto library calls.
+
+mod host;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "runc-etcd", version, about = "etcd clusters on the hosts themselves: systemd → runc → etcd")]
+pub struct Cli {
+    /// Log every step in detail.
+    #[arg(long, short = 'x', global = true, env = "RUNC_ETCD_DEBUG")]
+    pub debug: bool,
+    /// Logs as JSON lines (for collectors) instead of text for a person.
+    #[arg(long, global = true, env = "RUNC_ETCD_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the etcd member of this host by hand, with no Kubernetes (the runc-etcd.sh actions).
+    Host(host::HostArgs),
+}
+
+pub fn init_tracing(debug: bool, json: bool) {
+    let filter = if debug { "runc_etcd=debug,info" } else { "runc_etcd=info,warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNC_ETCD_LOG").unwrap_or_else(|_| filter.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.without_time().with_target(false).init();
+    }
+}
+
+/// Installs aws-lc-rs as rustls' process-wide provider: oci-client and etcd-client both use
+/// rustls, and with no default chosen rustls panics at the first TLS connection.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.debug, cli.log_json);
+    install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Host(args) => host::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            // 2: fix the input; 1: something on the host or in etcd failed.
+            ExitCode::from(if e.is_user_error() { 2 } else { 1 })
+        }
+    }
+}

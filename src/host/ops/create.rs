@@ -1,0 +1,181 @@
+//! `create` (the seed of a new cluster) and `join` (a learner that is promoted once caught up).
+
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+use crate::host::etcd::{self, MemberInfo};
+use crate::host::member::{ClusterState, MemberRecord};
+use crate::host::{Engine, check_listen, image, systemd};
+use crate::names::{InstanceName, MemberName, check_ports, url};
+
+use super::{HEALTH_TIMEOUT, PROMOTE_TIMEOUT, REMOVE_TIMEOUT};
+
+/// What `create` and `join` are asked for.
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub instance: InstanceName,
+    pub name: MemberName,
+    pub ip: IpAddr,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub image: String,
+}
+
+impl NewMember {
+    fn peer_url(&self) -> String {
+        url("http", self.ip, self.peer_port)
+    }
+}
+
+/// Checks that need no network: names, ports, the address, no member here yet.
+fn preflight(engine: &Engine, m: &NewMember) -> Result<()> {
+    check_ports(m.client_port, m.peer_port)?;
+    if engine.load(&m.instance)?.is_some() {
+        return Err(Error::Refused(format!(
+            "this host already runs a member of cluster {}; see `runc-etcd host status`, or remove it first",
+            m.instance
+        )));
+    }
+    check_listen(m.ip, m.client_port, m.peer_port)
+}
+
+/// Writes the files, starts the unit and waits until etcd is healthy. On failure the unit is
+/// stopped and the files are archived, so the host is as before (but for the archive).
+async fn install_and_start(engine: &Engine, record: &MemberRecord, rootfs: &std::path::Path) -> Result<()> {
+    let started = async {
+        engine.install_unit().await?;
+        engine.write_member_files(record, rootfs)?;
+        tracing::info!("starting {}", systemd::unit_name(&record.instance));
+        systemd::enable_and_start(&record.instance).await
+    }
+    .await;
+    if let Err(e) = started {
+        rollback(engine, &record.instance).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn rollback(engine: &Engine, instance: &InstanceName) {
+    tracing::warn!("undoing: stopping {} and archiving its files", systemd::unit_name(instance));
+    if let Err(e) = systemd::stop_and_disable(instance).await {
+        tracing::warn!("could not stop {}: {e}", systemd::unit_name(instance));
+    }
+    match engine.archive_member(instance, "failed") {
+        Ok(dir) => tracing::warn!("files of the failed member kept in {}", dir.display()),
+        Err(e) => tracing::warn!("could not archive the failed member: {e}"),
+    }
+}
+
+pub async fn create(engine: &Engine, m: NewMember) -> Result<MemberRecord> {
+    let _lock = engine.lock(&m.instance)?;
+    preflight(engine, &m)?;
+    let img = image::ensure(&engine.layout.images_dir(), &m.image, &engine.pull).await?;
+    let record = MemberRecord {
+        instance: m.instance.clone(),
+        name: m.name.clone(),
+        ip: m.ip,
+        client_port: m.client_port,
+        peer_port: m.peer_port,
+        image: img.record,
+        previous_image: None,
+        initial_cluster: vec![(m.name.clone(), m.peer_url())],
+        initial_cluster_state: ClusterState::New,
+        cluster_token: m.instance.to_string(),
+        hide_initial_cluster: false,
+    };
+    install_and_start(engine, &record, &img.rootfs).await?;
+    if let Err(e) = etcd::wait_healthy(&record.client_url(), HEALTH_TIMEOUT).await {
+        rollback(engine, &m.instance).await;
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// Whether a member listed by etcd is the one we are about to (or did) add.
+fn is_us(member: &MemberInfo, peer_url: &str) -> bool {
+    member.peer_urls.iter().any(|u| u == peer_url)
+}
+
+pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<MemberRecord> {
+    let _lock = engine.lock(&m.instance)?;
+    preflight(engine, &m)?;
+    let endpoint_fix = "pass the client URL of a healthy member, e.g. --endpoint http://10.0.0.11:2379";
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err(Error::invalid("--endpoint", format!("{endpoint:?} is not a URL"), endpoint_fix));
+    }
+    // The cluster must be reachable and have quorum before we touch anything.
+    etcd::endpoint_health(endpoint).await.map_err(|e| {
+        Error::invalid("--endpoint", format!("the cluster at {endpoint} is not reachable or not healthy: {e}"), endpoint_fix)
+    })?;
+    let client = etcd::connect(&[endpoint.to_string()]).await?;
+    let members = etcd::members(&client).await?;
+    let peer_url = m.peer_url();
+    if let Some(clash) = members.iter().find(|x| x.name == m.name.as_str() && !is_us(x, &peer_url)) {
+        return Err(Error::invalid(
+            "--name",
+            format!("member {:x} of that cluster is already named {}", clash.id, m.name),
+            "choose another --name",
+        ));
+    }
+    if members.iter().any(|x| is_us(x, &peer_url) && x.started()) {
+        return Err(Error::Refused(format!(
+            "{peer_url} is already a started member of that cluster; remove it there first (`member remove`)"
+        )));
+    }
+    let img = image::ensure(&engine.layout.images_dir(), &m.image, &engine.pull).await?;
+
+    // Resume a join that was interrupted after `member add`: that learner is ours.
+    let id = match members.iter().find(|x| is_us(x, &peer_url)) {
+        Some(existing) => {
+            tracing::info!("member {:x} with {peer_url} is already registered; resuming the join", existing.id);
+            existing.id
+        }
+        None => {
+            tracing::info!("registering {} ({peer_url}) as a learner", m.name);
+            etcd::add_learner(&client, &peer_url).await?
+        }
+    };
+    let mut initial_cluster: Vec<(MemberName, String)> = members
+        .iter()
+        .filter(|x| x.started() && !is_us(x, &peer_url))
+        .filter_map(|x| Some((MemberName::new(x.name.clone()).ok()?, x.peer_urls.first()?.clone())))
+        .collect();
+    initial_cluster.push((m.name.clone(), peer_url.clone()));
+    let record = MemberRecord {
+        instance: m.instance.clone(),
+        name: m.name.clone(),
+        ip: m.ip,
+        client_port: m.client_port,
+        peer_port: m.peer_port,
+        image: img.record,
+        previous_image: None,
+        initial_cluster,
+        initial_cluster_state: ClusterState::Existing,
+        cluster_token: m.instance.to_string(),
+        hide_initial_cluster: false,
+    };
+    let joined = async {
+        install_and_start(engine, &record, &img.rootfs).await?;
+        tracing::info!("waiting for learner {id:x} to catch up, then promoting it");
+        etcd::promote(&client, id, PROMOTE_TIMEOUT).await?;
+        etcd::wait_healthy(&record.client_url(), HEALTH_TIMEOUT).await
+    }
+    .await;
+    if let Err(e) = joined {
+        // Still a learner: it holds no vote, so removing it cannot hurt quorum. A promoted member
+        // stays: it is a voter now, and stopping it would only take a vote away.
+        let still_learner = etcd::members(&client)
+            .await
+            .map(|ms| ms.iter().any(|x| x.id == id && x.is_learner))
+            .unwrap_or(false);
+        if still_learner {
+            rollback(engine, &m.instance).await;
+            if let Err(re) = etcd::remove(&client, id, REMOVE_TIMEOUT).await {
+                tracing::warn!("could not deregister learner {id:x}: {re}; run `member remove {id:x}`");
+            }
+        }
+        return Err(e);
+    }
+    Ok(record)
+}

@@ -1,0 +1,59 @@
+//! `upgrade`: swap a member's image. The new image is pulled and unpacked before anything is
+//! stopped; the old rootfs stays for rollback (`upgrade --image <old>` goes back).
+
+use crate::error::{Error, Result};
+use crate::host::etcd;
+use crate::host::{Engine, image, systemd};
+use crate::names::InstanceName;
+
+use super::HEALTH_TIMEOUT;
+
+#[derive(Debug)]
+pub struct UpgradeReport {
+    pub from: String,
+    pub to: String,
+    /// etcd's version as the upgraded member reports it.
+    pub version: String,
+    pub changed: bool,
+}
+
+pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, force: bool) -> Result<UpgradeReport> {
+    let _lock = engine.lock(instance)?;
+    let mut record = engine.require(instance)?;
+    let img = image::ensure(&engine.layout.images_dir(), reference, &engine.pull).await?;
+    let from = record.image.reference.clone();
+    if img.record.digest == record.image.digest {
+        let version = etcd::endpoint_status(&record.client_url()).await.map(|s| s.version).unwrap_or_default();
+        return Ok(UpgradeReport { from, to: reference.into(), version, changed: false });
+    }
+    // Taking a member down is only safe if the others keep quorum without it.
+    if !force {
+        let client = etcd::connect(&[record.client_url()]).await?;
+        for m in etcd::members(&client).await?.iter().filter(|m| !m.is_learner) {
+            let Some(ep) = m.client_urls.first() else { continue };
+            if let Err(e) = etcd::endpoint_health(ep).await {
+                return Err(Error::Refused(format!(
+                    "member {} is not healthy ({e}): upgrade one member at a time, on a healthy cluster. Pass --force to upgrade anyway",
+                    m.name
+                )));
+            }
+        }
+    }
+    tracing::info!("stopping {} to swap {} -> {}", systemd::unit_name(instance), from, reference);
+    systemd::stop(instance).await?;
+    record.previous_image = Some(record.image.clone());
+    record.image = img.record;
+    engine.write_member_files(&record, &img.rootfs)?;
+    systemd::start(instance).await?;
+    let status = etcd::wait_healthy(&record.client_url(), HEALTH_TIMEOUT).await.map_err(|e| {
+        Error::transient(
+            format!("upgrade of {instance} to {reference}"),
+            format!(
+                "the member did not come back healthy: {e}. The previous image is kept: \
+                 `runc-etcd host upgrade --cluster {instance} --image {from}` goes back"
+            ),
+        )
+    })?;
+    let _ = engine.gc_images();
+    Ok(UpgradeReport { from, to: reference.into(), version: status.version, changed: true })
+}

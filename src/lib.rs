@@ -1,0 +1,16 @@
+//! runc-etcd: etcd clusters on the hosts themselves (systemd → runc → etcd).
+//!
+//! - [`host`]: the host engine (images, bundles, units, etcd membership) — no Kubernetes.
+//! - [`cli`]: the `runc-etcd` command line.
+//! - [`lab`]: simulated hosts with a real systemd, runc, etcd and registry, for tests and demos.
+
+pub mod cli;
+pub mod error;
+pub mod host;
+pub mod lab;
+pub mod names;
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::{Error, Result};

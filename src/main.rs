@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    runc_etcd::cli::main()
+}
