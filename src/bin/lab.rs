@@ -1,1 +1,106 @@
-fn main(){}
+//! `runc-etcd-lab`: simulated hosts for trying runc-etcd by hand (the tests use the same lab).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use runc_etcd::lab::{self, Lab};
+
+#[derive(Parser)]
+#[command(name = "runc-etcd-lab", about = "Simulated systemd hosts with runc, etcd images and a registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot hosts and a registry; with --cluster, create a cluster on them with `runc-etcd host`.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: u8,
+        /// etcd version (image tag) for the cluster.
+        #[arg(long, default_value = "3.5.16")]
+        version: String,
+        /// Only boot the hosts.
+        #[arg(long)]
+        no_cluster: bool,
+    },
+    /// Run a command on a host of a kept lab, e.g. `exec 1 h2 -- runc-etcd host status`.
+    Exec {
+        lab: u8,
+        host: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Tear down every kept lab.
+    Down,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Up { hosts, version, no_cluster } => up(hosts, &version, no_cluster),
+        Cmd::Exec { lab, host, command } => {
+            let Some(h) = lab::kept_hosts(lab).into_iter().find(|h| h.name() == host) else {
+                eprintln!("no running host {host} in lab {lab} (see `runc-etcd-lab up`)");
+                return ExitCode::FAILURE;
+            };
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            let out = h.exec(&args).expect("nsenter runs");
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            ExitCode::from(out.status.code().unwrap_or(1) as u8)
+        }
+        Cmd::Down => {
+            for id in lab::kept_labs() {
+                lab::cleanup_stale(id, &std::path::Path::new(lab::LAB_ROOT).join(id.to_string()));
+                println!("lab {id} down");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
+    let bin_dir = std::env::current_exe().expect("own path").parent().expect("bin dir").to_path_buf();
+    let mut lab = match Lab::up(hosts, &bin_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    lab.keep = true;
+    println!("lab {}: registry {} with etcd {}", lab.id, lab.registry_address(), lab.versions.join(", "));
+    for h in &lab.hosts {
+        println!("  {} {} (network namespace {})", h.name(), h.ip(), h.ns());
+    }
+    if !no_cluster {
+        let image = lab.image(version);
+        let first = lab.host(1).ip().to_string();
+        for h in &lab.hosts {
+            let ip = h.ip().to_string();
+            let args: Vec<&str> = if h.n == 1 {
+                vec!["host", "create", "--ip", &ip, "--image", &image]
+            } else {
+                vec!["host", "join", "--ip", &ip, "--image", &image, "--endpoint", &format!("http://{first}:2379")]
+                    .into_iter()
+                    .map(|s| &*Box::leak(s.to_string().into_boxed_str()))
+                    .collect()
+            };
+            println!("\n$ {}: runc-etcd {}", h.name(), args.join(" "));
+            let out = h.cli(&args);
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            if !out.status.success() {
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let id = lab.id;
+    println!("\nReach it:");
+    println!("  runc-etcd-lab exec {id} h1 -- runc-etcd host status");
+    println!("  runc-etcd-lab exec {id} h2 -- journalctl -u runc-etcd@etcd --no-pager");
+    println!("  ip netns exec {} <etcdctl…> --endpoints http://{}:2379", lab.client_ns(), lab.host(1).ip());
+    println!("  runc-etcd-lab down");
+    ExitCode::SUCCESS
+}

@@ -32,7 +32,8 @@ pub fn init_tracing(debug: bool, json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.without_time().with_target(false).init();
+        use std::io::IsTerminal;
+        builder.without_time().with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 

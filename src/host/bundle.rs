@@ -6,7 +6,7 @@ use std::path::Path;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, RootBuilder, Spec,
+    RootBuilder, Spec,
 };
 
 use crate::host::layout::{MemberPaths, container};
@@ -63,14 +63,9 @@ fn spec(
     capabilities.set_inheritable(None);
     capabilities.set_ambient(None);
     process.set_capabilities(Some(capabilities));
-    process.set_rlimits(Some(vec![
-        PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(65536u64)
-            .soft(65536u64)
-            .build()
-            .expect("rlimit fields are all set"),
-    ]));
+    // No rlimits here: runc hands its own (the unit's LimitNOFILE=) to etcd, and could not
+    // raise them itself once capabilities are dropped.
+    process.set_rlimits(None);
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.push(bind(&paths.data(), container::DATA, false));

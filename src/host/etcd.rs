@@ -186,24 +186,6 @@ pub async fn endpoint_health(endpoint: &str) -> Result<EndpointStatus> {
     Ok(status)
 }
 
-/// Waits until `endpoint` is healthy.
-pub async fn wait_healthy(endpoint: &str, timeout: Duration) -> Result<EndpointStatus> {
-    let start = Instant::now();
-    loop {
-        match endpoint_health(endpoint).await {
-            Ok(s) => return Ok(s),
-            Err(e) if start.elapsed() >= timeout => {
-                return Err(Error::Timeout {
-                    what: format!("etcd at {endpoint} becoming healthy"),
-                    secs: timeout.as_secs(),
-                    last: e.to_string(),
-                });
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-        }
-    }
-}
-
 /// Streams a snapshot of `endpoint`'s backend into `path` (written to `path.part`, renamed at the
 /// end). Returns its size and sha256.
 pub async fn snapshot(endpoint: &str, path: &Path) -> Result<(u64, String)> {

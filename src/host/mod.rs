@@ -164,6 +164,30 @@ impl Engine {
         image::gc(&self.layout.images_dir(), &keep)
     }
 
+    /// Waits until the member serves, failing early (with its log) when the unit keeps crashing.
+    pub async fn wait_member_healthy(&self, record: &MemberRecord, timeout: std::time::Duration) -> Result<etcd::EndpointStatus> {
+        let start = std::time::Instant::now();
+        let first_restarts = systemd::show(&record.instance).await.map(|s| s.n_restarts).unwrap_or(0);
+        loop {
+            let last = match etcd::endpoint_health(&record.client_url()).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e.to_string(),
+            };
+            let unit = systemd::show(&record.instance).await?;
+            let crashing = unit.n_restarts >= first_restarts + 3;
+            if crashing || start.elapsed() >= timeout {
+                let why = if crashing { format!("the unit restarted {} times", unit.n_restarts - first_restarts) } else { last };
+                let log = systemd::journal_tail(&record.instance, 8).await;
+                return Err(Error::Timeout {
+                    what: format!("etcd of {} becoming healthy", systemd::unit_name(&record.instance)),
+                    secs: start.elapsed().as_secs(),
+                    last: format!("{why}; its log ends with:\n{log}"),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+
     /// Serialises engine actions on one instance (host CLI and agent alike).
     pub fn lock(&self, instance: &InstanceName) -> Result<InstanceLock> {
         std::fs::create_dir_all(&self.layout.state_dir).ctx("creating the state dir", &self.layout.state_dir)?;

@@ -109,3 +109,12 @@ pub async fn show(instance: &InstanceName) -> Result<UnitState> {
         main_pid: get("MainPID").parse().unwrap_or(0),
     })
 }
+
+/// The last lines the unit logged, for error messages.
+pub async fn journal_tail(instance: &InstanceName, lines: u32) -> String {
+    let out = Command::new("journalctl")
+        .args(["--no-pager", "-o", "cat", "-n", &lines.to_string(), "-u", &unit_name(instance)])
+        .output()
+        .await;
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}

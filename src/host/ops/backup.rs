@@ -138,7 +138,7 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
     let _ = std::fs::remove_dir_all(&work);
     engine.write_member_files(&new, &engine.rootfs(&new)?)?;
     systemd::enable_and_start(instance).await?;
-    etcd::wait_healthy(&new.client_url(), HEALTH_TIMEOUT).await?;
+    engine.wait_member_healthy(&new, HEALTH_TIMEOUT).await?;
     Ok(RestoreReport {
         snapshot,
         backup_before,

@@ -85,7 +85,7 @@ pub async fn create(engine: &Engine, m: NewMember) -> Result<MemberRecord> {
         hide_initial_cluster: false,
     };
     install_and_start(engine, &record, &img.rootfs).await?;
-    if let Err(e) = etcd::wait_healthy(&record.client_url(), HEALTH_TIMEOUT).await {
+    if let Err(e) = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await {
         rollback(engine, &m.instance).await;
         return Err(e);
     }
@@ -159,7 +159,7 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
         install_and_start(engine, &record, &img.rootfs).await?;
         tracing::info!("waiting for learner {id:x} to catch up, then promoting it");
         etcd::promote(&client, id, PROMOTE_TIMEOUT).await?;
-        etcd::wait_healthy(&record.client_url(), HEALTH_TIMEOUT).await
+        engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await
     }
     .await;
     if let Err(e) = joined {

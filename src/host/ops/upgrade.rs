@@ -45,7 +45,7 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
     record.image = img.record;
     engine.write_member_files(&record, &img.rootfs)?;
     systemd::start(instance).await?;
-    let status = etcd::wait_healthy(&record.client_url(), HEALTH_TIMEOUT).await.map_err(|e| {
+    let status = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await.map_err(|e| {
         Error::transient(
             format!("upgrade of {instance} to {reference}"),
             format!(
