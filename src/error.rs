@@ -19,11 +19,7 @@ pub enum Error {
     #[error("{what}: {message}")]
     Transient { what: String, message: String },
     #[error("{what} did not happen within {secs}s: {last}")]
-    Timeout {
-        what: String,
-        secs: u64,
-        last: String,
-    },
+    Timeout { what: String, secs: u64, last: String },
     #[error("{context} ({path}): {source}")]
     Io {
         context: &'static str,

@@ -86,7 +86,11 @@ label_type!(
 pub fn check_member_ip(ip: IpAddr) -> Result<IpAddr> {
     let fix = "pass an address assigned to one of this host's interfaces, e.g. --ip 10.0.0.11";
     if ip.is_unspecified() || ip.is_multicast() {
-        return Err(Error::invalid("--ip", format!("{ip} cannot be advertised to peers"), fix));
+        return Err(Error::invalid(
+            "--ip",
+            format!("{ip} cannot be advertised to peers"),
+            fix,
+        ));
     }
     Ok(ip)
 }
@@ -113,7 +117,11 @@ pub fn url(scheme: &str, ip: IpAddr, port: u16) -> String {
 /// Client and peer ports must be distinct and non-zero.
 pub fn check_ports(client: u16, peer: u16) -> Result<()> {
     if client == 0 || peer == 0 {
-        return Err(Error::invalid("--client-port/--peer-port", "port 0 is not a port etcd can advertise", "use 1-65535"));
+        return Err(Error::invalid(
+            "--client-port/--peer-port",
+            "port 0 is not a port etcd can advertise",
+            "use 1-65535",
+        ));
     }
     if client == peer {
         return Err(Error::invalid(
@@ -138,7 +146,21 @@ mod tests {
 
     #[test]
     fn labels_refuse_what_could_escape_a_path_or_unit() {
-        for bad in ["", "-a", "a-", ".a", "a..b", "A", "a/b", "a b", "a\nb", "../x", "a%i", "ä", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            ".a",
+            "a..b",
+            "A",
+            "a/b",
+            "a b",
+            "a\nb",
+            "../x",
+            "a%i",
+            "ä",
+            &"a".repeat(64),
+        ] {
             let e = MemberName::new(bad).unwrap_err();
             assert!(e.to_string().contains("--name"), "{bad:?}: {e}");
         }
@@ -154,7 +176,12 @@ mod tests {
 
     #[test]
     fn ports_must_differ() {
-        assert!(check_ports(2379, 2379).unwrap_err().to_string().contains("different ports"));
+        assert!(
+            check_ports(2379, 2379)
+                .unwrap_err()
+                .to_string()
+                .contains("different ports")
+        );
         check_ports(2379, 2380).unwrap();
     }
 }

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use runc_etcd::lab::{self, Lab};
 
 #[derive(Parser)]
-#[command(name = "runc-etcd-lab", about = "Simulated systemd hosts with runc, etcd images and a registry")]
+#[command(
+    name = "runc-etcd-lab",
+    about = "Simulated systemd hosts with runc, etcd images and a registry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -32,13 +35,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Tear down every kept lab.
+    /// Tear down every lab no running process holds (kept ones, and leftovers of killed runs).
     Down,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Up { hosts, version, no_cluster } => up(hosts, &version, no_cluster),
+        Cmd::Up {
+            hosts,
+            version,
+            no_cluster,
+        } => up(hosts, &version, no_cluster),
         Cmd::Exec { lab, host, command } => {
             let Some(h) = lab::kept_hosts(lab).into_iter().find(|h| h.name() == host) else {
                 eprintln!("no running host {host} in lab {lab} (see `runc-etcd-lab up`)");
@@ -51,8 +58,7 @@ fn main() -> ExitCode {
             ExitCode::from(out.status.code().unwrap_or(1) as u8)
         }
         Cmd::Down => {
-            for id in lab::kept_labs() {
-                lab::cleanup_stale(id, &std::path::Path::new(lab::LAB_ROOT).join(id.to_string()));
+            for id in lab::down_all() {
                 println!("lab {id} down");
             }
             ExitCode::SUCCESS
@@ -61,7 +67,11 @@ fn main() -> ExitCode {
 }
 
 fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
-    let bin_dir = std::env::current_exe().expect("own path").parent().expect("bin dir").to_path_buf();
+    let bin_dir = std::env::current_exe()
+        .expect("own path")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
     let mut lab = match Lab::up(hosts, &bin_dir) {
         Ok(l) => l,
         Err(e) => {
@@ -70,7 +80,12 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
         }
     };
     lab.keep = true;
-    println!("lab {}: registry {} with etcd {}", lab.id, lab.registry_address(), lab.versions.join(", "));
+    println!(
+        "lab {}: registry {} with etcd {}",
+        lab.id,
+        lab.registry_address(),
+        lab.versions.join(", ")
+    );
     for h in &lab.hosts {
         println!("  {} {} (network namespace {})", h.name(), h.ip(), h.ns());
     }
@@ -82,10 +97,19 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
             let args: Vec<&str> = if h.n == 1 {
                 vec!["host", "create", "--ip", &ip, "--image", &image]
             } else {
-                vec!["host", "join", "--ip", &ip, "--image", &image, "--endpoint", &format!("http://{first}:2379")]
-                    .into_iter()
-                    .map(|s| &*Box::leak(s.to_string().into_boxed_str()))
-                    .collect()
+                vec![
+                    "host",
+                    "join",
+                    "--ip",
+                    &ip,
+                    "--image",
+                    &image,
+                    "--endpoint",
+                    &format!("http://{first}:2379"),
+                ]
+                .into_iter()
+                .map(|s| &*Box::leak(s.to_string().into_boxed_str()))
+                .collect()
             };
             println!("\n$ {}: runc-etcd {}", h.name(), args.join(" "));
             let out = h.cli(&args);
@@ -100,7 +124,11 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
     println!("\nReach it:");
     println!("  runc-etcd-lab exec {id} h1 -- runc-etcd host status");
     println!("  runc-etcd-lab exec {id} h2 -- journalctl -u runc-etcd@etcd --no-pager");
-    println!("  ip netns exec {} <etcdctl…> --endpoints http://{}:2379", lab.client_ns(), lab.host(1).ip());
+    println!(
+        "  ip netns exec {} <etcdctl…> --endpoints http://{}:2379",
+        lab.client_ns(),
+        lab.host(1).ip()
+    );
     println!("  runc-etcd-lab down");
     ExitCode::SUCCESS
 }

@@ -23,7 +23,12 @@ pub struct HostArgs {
     #[arg(long, global = true, env = "RUNC_ETCD_RUNC")]
     runc: Option<PathBuf>,
     /// A registry (host:port) to reach over plain HTTP instead of HTTPS. Repeatable.
-    #[arg(long = "insecure-registry", global = true, env = "RUNC_ETCD_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "RUNC_ETCD_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     insecure_registries: Vec<String>,
     #[command(subcommand)]
     action: Action,
@@ -132,7 +137,11 @@ pub async fn run(args: HostArgs) -> Result<()> {
     match args.action {
         Action::Create(a) => {
             let m = engine::create(&engine, new_member(instance.clone(), a)?).await?;
-            println!("Created cluster {instance} with member {} at {}", m.name, m.client_url());
+            println!(
+                "Created cluster {instance} with member {} at {}",
+                m.name,
+                m.client_url()
+            );
             print_status(&engine::status(&engine, &instance).await?);
             println!("Command reference");
             print_reference(&me, &instance, Some(&m.client_url()));
@@ -161,7 +170,10 @@ pub async fn run(args: HostArgs) -> Result<()> {
             let r = engine::upgrade(&engine, &instance, &image, force).await?;
             if r.changed {
                 println!("Upgraded {instance}: {} -> {} (etcd {})", r.from, r.to, r.version);
-                println!("Previous image kept for rollback: {me} host upgrade --cluster {instance} --image {}", r.from);
+                println!(
+                    "Previous image kept for rollback: {me} host upgrade --cluster {instance} --image {}",
+                    r.from
+                );
             } else {
                 println!("{instance} already runs {} (etcd {}); nothing to do", r.to, r.version);
             }
@@ -172,7 +184,10 @@ pub async fn run(args: HostArgs) -> Result<()> {
             println!("Backed up at {}:", b.dir.display());
             println!("  snapshot.db  {} bytes  sha256 {}", b.size, b.sha256);
             println!("  etcd {}  raft index {}", b.etcd_version, b.raft_index);
-            println!("Restore with: {me} host restore --cluster {instance} --snapshot {} --yes", b.dir.display());
+            println!(
+                "Restore with: {me} host restore --cluster {instance} --snapshot {} --yes",
+                b.dir.display()
+            );
         }
         Action::Restore { snapshot, yes } => {
             let r = engine::restore(&engine, &instance, &snapshot, yes).await?;
@@ -191,7 +206,10 @@ pub async fn run(args: HostArgs) -> Result<()> {
         }
         Action::HideInitCluster => {
             engine::hide_init_cluster(&engine, &instance)?;
-            println!("initial-cluster is no longer written to {}", engine.paths(&instance).etcd_conf().display());
+            println!(
+                "initial-cluster is no longer written to {}",
+                engine.paths(&instance).etcd_conf().display()
+            );
         }
     }
     Ok(())
@@ -233,8 +251,14 @@ fn print_status(s: &ClusterStatus) {
     let urls = s.client_urls();
     println!("For copy & paste:");
     println!("ETCDCTL_ENDPOINTS={}", urls.join(","));
-    println!("{}", urls.iter().map(|u| format!("etcd:{u}")).collect::<Vec<_>>().join(","));
-    let hosts: Vec<&str> = urls.iter().map(|u| u.split_once("://").map_or(u.as_str(), |x| x.1)).collect();
+    println!(
+        "{}",
+        urls.iter().map(|u| format!("etcd:{u}")).collect::<Vec<_>>().join(",")
+    );
+    let hosts: Vec<&str> = urls
+        .iter()
+        .map(|u| u.split_once("://").map_or(u.as_str(), |x| x.1))
+        .collect();
     println!("etcd://{}", hosts.join(","));
 }
 
@@ -246,4 +270,3 @@ fn print_reference(me: &str, instance: &InstanceName, endpoint: Option<&str>) {
         println!("Expand cluster:   {me} host join --cluster {instance} --endpoint {ep} --ip <this host's IP>");
     }
 }
-

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "runc-etcd", version, about = "etcd clusters on the hosts themselves: systemd → runc → etcd")]
+#[command(
+    name = "runc-etcd",
+    version,
+    about = "etcd clusters on the hosts themselves: systemd → runc → etcd"
+)]
 pub struct Cli {
     /// Log every step in detail.
     #[arg(long, short = 'x', global = true, env = "RUNC_ETCD_DEBUG")]
@@ -26,14 +30,24 @@ pub enum Command {
 }
 
 pub fn init_tracing(debug: bool, json: bool) {
-    let filter = if debug { "runc_etcd=debug,info" } else { "runc_etcd=info,warn" };
+    let filter = if debug {
+        "runc_etcd=debug,info"
+    } else {
+        "runc_etcd=info,warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNC_ETCD_LOG").unwrap_or_else(|_| filter.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
         use std::io::IsTerminal;
-        builder.without_time().with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
+        builder
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     }
 }
 

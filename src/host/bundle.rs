@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    RootBuilder, Spec,
+    Capability, LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
+    Mount, MountBuilder, RootBuilder, Spec,
 };
 
 use crate::host::layout::{MemberPaths, container};
@@ -25,7 +25,13 @@ fn bind(src: &Path, dst: &str, ro: bool) -> Mount {
         .destination(dst)
         .typ("bind")
         .source(src)
-        .options(vec!["rbind".into(), "rprivate".into(), "nosuid".into(), "nodev".into(), mode.into()])
+        .options(vec![
+            "rbind".into(),
+            "rprivate".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            mode.into(),
+        ])
         .build()
         .expect("mount fields are all set")
 }
@@ -44,7 +50,11 @@ fn spec(
     spec.set_hostname(Some(format!("etcd-{instance}")));
     spec.set_annotations(None);
     spec.set_root(Some(
-        RootBuilder::default().path(rootfs).readonly(true).build().expect("root fields are all set"),
+        RootBuilder::default()
+            .path(rootfs)
+            .readonly(true)
+            .build()
+            .expect("root fields are all set"),
     ));
 
     let process = spec.process_mut().as_mut().expect("default spec has a process");
@@ -76,7 +86,12 @@ fn spec(
             .destination("/tmp")
             .typ("tmpfs")
             .source("tmpfs")
-            .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into(), "size=64m".into()])
+            .options(vec![
+                "nosuid".into(),
+                "nodev".into(),
+                "mode=1777".into(),
+                "size=64m".into(),
+            ])
             .build()
             .expect("mount fields are all set"),
     );
@@ -121,7 +136,14 @@ pub fn member_spec(instance: &InstanceName, paths: &MemberPaths, rootfs: &Path) 
 
 /// A one-off command in the member's image with `dir` mounted read-write at `/restore`.
 pub fn oneoff_spec(instance: &InstanceName, paths: &MemberPaths, rootfs: &Path, args: Vec<String>, dir: &Path) -> Spec {
-    spec("runc-etcd-oneoff", instance, paths, rootfs, args, vec![bind(dir, "/restore", false)])
+    spec(
+        "runc-etcd-oneoff",
+        instance,
+        paths,
+        rootfs,
+        args,
+        vec![bind(dir, "/restore", false)],
+    )
 }
 
 pub fn to_json(spec: &Spec) -> String {
@@ -137,7 +159,11 @@ mod tests {
     fn config_json_golden() {
         let instance = InstanceName::new("etcd").unwrap();
         let paths = Layout::default().member(&instance);
-        let spec = member_spec(&instance, &paths, Path::new("/var/lib/runc-etcd/images/0123abcd/rootfs"));
+        let spec = member_spec(
+            &instance,
+            &paths,
+            Path::new("/var/lib/runc-etcd/images/0123abcd/rootfs"),
+        );
         crate::testutil::golden("config.json", &to_json(&spec));
     }
 
@@ -152,7 +178,15 @@ mod tests {
         assert!(ns.contains(&LinuxNamespaceType::Mount) && ns.contains(&LinuxNamespaceType::Pid));
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
         assert!(!spec.process().as_ref().unwrap().terminal().unwrap_or(false));
-        let data = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/var/lib/etcd"));
-        assert_eq!(data.unwrap().source().as_deref(), Some(Path::new("/var/lib/runc-etcd/kube-system.main/data")));
+        let data = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/var/lib/etcd"));
+        assert_eq!(
+            data.unwrap().source().as_deref(),
+            Some(Path::new("/var/lib/runc-etcd/kube-system.main/data"))
+        );
     }
 }

@@ -153,7 +153,10 @@ pub async fn remove(client: &Client, id: u64, timeout: Duration) -> Result<()> {
 
 pub async fn endpoint_status(endpoint: &str) -> Result<EndpointStatus> {
     let mut client = connect(&[endpoint.to_string()]).await?;
-    let s = client.status().await.map_err(|e| etcd_err(&format!("status of {endpoint}"), e))?;
+    let s = client
+        .status()
+        .await
+        .map_err(|e| etcd_err(&format!("status of {endpoint}"), e))?;
     Ok(EndpointStatus {
         endpoint: endpoint.into(),
         member_id: s.header().map(|h| h.member_id()).unwrap_or(0),
@@ -171,7 +174,10 @@ pub async fn endpoint_status(endpoint: &str) -> Result<EndpointStatus> {
 pub async fn endpoint_health(endpoint: &str) -> Result<EndpointStatus> {
     let status = endpoint_status(endpoint).await?;
     if !status.errors.is_empty() {
-        return Err(Error::transient(format!("health of {endpoint}"), status.errors.join("; ")));
+        return Err(Error::transient(
+            format!("health of {endpoint}"),
+            status.errors.join("; "),
+        ));
     }
     if status.leader == 0 {
         return Err(Error::transient(format!("health of {endpoint}"), "no leader"));
@@ -191,7 +197,9 @@ pub async fn endpoint_health(endpoint: &str) -> Result<EndpointStatus> {
 pub async fn snapshot(endpoint: &str, path: &Path) -> Result<(u64, String)> {
     let mut client = connect(&[endpoint.to_string()]).await?;
     let part = path.with_extension("part");
-    let mut file = tokio::fs::File::create(&part).await.ctx("creating a snapshot file", &part)?;
+    let mut file = tokio::fs::File::create(&part)
+        .await
+        .ctx("creating a snapshot file", &part)?;
     let mut stream = client
         .snapshot()
         .await
@@ -210,7 +218,10 @@ pub async fn snapshot(endpoint: &str, path: &Path) -> Result<(u64, String)> {
     file.sync_all().await.ctx("syncing a snapshot", &part)?;
     if size == 0 {
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(Error::transient(format!("snapshot of {endpoint}"), "etcd sent an empty snapshot"));
+        return Err(Error::transient(
+            format!("snapshot of {endpoint}"),
+            "etcd sent an empty snapshot",
+        ));
     }
     tokio::fs::rename(&part, path).await.ctx("renaming a snapshot", path)?;
     Ok((size, hex::encode(hasher.finalize())))

@@ -33,12 +33,20 @@ impl ImageSource {
     pub fn parse(s: &str) -> Result<Self> {
         let fix = "use REGISTRY/REPOSITORY:TAG (e.g. registry.k8s.io/etcd:3.5.16-0) or oci-layout:/PATH:TAG";
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::invalid("--image", format!("{s:?} is not an image reference"), fix));
+            return Err(Error::invalid(
+                "--image",
+                format!("{s:?} is not an image reference"),
+                fix,
+            ));
         }
         if let Some(rest) = s.strip_prefix("oci-layout:") {
             let (dir, tag) = rest.rsplit_once(':').unwrap_or((rest, "latest"));
             if !dir.starts_with('/') || tag.is_empty() || tag.contains('/') {
-                return Err(Error::invalid("--image", format!("{s:?} needs an absolute layout path"), fix));
+                return Err(Error::invalid(
+                    "--image",
+                    format!("{s:?} needs an absolute layout path"),
+                    fix,
+                ));
             }
             return Ok(ImageSource::Layout {
                 dir: dir.into(),
@@ -240,8 +248,7 @@ impl<'a> Fetcher<'a> {
                     .flatten()
                     .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == **tag)
                     .ok_or_else(|| self.err(format!("no tag {tag:?} in {}", index_path.display())))?;
-                let mut desc: OciDescriptor =
-                    serde_json::from_value(desc.clone()).map_err(|e| self.err(e))?;
+                let mut desc: OciDescriptor = serde_json::from_value(desc.clone()).map_err(|e| self.err(e))?;
                 let mut bytes = self.blob_bytes(&desc).await?;
                 if desc.media_type.contains("index") || desc.media_type.contains("manifest.list") {
                     let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| self.err(e))?;
@@ -265,7 +272,10 @@ impl<'a> Fetcher<'a> {
         let bytes = match self {
             Fetcher::Registry { client, reference, .. } => {
                 let mut out = Vec::new();
-                client.pull_blob(reference, desc, &mut out).await.map_err(|e| self.err(e))?;
+                client
+                    .pull_blob(reference, desc, &mut out)
+                    .await
+                    .map_err(|e| self.err(e))?;
                 out
             }
             Fetcher::Layout { dir, .. } => {
@@ -283,7 +293,10 @@ impl<'a> Fetcher<'a> {
             Fetcher::Registry { client, reference, .. } => {
                 let file = tokio::fs::File::create(path).await.ctx("creating a layer file", path)?;
                 let mut out = tokio::io::BufWriter::new(file);
-                client.pull_blob(reference, desc, &mut out).await.map_err(|e| self.err(e))?;
+                client
+                    .pull_blob(reference, desc, &mut out)
+                    .await
+                    .map_err(|e| self.err(e))?;
                 out.flush().await.ctx("writing a layer file", path)?;
             }
             Fetcher::Layout { dir, .. } => {
@@ -319,7 +332,10 @@ mod tests {
 
     #[test]
     fn parses_references() {
-        assert!(matches!(ImageSource::parse("10.0.0.1:5000/etcd:3.5.16").unwrap(), ImageSource::Registry(_)));
+        assert!(matches!(
+            ImageSource::parse("10.0.0.1:5000/etcd:3.5.16").unwrap(),
+            ImageSource::Registry(_)
+        ));
         assert_eq!(
             ImageSource::parse("oci-layout:/srv/images:3.5.16").unwrap(),
             ImageSource::Layout {
@@ -328,13 +344,19 @@ mod tests {
             }
         );
         for bad in ["", "etcd 3.5", "oci-layout:relative:tag", "Registry/Etcd::x"] {
-            assert!(ImageSource::parse(bad).unwrap_err().to_string().contains("--image"), "{bad}");
+            assert!(
+                ImageSource::parse(bad).unwrap_err().to_string().contains("--image"),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn digests_must_be_sha256() {
         assert!(digest_hex("sha256:../../etc").is_err());
-        assert_eq!(digest_hex(&format!("sha256:{}", "a".repeat(64))).unwrap(), "a".repeat(64));
+        assert_eq!(
+            digest_hex(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            "a".repeat(64)
+        );
     }
 }

@@ -17,6 +17,8 @@ pub struct Layout {
     pub unit_dir: PathBuf,
     /// runc's private `--root`, so our containers never show up in another tool's state.
     pub runc_root: PathBuf,
+    /// Per-instance locks (on tmpfs: a lock never outlives a boot, and leaves no file behind).
+    pub lock_dir: PathBuf,
 }
 
 impl Default for Layout {
@@ -25,6 +27,7 @@ impl Default for Layout {
             state_dir: "/var/lib/runc-etcd".into(),
             unit_dir: "/etc/systemd/system".into(),
             runc_root: "/run/runc-etcd".into(),
+            lock_dir: "/run/lock/runc-etcd".into(),
         }
     }
 }

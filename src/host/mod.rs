@@ -116,7 +116,12 @@ impl Engine {
     pub fn write_member_files(&self, record: &MemberRecord, rootfs: &Path) -> Result<()> {
         record.check()?;
         let paths = self.paths(&record.instance);
-        for (dir, mode) in [(paths.dir.clone(), 0o755), (paths.data(), 0o700), (paths.pki(), 0o700), (paths.bundle(), 0o755)] {
+        for (dir, mode) in [
+            (paths.dir.clone(), 0o755),
+            (paths.data(), 0o700),
+            (paths.pki(), 0o700),
+            (paths.bundle(), 0o755),
+        ] {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(mode)
@@ -124,7 +129,8 @@ impl Engine {
                 .ctx("creating a member folder", &dir)?;
         }
         // etcd refuses to start on a data dir that others can read.
-        std::fs::set_permissions(paths.data(), std::fs::Permissions::from_mode(0o700)).ctx("securing the data dir", paths.data())?;
+        std::fs::set_permissions(paths.data(), std::fs::Permissions::from_mode(0o700))
+            .ctx("securing the data dir", paths.data())?;
         let spec = bundle::member_spec(&record.instance, &paths, rootfs);
         write_atomic(&paths.config_json(), bundle::to_json(&spec).as_bytes(), 0o644)?;
         write_atomic(&paths.etcd_conf(), record.etcd_config().to_yaml().as_bytes(), 0o644)?;
@@ -143,7 +149,13 @@ impl Engine {
         let paths = self.paths(instance);
         let dest = layout::timestamped(&paths.archive(), why);
         std::fs::create_dir_all(&dest).ctx("creating an archive folder", &dest)?;
-        for p in [paths.data(), paths.etcd_conf(), paths.pki(), paths.config_json(), paths.member_json()] {
+        for p in [
+            paths.data(),
+            paths.etcd_conf(),
+            paths.pki(),
+            paths.config_json(),
+            paths.member_json(),
+        ] {
             if p.exists() {
                 let to = dest.join(p.file_name().expect("member paths have names"));
                 std::fs::rename(&p, &to).ctx("archiving", &p)?;
@@ -165,7 +177,11 @@ impl Engine {
     }
 
     /// Waits until the member serves, failing early (with its log) when the unit keeps crashing.
-    pub async fn wait_member_healthy(&self, record: &MemberRecord, timeout: std::time::Duration) -> Result<etcd::EndpointStatus> {
+    pub async fn wait_member_healthy(
+        &self,
+        record: &MemberRecord,
+        timeout: std::time::Duration,
+    ) -> Result<etcd::EndpointStatus> {
         let start = std::time::Instant::now();
         let first_restarts = systemd::show(&record.instance).await.map(|s| s.n_restarts).unwrap_or(0);
         loop {
@@ -176,7 +192,11 @@ impl Engine {
             let unit = systemd::show(&record.instance).await?;
             let crashing = unit.n_restarts >= first_restarts + 3;
             if crashing || start.elapsed() >= timeout {
-                let why = if crashing { format!("the unit restarted {} times", unit.n_restarts - first_restarts) } else { last };
+                let why = if crashing {
+                    format!("the unit restarted {} times", unit.n_restarts - first_restarts)
+                } else {
+                    last
+                };
                 let log = systemd::journal_tail(&record.instance, 8).await;
                 return Err(Error::Timeout {
                     what: format!("etcd of {} becoming healthy", systemd::unit_name(&record.instance)),
@@ -190,8 +210,8 @@ impl Engine {
 
     /// Serialises engine actions on one instance (host CLI and agent alike).
     pub fn lock(&self, instance: &InstanceName) -> Result<InstanceLock> {
-        std::fs::create_dir_all(&self.layout.state_dir).ctx("creating the state dir", &self.layout.state_dir)?;
-        let path = self.layout.state_dir.join(format!(".{instance}.lock"));
+        std::fs::create_dir_all(&self.layout.lock_dir).ctx("creating the lock dir", &self.layout.lock_dir)?;
+        let path = self.layout.lock_dir.join(format!("{instance}.lock"));
         let file = std::fs::File::create(&path).ctx("creating a lock file", &path)?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a file descriptor we own; released when `file` is closed.

@@ -22,8 +22,15 @@ pub async fn run_oneoff(runc: &Path, runc_root: &Path, bundle_dir: &Path, id: &s
             command: format!("{} run {id}", runc.display()),
             message: e.to_string(),
         })?;
-    let _ = Command::new(runc).args(["--root", &root, "delete", "--force", id]).output().await;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let _ = Command::new(runc)
+        .args(["--root", &root, "delete", "--force", id])
+        .output()
+        .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
         return Err(Error::Command {
             command: format!("runc run {id}"),

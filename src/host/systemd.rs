@@ -68,7 +68,9 @@ pub async fn enable_and_start(instance: &InstanceName) -> Result<()> {
 }
 
 pub async fn start(instance: &InstanceName) -> Result<()> {
-    systemctl(&["start", "--no-block", &unit_name(instance)]).await.map(drop)
+    systemctl(&["start", "--no-block", &unit_name(instance)])
+        .await
+        .map(drop)
 }
 
 /// Stop and wait until etcd has exited (TimeoutStopSec bounds it).
@@ -113,8 +115,17 @@ pub async fn show(instance: &InstanceName) -> Result<UnitState> {
 /// The last lines the unit logged, for error messages.
 pub async fn journal_tail(instance: &InstanceName, lines: u32) -> String {
     let out = Command::new("journalctl")
-        .args(["--no-pager", "-o", "cat", "-n", &lines.to_string(), "-u", &unit_name(instance)])
+        .args([
+            "--no-pager",
+            "-o",
+            "cat",
+            "-n",
+            &lines.to_string(),
+            "-u",
+            &unit_name(instance),
+        ])
         .output()
         .await;
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

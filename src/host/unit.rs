@@ -26,7 +26,11 @@ pub fn render(layout: &Layout, runc: &Path) -> Result<String> {
     check_unit_path("--runc", runc)?;
     check_unit_path("state dir", &layout.state_dir)?;
     check_unit_path("runc root", &layout.runc_root)?;
-    let runc = format!("{} --root {} --systemd-cgroup", runc.display(), layout.runc_root.display());
+    let runc = format!(
+        "{} --root {} --systemd-cgroup",
+        runc.display(),
+        layout.runc_root.display()
+    );
     let state = layout.state_dir.display();
     Ok(format!(
         "\
@@ -72,7 +76,12 @@ mod tests {
 
     #[test]
     fn refuses_paths_that_would_inject_into_the_unit() {
-        for bad in ["runc", "/usr/bin/runc\nExecStartPost=/bin/sh", "/opt/my runc", "/opt/%i/runc"] {
+        for bad in [
+            "runc",
+            "/usr/bin/runc\nExecStartPost=/bin/sh",
+            "/opt/my runc",
+            "/opt/%i/runc",
+        ] {
             let e = render(&Layout::default(), Path::new(bad)).unwrap_err();
             assert!(e.to_string().contains("--runc"), "{bad:?}: {e}");
         }

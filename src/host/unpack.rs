@@ -85,7 +85,9 @@ fn apply_whiteouts(reference: &str, layer: &Path, media_type: &str, root: &Path)
         let entry = entry.ctx("reading a layer entry", layer)?;
         let path = entry.path().ctx("reading a layer entry path", layer)?.into_owned();
         let Some(rel) = clean(reference, &path)? else { continue };
-        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if !name.starts_with(WHITEOUT) || !no_symlink_parents(root, &rel) {
             continue;
         }
@@ -201,19 +203,37 @@ mod tests {
         let l1 = layer(
             t.path(),
             "l1",
-            &[("etc/", None), ("etc/a", Some("1")), ("etc/b", Some("1")), ("opt/", None), ("opt/old", Some("x"))],
+            &[
+                ("etc/", None),
+                ("etc/a", Some("1")),
+                ("etc/b", Some("1")),
+                ("opt/", None),
+                ("opt/old", Some("x")),
+            ],
         );
         let l2 = layer(
             t.path(),
             "l2",
-            &[("etc/.wh.a", Some("")), ("opt/new", Some("y")), ("opt/.wh..wh..opq", Some("")), ("etc/b", Some("2"))],
+            &[
+                ("etc/.wh.a", Some("")),
+                ("opt/new", Some("y")),
+                ("opt/.wh..wh..opq", Some("")),
+                ("etc/b", Some("2")),
+            ],
         );
         let root = t.path().join("rootfs");
         unpack_layers("test", &[l1, l2], &root).unwrap();
         assert!(!root.join("etc/a").exists());
         assert_eq!(std::fs::read_to_string(root.join("etc/b")).unwrap(), "2");
-        assert!(!root.join("opt/old").exists(), "opaque whiteout empties the lower folder");
-        assert_eq!(std::fs::read_to_string(root.join("opt/new")).unwrap(), "y", "same-layer entries stay");
+        assert!(
+            !root.join("opt/old").exists(),
+            "opaque whiteout empties the lower folder"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("opt/new")).unwrap(),
+            "y",
+            "same-layer entries stay"
+        );
         assert!(root.join("var/lib/etcd").is_dir() && root.join("etc/etcd/etcd.conf.yml").is_file());
         assert!(!root.join("etc/.wh.a").exists());
     }
@@ -222,7 +242,11 @@ mod tests {
     fn unknown_layer_types_are_refused() {
         let t = tempfile::tempdir().unwrap();
         let (p, _) = layer(t.path(), "l", &[("a", Some("1"))]);
-        let e = unpack_layers("img", &[(p, "application/vnd.oci.image.layer.v1.tar+zstd".into())], &t.path().join("r"));
+        let e = unpack_layers(
+            "img",
+            &[(p, "application/vnd.oci.image.layer.v1.tar+zstd".into())],
+            &t.path().join("r"),
+        );
         assert!(e.unwrap_err().to_string().contains("not supported"));
     }
 }

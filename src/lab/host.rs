@@ -60,7 +60,11 @@ impl LabHost {
 
     /// The PID (in this machine's namespace) of the host's systemd, if it runs.
     pub fn pid(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.dir.join("systemd.pid")).ok()?.trim().parse().ok()?;
+        let pid: u32 = std::fs::read_to_string(self.dir.join("systemd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
@@ -126,16 +130,20 @@ impl LabHost {
         // unshare forks the new namespace's PID 1, which execs systemd once its root is ready.
         let deadline = Instant::now() + Duration::from_secs(20);
         let pid = loop {
-            let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap_or_default();
-            let systemd = children.split_whitespace().find(|p| {
-                std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("systemd"))
-            });
+            let children =
+                std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap_or_default();
+            let systemd = children
+                .split_whitespace()
+                .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("systemd")));
             if let Some(p) = systemd {
                 break p.to_string();
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(self.dir.join("unshare.log")).unwrap_or_default();
-                return Err(failed("boot", format!("systemd did not start on {}: {log}", self.name())));
+                return Err(failed(
+                    "boot",
+                    format!("systemd did not start on {}: {log}", self.name()),
+                ));
             }
             std::thread::sleep(Duration::from_millis(30));
         };
@@ -143,7 +151,10 @@ impl LabHost {
         std::mem::forget(child); // reaped by nobody on purpose: the host outlives this handle
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let state = self.exec(&["systemctl", "is-system-running"]).map(|o| o.stdout).unwrap_or_default();
+            let state = self
+                .exec(&["systemctl", "is-system-running"])
+                .map(|o| o.stdout)
+                .unwrap_or_default();
             let state = String::from_utf8_lossy(&state).trim().to_string();
             if state == "running" || state == "degraded" {
                 return Ok(());
@@ -172,15 +183,25 @@ impl LabHost {
         std::os::unix::fs::symlink("/lib/systemd/system/multi-user.target", etc.join("default.target"))
             .map_err(io_err("default.target"))?;
         let mut masked: Vec<String> = [
-            "systemd-logind.service", "systemd-sysctl.service", "systemd-modules-load.service",
-            "systemd-timesyncd.service", "systemd-pstore.service", "getty@tty1.service",
-            "console-getty.service", "etcd.service", "docker-registry.service",
+            "systemd-logind.service",
+            "systemd-sysctl.service",
+            "systemd-modules-load.service",
+            "systemd-timesyncd.service",
+            "systemd-pstore.service",
+            "getty@tty1.service",
+            "console-getty.service",
+            "etcd.service",
+            "docker-registry.service",
         ]
         .map(String::from)
         .to_vec();
         for dir in ["/etc/systemd/system", "/lib/systemd/system"] {
             for target in ["multi-user.target.wants", "timers.target.wants", "sockets.target.wants"] {
-                for e in std::fs::read_dir(Path::new(dir).join(target)).into_iter().flatten().flatten() {
+                for e in std::fs::read_dir(Path::new(dir).join(target))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if !name.starts_with("dbus.") && !name.starts_with("systemd-journald") {
                         masked.push(name);
@@ -196,12 +217,17 @@ impl LabHost {
 
     /// Runs a command inside the host (all its namespaces), returning its output whatever the exit.
     pub fn exec(&self, args: &[&str]) -> LabResult<Output> {
-        let pid = self.pid().ok_or_else(|| failed("exec", format!("{} is not running", self.name())))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| failed("exec", format!("{} is not running", self.name())))?;
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &pid.to_string(), "-a", "--"])
             .args(args)
             .env_clear()
-            .env("PATH", "/opt/lab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/opt/lab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("RUNC_ETCD_INSECURE_REGISTRIES", &self.insecure_registries)
             .stdin(Stdio::null());
         cmd.output().map_err(|e| failed(&describe(&cmd), e.to_string()))
@@ -214,7 +240,11 @@ impl LabHost {
             return Err(CommandFailed {
                 command: format!("{}: {}", self.name(), args.join(" ")),
                 status: out.status.to_string(),
-                stderr: format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)),
+                stderr: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout)
+                ),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -240,10 +270,13 @@ impl LabHost {
             // SAFETY: as above; the host did not stop in time.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        if let Some(u) = std::fs::read_to_string(self.dir.join("unshare.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        if let Some(u) = std::fs::read_to_string(self.dir.join("unshare.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
             // SAFETY: the unshare launcher we started; its child (the host's PID 1) is gone.
             unsafe { libc::kill(u, libc::SIGKILL) };
-            let _ = sh(&format!("while kill -0 {u} 2>/dev/null; do sleep 0.05; done"));
+            wait_gone(u);
         }
         for d in cgroup_dirs(&self.cgroup_leaf()).iter().rev() {
             let _ = sh(&format!(
@@ -265,6 +298,20 @@ impl LabHost {
         self.power_off(false);
         let _ = std::fs::remove_dir_all(&self.dir);
         self.net.down_host(self.n);
+    }
+}
+
+/// Waits until `pid` has exited: reaped if it is our child, else gone or a zombie.
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        // SAFETY: waitpid with WNOHANG on a pid; fails harmlessly if it is not our child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat) if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 

@@ -60,14 +60,21 @@ fn layer(entries: &[(String, Option<(Vec<u8>, u32)>)]) -> Layer {
                 let h = header(path, bytes.len() as u64, *mode, tar::EntryType::Regular);
                 b.append(&h, bytes.as_slice()).expect("append to memory");
             }
-            None => b.append(&header(path, 0, 0o755, tar::EntryType::Directory), &[][..]).expect("append"),
+            None => b
+                .append(&header(path, 0, 0o755, tar::EntryType::Directory), &[][..])
+                .expect("append"),
         }
     }
     let tar = b.into_inner().expect("tar to memory");
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar).expect("gzip to memory");
-    Layer { gz: gz.finish().expect("gzip to memory"), diff_id }
+    Layer {
+        gz: gz.finish().expect("gzip to memory"),
+        diff_id,
+    }
 }
 
 fn file(path: &str, bytes: Vec<u8>, mode: u32) -> (String, Option<(Vec<u8>, u32)>) {
@@ -81,7 +88,10 @@ fn dir(path: &str) -> (String, Option<(Vec<u8>, u32)>) {
 /// The shared libraries `ldd` lists for `binary` (none for a static one).
 fn libs(binary: &Path) -> Vec<PathBuf> {
     let out = sh(&format!("ldd {} 2>/dev/null || true", binary.display())).unwrap_or_default();
-    out.split_whitespace().filter(|w| w.starts_with('/')).map(PathBuf::from).collect()
+    out.split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
 }
 
 fn blob(layout: &Path, bytes: &[u8]) -> LabResult<serde_json::Value> {
@@ -97,25 +107,48 @@ pub fn build_layout(layout: &Path) -> LabResult<Vec<String>> {
     if versions.is_empty() {
         return Err(failed(
             "build images",
-            format!("no etcd binaries under {}/etcd: run scripts/setup.sh first", cache_dir().display()),
+            format!(
+                "no etcd binaries under {}/etcd: run scripts/setup.sh first",
+                cache_dir().display()
+            ),
         ));
     }
     std::fs::create_dir_all(layout.join("blobs/sha256")).map_err(io_err("creating the layout"))?;
     let mut manifests = Vec::new();
     for version in &versions {
         let bin_dir = cache_dir().join("etcd").join(version);
-        let mut base = vec![dir("etc"), dir("tmp"), dir("var"), dir("var/lib"), dir("usr"), dir("usr/local"), dir("usr/local/bin")];
-        base.push(file("etc/passwd", b"root:x:0:0:root:/root:/bin/false\n".to_vec(), 0o644));
+        let mut base = vec![
+            dir("etc"),
+            dir("tmp"),
+            dir("var"),
+            dir("var/lib"),
+            dir("usr"),
+            dir("usr/local"),
+            dir("usr/local/bin"),
+        ];
+        base.push(file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/false\n".to_vec(),
+            0o644,
+        ));
         base.push(file("etc/group", b"root:x:0:\n".to_vec(), 0o644));
         base.push(file("etc/nsswitch.conf", b"hosts: files dns\n".to_vec(), 0o644));
-        base.push(file("etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n".to_vec(), 0o644));
+        base.push(file(
+            "etc/hosts",
+            b"127.0.0.1 localhost\n::1 localhost\n".to_vec(),
+            0o644,
+        ));
         base.push(file(WHITED_OUT, b"deleted by the etcd layer\n".to_vec(), 0o644));
         let mut seen_dirs = std::collections::BTreeSet::new();
         for lib in libs(&bin_dir.join("etcd")) {
             let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
             let mut parent = String::new();
             for part in Path::new(&rel).parent().into_iter().flat_map(|p| p.iter()) {
-                parent = if parent.is_empty() { part.to_string_lossy().into() } else { format!("{parent}/{}", part.to_string_lossy()) };
+                parent = if parent.is_empty() {
+                    part.to_string_lossy().into()
+                } else {
+                    format!("{parent}/{}", part.to_string_lossy())
+                };
                 if seen_dirs.insert(parent.clone()) {
                     base.push(dir(&parent));
                 }
@@ -123,7 +156,10 @@ pub fn build_layout(layout: &Path) -> LabResult<Vec<String>> {
             let bytes = std::fs::read(&lib).map_err(io_err("reading a library"))?;
             base.push(file(&rel, bytes, 0o755));
         }
-        let mut top = vec![(format!("etc/.wh.{}", WHITED_OUT.trim_start_matches("etc/")), Some((vec![], 0o644)))];
+        let mut top = vec![(
+            format!("etc/.wh.{}", WHITED_OUT.trim_start_matches("etc/")),
+            Some((vec![], 0o644)),
+        )];
         for tool in ["etcd", "etcdctl", "etcdutl"] {
             if let Ok(bytes) = std::fs::read(bin_dir.join(tool)) {
                 top.push(file(&format!("usr/local/bin/{tool}"), bytes, 0o755));
@@ -160,8 +196,13 @@ pub fn build_layout(layout: &Path) -> LabResult<Vec<String>> {
         desc["annotations"] = json!({"org.opencontainers.image.ref.name": version});
         manifests.push(desc);
     }
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
-    std::fs::write(layout.join("index.json"), serde_json::to_vec_pretty(&index).expect("json")).map_err(io_err("index.json"))?;
+    let index =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec_pretty(&index).expect("json"),
+    )
+    .map_err(io_err("index.json"))?;
     std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err("oci-layout"))?;
     Ok(versions)
 }

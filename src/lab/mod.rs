@@ -144,7 +144,10 @@ impl Lab {
         self.hosts.clear();
         self.registry = None;
         self.net.down_all();
-        let _ = sh::sh(&format!("umount -l {0}/hosts 2>/dev/null; rm -rf {0}", self.dir.display()));
+        let _ = sh::sh(&format!(
+            "umount -l {0}/hosts 2>/dev/null; rm -rf {0}",
+            self.dir.display()
+        ));
     }
 }
 
@@ -160,9 +163,20 @@ impl Drop for Lab {
     }
 }
 
-/// Numbers of the labs kept running by `runc-etcd-lab up`.
-pub fn kept_labs() -> Vec<u8> {
-    (1..=60u8).filter(|id| Path::new(LAB_ROOT).join(id.to_string()).join("kept").exists()).collect()
+/// Tears down every lab no running process holds: kept ones and ones left by killed runs.
+pub fn down_all() -> Vec<u8> {
+    let root = Path::new(LAB_ROOT);
+    let mut downed = Vec::new();
+    for id in 1..=60u8 {
+        let dir = root.join(id.to_string());
+        if dir.exists()
+            && let Some(_lock) = try_lock(&root.join(format!("{id}.lock")))
+        {
+            cleanup_stale(id, &dir);
+            downed.push(id);
+        }
+    }
+    downed
 }
 
 /// Hosts of a kept lab, to act on them after the process that made them has gone.

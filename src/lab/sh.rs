@@ -28,7 +28,11 @@ pub fn run(cmd: &mut Command) -> LabResult<Output> {
         return Err(CommandFailed {
             command: describe(cmd),
             status: out.status.to_string(),
-            stderr: format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)),
+            stderr: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
         });
     }
     Ok(out)

@@ -88,10 +88,17 @@ fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<
         && let Ok(report) = serde_json::from_slice::<BackupReport>(&bytes)
     {
         let mut hasher = Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&found).ctx("reading the snapshot", &found)?, &mut hasher)
-            .ctx("reading the snapshot", &found)?;
+        std::io::copy(
+            &mut std::fs::File::open(&found).ctx("reading the snapshot", &found)?,
+            &mut hasher,
+        )
+        .ctx("reading the snapshot", &found)?;
         if hex::encode(hasher.finalize()) != report.sha256 {
-            return Err(Error::invalid("--snapshot", format!("{} does not match its sha256 in backup.json", found.display()), fix));
+            return Err(Error::invalid(
+                "--snapshot",
+                format!("{} does not match its sha256 in backup.json", found.display()),
+                fix,
+            ));
         }
     }
     Ok(found)
@@ -176,7 +183,11 @@ async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path) -> Res
     let bundle_dir = work.join("bundle");
     std::fs::create_dir_all(&bundle_dir).ctx("creating the restore bundle", &bundle_dir)?;
     let spec = bundle::oneoff_spec(&m.instance, &paths, &rootfs, args, work);
-    write_atomic(&bundle_dir.join("config.json"), bundle::to_json(&spec).as_bytes(), 0o644)?;
+    write_atomic(
+        &bundle_dir.join("config.json"),
+        bundle::to_json(&spec).as_bytes(),
+        0o644,
+    )?;
     tracing::info!("restoring the snapshot with the image's {tool}");
     let id = format!("{}-restore", m.instance);
     let out = runc::run_oneoff(&engine.runc, &engine.layout.runc_root, &bundle_dir, &id).await?;

@@ -57,7 +57,10 @@ async fn install_and_start(engine: &Engine, record: &MemberRecord, rootfs: &std:
 }
 
 async fn rollback(engine: &Engine, instance: &InstanceName) {
-    tracing::warn!("undoing: stopping {} and archiving its files", systemd::unit_name(instance));
+    tracing::warn!(
+        "undoing: stopping {} and archiving its files",
+        systemd::unit_name(instance)
+    );
     if let Err(e) = systemd::stop_and_disable(instance).await {
         tracing::warn!("could not stop {}: {e}", systemd::unit_name(instance));
     }
@@ -102,16 +105,27 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
     preflight(engine, &m)?;
     let endpoint_fix = "pass the client URL of a healthy member, e.g. --endpoint http://10.0.0.11:2379";
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(Error::invalid("--endpoint", format!("{endpoint:?} is not a URL"), endpoint_fix));
+        return Err(Error::invalid(
+            "--endpoint",
+            format!("{endpoint:?} is not a URL"),
+            endpoint_fix,
+        ));
     }
     // The cluster must be reachable and have quorum before we touch anything.
     etcd::endpoint_health(endpoint).await.map_err(|e| {
-        Error::invalid("--endpoint", format!("the cluster at {endpoint} is not reachable or not healthy: {e}"), endpoint_fix)
+        Error::invalid(
+            "--endpoint",
+            format!("the cluster at {endpoint} is not reachable or not healthy: {e}"),
+            endpoint_fix,
+        )
     })?;
     let client = etcd::connect(&[endpoint.to_string()]).await?;
     let members = etcd::members(&client).await?;
     let peer_url = m.peer_url();
-    if let Some(clash) = members.iter().find(|x| x.name == m.name.as_str() && !is_us(x, &peer_url)) {
+    if let Some(clash) = members
+        .iter()
+        .find(|x| x.name == m.name.as_str() && !is_us(x, &peer_url))
+    {
         return Err(Error::invalid(
             "--name",
             format!("member {:x} of that cluster is already named {}", clash.id, m.name),
@@ -128,7 +142,10 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
     // Resume a join that was interrupted after `member add`: that learner is ours.
     let id = match members.iter().find(|x| is_us(x, &peer_url)) {
         Some(existing) => {
-            tracing::info!("member {:x} with {peer_url} is already registered; resuming the join", existing.id);
+            tracing::info!(
+                "member {:x} with {peer_url} is already registered; resuming the join",
+                existing.id
+            );
             existing.id
         }
         None => {

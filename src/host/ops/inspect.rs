@@ -87,7 +87,13 @@ pub fn getconf(engine: &Engine, instance: &InstanceName) -> Result<Vec<(String, 
 }
 
 /// Deletes the keys under `prefix` (or every key with `all`); returns how many were deleted.
-pub async fn del_keys(engine: &Engine, instance: &InstanceName, prefix: Option<&str>, all: bool, yes: bool) -> Result<i64> {
+pub async fn del_keys(
+    engine: &Engine,
+    instance: &InstanceName,
+    prefix: Option<&str>,
+    all: bool,
+    yes: bool,
+) -> Result<i64> {
     let record = engine.require(instance)?;
     let (key, what) = match (prefix, all) {
         (Some(p), false) if !p.is_empty() => (p.as_bytes().to_vec(), format!("every key under {p:?}")),
@@ -103,7 +109,11 @@ pub async fn del_keys(engine: &Engine, instance: &InstanceName, prefix: Option<&
     require_yes(yes, &format!("del-keys deletes {what}; take a backup first"))?;
     let mut client = etcd::connect(&[record.client_url()]).await?;
     // `--all` is the range from \0 to the end of the keyspace, as `etcdctl del "" --from-key`.
-    let opts = if all { DeleteOptions::new().with_from_key() } else { DeleteOptions::new().with_prefix() };
+    let opts = if all {
+        DeleteOptions::new().with_from_key()
+    } else {
+        DeleteOptions::new().with_prefix()
+    };
     let resp = client
         .delete(key, Some(opts))
         .await

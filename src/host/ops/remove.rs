@@ -27,7 +27,10 @@ pub async fn remove(engine: &Engine, instance: &InstanceName, yes: bool, force: 
     let record = engine.require(instance)?;
     require_yes(
         yes,
-        &format!("remove deregisters member {} from the cluster and stops it (its data is archived)", record.name),
+        &format!(
+            "remove deregisters member {} from the cluster and stops it (its data is archived)",
+            record.name
+        ),
     )?;
     let _lock = engine.lock(instance)?;
     let my_peer = record.peer_url();
@@ -67,11 +70,16 @@ async fn deregister(my_endpoint: &str, my_peer: &str, members: &[MemberInfo], fo
     let me = members
         .iter()
         .find(|m| m.peer_urls.iter().any(|u| u == my_peer))
-        .ok_or_else(|| Error::Refused(format!("{my_peer} is not in the member list; pass --force to only stop and archive it here")))?;
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "{my_peer} is not in the member list; pass --force to only stop and archive it here"
+            ))
+        })?;
     let others: Vec<&MemberInfo> = members.iter().filter(|m| m.id != me.id).collect();
     if others.is_empty() && !force {
         return Err(Error::Refused(
-            "this is the last member of the cluster: removing it ends the cluster. Take a backup, then pass --force".into(),
+            "this is the last member of the cluster: removing it ends the cluster. Take a backup, then pass --force"
+                .into(),
         ));
     }
     if !me.is_learner && !others.is_empty() {
@@ -120,9 +128,22 @@ mod tests {
     #[test]
     fn removal_keeps_quorum_only_with_a_healthy_majority_left() {
         // (voters including me, healthy other voters) -> the rest keep quorum
-        let table = [((1, 0), false), ((2, 1), true), ((2, 0), false), ((3, 2), true), ((3, 1), false), ((5, 3), true), ((5, 2), false), ((4, 2), true)];
+        let table = [
+            ((1, 0), false),
+            ((2, 1), true),
+            ((2, 0), false),
+            ((3, 2), true),
+            ((3, 1), false),
+            ((5, 3), true),
+            ((5, 2), false),
+            ((4, 2), true),
+        ];
         for ((voters, healthy), want) in table {
-            assert_eq!(quorum_after_removal(voters, healthy), want, "{voters} voters, {healthy} healthy others");
+            assert_eq!(
+                quorum_after_removal(voters, healthy),
+                want,
+                "{voters} voters, {healthy} healthy others"
+            );
         }
     }
 }

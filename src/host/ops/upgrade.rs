@@ -23,8 +23,16 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
     let img = image::ensure(&engine.layout.images_dir(), reference, &engine.pull).await?;
     let from = record.image.reference.clone();
     if img.record.digest == record.image.digest {
-        let version = etcd::endpoint_status(&record.client_url()).await.map(|s| s.version).unwrap_or_default();
-        return Ok(UpgradeReport { from, to: reference.into(), version, changed: false });
+        let version = etcd::endpoint_status(&record.client_url())
+            .await
+            .map(|s| s.version)
+            .unwrap_or_default();
+        return Ok(UpgradeReport {
+            from,
+            to: reference.into(),
+            version,
+            changed: false,
+        });
     }
     // Taking a member down is only safe if the others keep quorum without it.
     if !force {
@@ -39,7 +47,12 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
             }
         }
     }
-    tracing::info!("stopping {} to swap {} -> {}", systemd::unit_name(instance), from, reference);
+    tracing::info!(
+        "stopping {} to swap {} -> {}",
+        systemd::unit_name(instance),
+        from,
+        reference
+    );
     systemd::stop(instance).await?;
     record.previous_image = Some(record.image.clone());
     record.image = img.record;
@@ -55,5 +68,10 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
         )
     })?;
     let _ = engine.gc_images();
-    Ok(UpgradeReport { from, to: reference.into(), version: status.version, changed: true })
+    Ok(UpgradeReport {
+        from,
+        to: reference.into(),
+        version: status.version,
+        changed: true,
+    })
 }

@@ -1,0 +1,235 @@
+//! Helpers for the lab tests: a lab per test, the CLI on its hosts, and etcd clients that run
+//! inside the lab's LAN (the switch namespace), as a user's client on that network would.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use runc_etcd::lab::{Lab, LabHost, netns};
+
+pub const V_OLD: &str = "3.4.23";
+pub const V_MID: &str = "3.5.16";
+pub const V_NEW: &str = "3.5.30";
+
+pub fn lab(hosts: u8) -> Lab {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_runc-etcd"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    Lab::up(hosts, &bin).unwrap_or_else(|e| panic!("lab: {e}"))
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `runc-etcd host <args>` on `h`, which must succeed.
+pub fn ok(h: &LabHost, args: &[&str]) -> String {
+    let mut full = vec!["host"];
+    full.extend_from_slice(args);
+    let out = h.cli(&full);
+    assert!(
+        out.status.success(),
+        "{}: runc-etcd {}\n{}",
+        h.name(),
+        full.join(" "),
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `runc-etcd host <args>` on `h`, which must fail with `code`; returns stderr.
+pub fn fails(h: &LabHost, code: i32, args: &[&str]) -> String {
+    let mut full = vec!["host"];
+    full.extend_from_slice(args);
+    let out = h.cli(&full);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}: runc-etcd {}\n{}",
+        h.name(),
+        full.join(" "),
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn endpoint(h: &LabHost) -> String {
+    format!("http://{}:2379", h.ip())
+}
+
+pub fn create(lab: &Lab, n: u8, version: &str) {
+    let h = lab.host(n);
+    ok(
+        h,
+        &["create", "--ip", &h.ip().to_string(), "--image", &lab.image(version)],
+    );
+}
+
+pub fn join(lab: &Lab, n: u8, via: u8, version: &str) {
+    let h = lab.host(n);
+    let ep = endpoint(lab.host(via));
+    ok(
+        h,
+        &[
+            "join",
+            "--ip",
+            &h.ip().to_string(),
+            "--image",
+            &lab.image(version),
+            "--endpoint",
+            &ep,
+        ],
+    );
+}
+
+/// create on h1, join h2 and h3.
+pub fn cluster3(lab: &Lab, version: &str) {
+    create(lab, 1, version);
+    join(lab, 2, 1, version);
+    join(lab, 3, 1, version);
+}
+
+async fn connect(endpoints: Vec<String>) -> Client {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(opts)).await.expect("connect")
+}
+
+/// Runs `f` with a client of `endpoints`, inside the lab's LAN.
+pub fn with_client<F, Fut, T>(lab: &Lab, endpoints: Vec<String>, f: F) -> T
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    netns::run_in(
+        &lab.client_ns(),
+        move || async move { f(connect(endpoints).await).await },
+    )
+}
+
+pub fn put(lab: &Lab, via: &LabHost, key: &str, value: &str) {
+    let (k, v) = (key.to_string(), value.to_string());
+    with_client(lab, vec![endpoint(via)], move |mut c| async move {
+        c.put(k, v, None).await.expect("put")
+    });
+}
+
+/// Every key under `prefix` with its value, read (linearizably) through `via`.
+pub fn keys(lab: &Lab, via: &LabHost, prefix: &str) -> BTreeMap<String, String> {
+    let p = prefix.to_string();
+    with_client(lab, vec![endpoint(via)], move |mut c| async move {
+        let resp = c.get(p, Some(GetOptions::new().with_prefix())).await.expect("get");
+        resp.kvs()
+            .iter()
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+            .collect()
+    })
+}
+
+/// (name, is_learner, started) of every member, as `member list` through `via` shows them.
+pub fn members(lab: &Lab, via: &LabHost) -> Vec<(String, bool, bool)> {
+    with_client(lab, vec![endpoint(via)], |mut c| async move {
+        let resp = c.member_list().await.expect("member list");
+        let mut v: Vec<_> = resp
+            .members()
+            .iter()
+            .map(|m| (m.name().to_string(), m.is_learner(), !m.client_urls().is_empty()))
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+/// etcd's version as each endpoint reports it.
+pub fn versions(lab: &Lab, hosts: &[&LabHost]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| {
+            with_client(lab, vec![endpoint(h)], |mut c| async move {
+                c.status().await.expect("status").version().to_string()
+            })
+        })
+        .collect()
+}
+
+pub fn unit_prop(h: &LabHost, prop: &str) -> String {
+    h.check(&["systemctl", "show", "--value", "-p", prop, "runc-etcd@etcd.service"])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Waits until `cond` holds (polling), or panics with `what`.
+pub fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A client writing `w/<n>` keys in a loop through every endpoint, remembering each write etcd
+/// acknowledged. Writes that fail (a member is down, an election) are retried as new keys.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Writer {
+    pub fn start(lab: &Lab, endpoints: Vec<String>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = netns::spawn_in(&lab.client_ns(), move || async move {
+            let mut c = connect(endpoints).await;
+            let mut acked = Vec::new();
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("w/{n:08}");
+                if c.put(key.clone(), n.to_string(), None).await.is_ok() {
+                    acked.push(key);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        });
+        Writer { stop, handle }
+    }
+
+    /// Stops writing; returns the acknowledged keys.
+    pub fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("writer thread")
+    }
+}
+
+/// Every acknowledged key is readable through `via`.
+pub fn assert_all_there(lab: &Lab, via: &LabHost, acked: &[String]) {
+    let have = keys(lab, via, "w/");
+    let missing: Vec<_> = acked.iter().filter(|k| !have.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+}

@@ -1,0 +1,370 @@
+//! The host engine and `runc-etcd host` on simulated hosts: real systemd, runc, etcd, registry.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn create_and_joins_make_a_three_member_cluster() {
+    let lab = lab(3);
+    cluster3(&lab, V_MID);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+
+    let m = members(&lab, h1);
+    assert_eq!(
+        m,
+        vec![
+            ("h1".into(), false, true),
+            ("h2".into(), false, true),
+            ("h3".into(), false, true)
+        ],
+        "3 started voting members"
+    );
+    put(&lab, h1, "greeting", "hello from h1");
+    assert_eq!(
+        keys(&lab, h3, "greeting").get("greeting").map(String::as_str),
+        Some("hello from h1")
+    );
+
+    for h in [h1, h2, h3] {
+        assert_eq!(unit_prop(h, "ActiveState"), "active", "{}", h.name());
+        assert_eq!(unit_prop(h, "UnitFileState"), "enabled", "{} starts at boot", h.name());
+    }
+    // etcd runs in its own scope, created by runc through systemd.
+    let scope = h2
+        .check(&[
+            "systemctl",
+            "show",
+            "--value",
+            "-p",
+            "ActiveState",
+            "runc-etcd-etcd.scope",
+        ])
+        .unwrap();
+    assert_eq!(scope.trim(), "active");
+
+    let status = ok(h2, &["status"]);
+    assert!(status.contains("Cluster health: 3/3 members healthy"), "{status}");
+    assert!(
+        status.contains("role=leader") && status.contains("For copy & paste:"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "ETCDCTL_ENDPOINTS={},{},{}",
+            endpoint(h1),
+            endpoint(h2),
+            endpoint(h3)
+        )),
+        "{status}"
+    );
+
+    let conf = ok(h3, &["getconf"]);
+    assert!(conf.contains("initial-cluster-state: existing"), "{conf}");
+    assert!(conf.contains("\"readonly\": true"), "{conf}");
+
+    // The image's two layers were applied with the whiteout: the base-only file is gone.
+    let images = h1.path("/var/lib/runc-etcd/images");
+    let rootfs = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("rootfs");
+    assert!(rootfs.join("usr/local/bin/etcd").is_file());
+    assert!(
+        !rootfs.join(runc_etcd::lab::images::WHITED_OUT).exists(),
+        "whiteout applied"
+    );
+
+    // hide-init-cluster keeps the member running and leaves initial-cluster out of its config.
+    ok(h3, &["hide-init-cluster"]);
+    let conf = std::fs::read_to_string(h3.path("/var/lib/runc-etcd/etcd/etcd.conf.yml")).unwrap();
+    assert!(!conf.contains("initial-cluster:"), "{conf}");
+    h3.reboot(true).unwrap();
+    eventually("h3 healthy after a reboot without initial-cluster", 60, || {
+        ok(h1, &["status"]).contains("3/3 members healthy")
+    });
+}
+
+#[test]
+fn systemd_restarts_a_killed_etcd_and_a_rebooted_host_comes_back() {
+    let lab = lab(3);
+    cluster3(&lab, V_MID);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+    put(&lab, h1, "before/kill", "1");
+
+    let restarts: u32 = unit_prop(h2, "NRestarts").parse().unwrap();
+    h2.check(&["pkill", "-9", "-x", "etcd"]).unwrap();
+    eventually("systemd restarting etcd on h2", 30, || {
+        unit_prop(h2, "NRestarts").parse::<u32>().unwrap() > restarts && unit_prop(h2, "ActiveState") == "active"
+    });
+    eventually("h2 serving again", 30, || {
+        ok(h1, &["status"]).contains("3/3 members healthy")
+    });
+    assert_eq!(keys(&lab, h2, "before/").len(), 1, "data intact on h2");
+
+    // A graceful reboot keeping the disk: the enabled unit starts etcd by itself.
+    put(&lab, h1, "before/reboot", "2");
+    h3.reboot(true).unwrap();
+    eventually("h3 back after its reboot", 60, || {
+        unit_prop(h3, "ActiveState") == "active"
+    });
+    eventually("h3 healthy", 60, || ok(h3, &["status"]).contains("3/3 members healthy"));
+    assert_eq!(
+        keys(&lab, h3, "before/").len(),
+        2,
+        "h3 has its data and what was written meanwhile"
+    );
+
+    // A power cut: runc's stale state is cleaned by ExecStartPre, etcd recovers from its WAL.
+    put(&lab, h1, "before/powercut", "3");
+    h2.reboot(false).unwrap();
+    eventually("h2 healthy after a power cut", 60, || {
+        ok(h2, &["status"]).contains("3/3 members healthy")
+    });
+    assert_eq!(keys(&lab, h2, "before/").len(), 3);
+}
+
+#[test]
+fn rolling_upgrade_under_writes_loses_nothing() {
+    let lab = lab(3);
+    cluster3(&lab, V_MID);
+    let hosts = [lab.host(1), lab.host(2), lab.host(3)];
+    let writer = Writer::start(&lab, hosts.iter().map(|h| endpoint(h)).collect());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for h in [lab.host(3), lab.host(2), lab.host(1)] {
+        let out = ok(h, &["upgrade", "--image", &lab.image(V_NEW)]);
+        assert!(out.contains(&format!("(etcd {V_NEW})")), "{out}");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let acked = writer.stop();
+    assert!(acked.len() > 50, "the writer made progress: {} writes", acked.len());
+    assert_all_there(&lab, lab.host(1), &acked);
+    assert_eq!(versions(&lab, &hosts), vec![V_NEW; 3]);
+    let status = ok(lab.host(2), &["status"]);
+    assert_eq!(status.matches(&format!("version={V_NEW}")).count(), 3, "{status}");
+
+    // The old rootfs is kept for rollback, and recorded as such.
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.host(1).path("/var/lib/runc-etcd/etcd/member.json")).unwrap(),
+    )
+    .unwrap();
+    let old = record["previousImage"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    assert!(
+        lab.host(1)
+            .path(&format!("/var/lib/runc-etcd/images/{old}/rootfs/usr/local/bin/etcd"))
+            .is_file()
+    );
+    // Upgrading to what runs already changes nothing.
+    assert!(ok(lab.host(1), &["upgrade", "--image", &lab.image(V_NEW)]).contains("nothing to do"));
+}
+
+fn backup_then_restore(version: &str) {
+    let lab = lab(1);
+    create(&lab, 1, version);
+    let h1 = lab.host(1);
+    put(&lab, h1, "k/a", "1");
+    put(&lab, h1, "k/b", "2");
+    let out = ok(h1, &["backup"]);
+    let dir = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("Backed up at ")
+        .trim_end_matches(':')
+        .to_string();
+    assert!(
+        h1.path(&format!("{dir}/snapshot.db")).is_file() && h1.path(&format!("{dir}/etcd.conf.yml")).is_file(),
+        "{out}"
+    );
+    put(&lab, h1, "k/c", "3");
+    put(&lab, h1, "k/a", "changed");
+
+    let err = fails(h1, 2, &["restore", "--snapshot", &dir]);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(keys(&lab, h1, "k/").len(), 3, "nothing changed without --yes");
+
+    let out = ok(h1, &["restore", "--snapshot", &dir, "--yes"]);
+    assert!(out.contains("1/1 members healthy"), "{out}");
+    let restored = keys(&lab, h1, "k/");
+    assert_eq!(
+        restored.into_iter().collect::<Vec<_>>(),
+        vec![("k/a".into(), "1".into()), ("k/b".into(), "2".into())]
+    );
+    // What ran before the restore was backed up and archived, not dropped.
+    let archive = h1.path("/var/lib/runc-etcd/etcd/archive");
+    let archived = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("before-restore"));
+    assert!(archived.unwrap().path().join("data/member").is_dir());
+}
+
+#[test]
+fn backup_and_restore_3_5_with_etcdutl() {
+    backup_then_restore(V_MID);
+}
+
+#[test]
+fn backup_and_restore_3_4_with_etcdctl() {
+    backup_then_restore(V_OLD);
+}
+
+#[test]
+fn remove_deregisters_stops_and_archives() {
+    let lab = lab(3);
+    cluster3(&lab, V_MID);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+
+    let err = fails(h3, 2, &["remove"]);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(members(&lab, h1).len(), 3, "nothing removed without --yes");
+
+    let out = ok(h3, &["remove", "--yes"]);
+    assert!(out.contains("Removed member"), "{out}");
+    assert_eq!(
+        members(&lab, h1),
+        vec![("h1".into(), false, true), ("h2".into(), false, true)]
+    );
+    assert_eq!(unit_prop(h3, "ActiveState"), "inactive");
+    assert_ne!(unit_prop(h3, "UnitFileState"), "enabled");
+    assert!(!h3.path("/var/lib/runc-etcd/etcd/member.json").exists());
+    assert!(!h3.path("/var/lib/runc-etcd/etcd/data").exists());
+    let archive = h3.path("/var/lib/runc-etcd/etcd/archive");
+    let removed = std::fs::read_dir(&archive).unwrap().flatten().next().unwrap().path();
+    assert!(
+        removed.join("data/member/wal").is_dir() && removed.join("etcd.conf.yml").is_file(),
+        "{removed:?}"
+    );
+    // Reboot: the removed member does not come back.
+    h3.reboot(true).unwrap();
+    assert_eq!(unit_prop(h3, "ActiveState"), "inactive");
+
+    // The last member is only removed when forced.
+    ok(h2, &["remove", "--yes"]);
+    let err = fails(h1, 2, &["remove", "--yes"]);
+    assert!(err.contains("last member"), "{err}");
+    assert_eq!(unit_prop(h1, "ActiveState"), "active");
+    ok(h1, &["remove", "--yes", "--force"]);
+    assert_eq!(unit_prop(h1, "ActiveState"), "inactive");
+}
+
+/// The host has no trace of a member: no unit file, no enabled instance, no member folder.
+fn assert_untouched(h: &runc_etcd::lab::LabHost) {
+    assert!(
+        !h.path("/etc/systemd/system/runc-etcd@.service").exists(),
+        "no unit file on {}",
+        h.name()
+    );
+    assert!(
+        !h.path("/etc/systemd/system/multi-user.target.wants/runc-etcd@etcd.service")
+            .exists()
+    );
+    assert!(
+        !h.path("/var/lib/runc-etcd/etcd").exists(),
+        "no member folder on {}",
+        h.name()
+    );
+    assert_eq!(unit_prop(h, "ActiveState"), "inactive");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let lab = lab(2);
+    let h = lab.host(1);
+    let ip = h.ip().to_string();
+    let img = lab.image(V_MID);
+
+    let err = fails(h, 2, &["create", "--ip", "10.0.0.300", "--image", &img]);
+    assert!(err.contains("invalid --ip") && err.contains("Fix:"), "{err}");
+    let err = fails(h, 2, &["create", "--ip", "10.77.250.99", "--image", &img]);
+    assert!(err.contains("not an address of this host"), "{err}");
+    let err = fails(h, 2, &["create", "--ip", &ip, "--name", "Bad_Name", "--image", &img]);
+    assert!(err.contains("invalid --name"), "{err}");
+    let err = fails(h, 2, &["create", "--ip", &ip, "--client-port", "2380", "--image", &img]);
+    assert!(err.contains("different ports"), "{err}");
+    let err = fails(h, 2, &["create", "--ip", &ip, "--cluster", "../etc", "--image", &img]);
+    assert!(err.contains("invalid --cluster"), "{err}");
+    assert_untouched(h);
+
+    // A port already in use.
+    h.check(&[
+        "systemd-run",
+        "--unit=squatter",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        &ip,
+        "2379",
+    ])
+    .unwrap();
+    eventually("the squatter listening", 10, || {
+        h.check(&["ss", "-ltn", "sport = :2379"]).unwrap().contains("2379")
+    });
+    let err = fails(h, 2, &["create", "--ip", &ip, "--image", &img]);
+    assert!(err.contains("--client-port") && err.contains("already in use"), "{err}");
+    h.check(&["systemctl", "stop", "squatter"]).unwrap();
+    assert_untouched(h);
+
+    // An image that does not exist.
+    let err = fails(h, 1, &["create", "--ip", &ip, "--image", &lab.image("9.9.9")]);
+    assert!(err.contains("image") && err.contains("9.9.9"), "{err}");
+    assert_untouched(h);
+
+    // A join to an endpoint nobody answers.
+    let err = fails(
+        h,
+        2,
+        &[
+            "join",
+            "--ip",
+            &ip,
+            "--image",
+            &img,
+            "--endpoint",
+            "http://10.77.250.99:2379",
+        ],
+    );
+    assert!(
+        err.contains("invalid --endpoint") && err.contains("not reachable"),
+        "{err}"
+    );
+    assert_untouched(h);
+
+    // Actions on a host without a member say so.
+    let err = fails(h, 2, &["remove", "--yes"]);
+    assert!(err.contains("runs no member"), "{err}");
+    let err = fails(h, 2, &["del-keys", "--all"]);
+    assert!(err.contains("runs no member"), "{err}");
+
+    // After all that, a good create works — here from the local OCI layout, as on an air-gapped host.
+    ok(
+        h,
+        &[
+            "create",
+            "--ip",
+            &ip,
+            "--image",
+            &format!("oci-layout:/opt/lab/oci:{V_MID}"),
+        ],
+    );
+    assert_eq!(members(&lab, h).len(), 1);
+    // del-keys asks for --yes, then deletes exactly the prefix.
+    put(&lab, h, "app/x", "1");
+    put(&lab, h, "other/y", "1");
+    let err = fails(h, 2, &["del-keys", "--prefix", "app/"]);
+    assert!(err.contains("--yes"), "{err}");
+    assert!(ok(h, &["del-keys", "--prefix", "app/", "--yes"]).contains("Deleted 1 key"));
+    assert!(keys(&lab, h, "app/").is_empty() && keys(&lab, h, "other/").len() == 1);
+    // A second create on the same host is refused, and the running member is left alone.
+    let err = fails(h, 2, &["create", "--ip", &ip, "--image", &img]);
+    assert!(err.contains("already runs a member"), "{err}");
+    assert_eq!(unit_prop(h, "ActiveState"), "active");
+}
