@@ -119,17 +119,37 @@ pub async fn members(client: &Client) -> Result<Vec<MemberInfo>> {
         .collect())
 }
 
-/// Registers a new member as a non-voting learner and returns its ID. Not retried: a retry after
-/// a lost reply would add a second learner, so callers look for an existing one first.
-pub async fn add_learner(client: &Client, peer_url: &str) -> Result<u64> {
-    let resp = client
-        .clone()
-        .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
-        .await
-        .map_err(|e| etcd_err(&format!("member add {peer_url} as learner"), e))?;
-    resp.member()
-        .map(|m| m.id())
-        .ok_or_else(|| Error::transient("member add", "etcd returned no member"))
+/// Registers a new member as a non-voting learner and returns its ID. Retried only on etcd's
+/// definite refusals ("unhealthy cluster" for a few seconds after another change, "too many
+/// learners" while another member joins): nothing was added then. Any other failure may have
+/// added the learner, so callers look for it by peer URL before trying again.
+pub async fn add_learner(client: &Client, peer_url: &str, timeout: Duration) -> Result<u64> {
+    let what = format!("member add {peer_url} as learner");
+    let start = Instant::now();
+    loop {
+        match client
+            .clone()
+            .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+            .await
+        {
+            Ok(resp) => {
+                return resp
+                    .member()
+                    .map(|m| m.id())
+                    .ok_or_else(|| Error::transient(&what, "etcd returned no member"));
+            }
+            Err(e) if is_refusal(&e) && start.elapsed() < timeout => {
+                tracing::debug!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(etcd_err(&what, e)),
+        }
+    }
+}
+
+fn is_refusal(e: &etcd_client::Error) -> bool {
+    let s = e.to_string();
+    s.contains("unhealthy cluster") || s.contains("too many learner")
 }
 
 /// Promotes a learner to a voting member once it has caught up with the leader.

@@ -51,8 +51,10 @@ fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header
     h
 }
 
-/// A layer from (path in image, Some(content) | None for a folder) entries.
-fn layer(entries: &[(String, Option<(Vec<u8>, u32)>)]) -> Layer {
+/// A layer entry: path in the image, and Some((content, mode)) for a file or None for a folder.
+type Entry = (String, Option<(Vec<u8>, u32)>);
+
+fn layer(entries: &[Entry]) -> Layer {
     let mut b = tar::Builder::new(Vec::new());
     for (path, content) in entries {
         match content {
@@ -77,11 +79,11 @@ fn layer(entries: &[(String, Option<(Vec<u8>, u32)>)]) -> Layer {
     }
 }
 
-fn file(path: &str, bytes: Vec<u8>, mode: u32) -> (String, Option<(Vec<u8>, u32)>) {
+fn file(path: &str, bytes: Vec<u8>, mode: u32) -> Entry {
     (path.into(), Some((bytes, mode)))
 }
 
-fn dir(path: &str) -> (String, Option<(Vec<u8>, u32)>) {
+fn dir(path: &str) -> Entry {
     (format!("{path}/"), None)
 }
 

@@ -8,7 +8,7 @@ use crate::host::member::{ClusterState, MemberRecord};
 use crate::host::{Engine, check_listen, image, systemd};
 use crate::names::{InstanceName, MemberName, check_ports, url};
 
-use super::{HEALTH_TIMEOUT, PROMOTE_TIMEOUT, REMOVE_TIMEOUT};
+use super::{HEALTH_TIMEOUT, PROMOTE_TIMEOUT, RECONFIG_TIMEOUT};
 
 /// What `create` and `join` are asked for.
 #[derive(Debug, Clone)]
@@ -150,7 +150,7 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
         }
         None => {
             tracing::info!("registering {} ({peer_url}) as a learner", m.name);
-            etcd::add_learner(&client, &peer_url).await?
+            etcd::add_learner(&client, &peer_url, RECONFIG_TIMEOUT).await?
         }
     };
     let mut initial_cluster: Vec<(MemberName, String)> = members
@@ -188,7 +188,7 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
             .unwrap_or(false);
         if still_learner {
             rollback(engine, &m.instance).await;
-            if let Err(re) = etcd::remove(&client, id, REMOVE_TIMEOUT).await {
+            if let Err(re) = etcd::remove(&client, id, RECONFIG_TIMEOUT).await {
                 tracing::warn!("could not deregister learner {id:x}: {re}; run `member remove {id:x}`");
             }
         }

@@ -20,8 +20,8 @@ pub use upgrade::{UpgradeReport, upgrade};
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a learner may take to catch up with the leader.
 pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long etcd may refuse a removal right after another change ("unhealthy cluster").
-pub const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long etcd may refuse a membership change right after another one ("unhealthy cluster").
+pub const RECONFIG_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn require_yes(yes: bool, what: &str) -> crate::error::Result<()> {
     if yes {

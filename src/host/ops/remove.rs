@@ -7,7 +7,7 @@ use crate::host::etcd::{self, MemberInfo};
 use crate::host::{Engine, systemd};
 use crate::names::InstanceName;
 
-use super::{REMOVE_TIMEOUT, require_yes};
+use super::{RECONFIG_TIMEOUT, require_yes};
 
 #[derive(Debug)]
 pub struct RemoveReport {
@@ -57,11 +57,6 @@ pub async fn remove(engine: &Engine, instance: &InstanceName, yes: bool, force: 
     systemd::stop_and_disable(instance).await?;
     let archive = engine.archive_member(instance, "removed")?;
     tracing::info!("config and data archived in {}", archive.display());
-    if let Ok(removed) = engine.gc_images()
-        && !removed.is_empty()
-    {
-        tracing::info!("removed {} unused image(s)", removed.len());
-    }
     Ok(RemoveReport { deregistered, archive })
 }
 
@@ -117,7 +112,7 @@ async fn deregister(my_endpoint: &str, my_peer: &str, members: &[MemberInfo], fo
     let endpoints: Vec<String> = others.iter().flat_map(|m| m.client_urls.clone()).collect();
     let client = etcd::connect(&endpoints).await?;
     tracing::info!("deregistering member {:x} ({})", me.id, me.name);
-    etcd::remove(&client, me.id, REMOVE_TIMEOUT).await?;
+    etcd::remove(&client, me.id, RECONFIG_TIMEOUT).await?;
     Ok(me.id)
 }
 
