@@ -9,7 +9,10 @@ use clap::Parser;
 use runc_etcd::lab::{Lab, LabHost, images, netns};
 
 #[derive(Parser)]
-#[command(name = "runc-etcd-bench", about = "Time to a healthy 3-member cluster: runc-etcd vs plain etcd processes")]
+#[command(
+    name = "runc-etcd-bench",
+    about = "Time to a healthy 3-member cluster: runc-etcd vs plain etcd processes"
+)]
 struct Args {
     /// etcd version (image tag / Debian build) to use.
     #[arg(long, default_value = "3.5.16")]
@@ -62,7 +65,10 @@ fn teardown(hosts: [&LabHost; 3]) {
 /// Three plain etcd processes, bootstrapped statically as one would by hand; time to all healthy.
 fn plain_cluster(lab: &Lab, hosts: [&LabHost; 3], version: &str) -> (Duration, Vec<Child>) {
     let etcd = images::cache_dir().join("etcd").join(version).join("etcd");
-    let peers: Vec<String> = hosts.iter().map(|h| format!("{}=http://{}:2380", h.name(), h.ip())).collect();
+    let peers: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("{}=http://{}:2380", h.name(), h.ip()))
+        .collect();
     let t = Instant::now();
     let children = hosts
         .iter()
@@ -107,7 +113,11 @@ fn secs(d: Duration) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let bin = std::env::current_exe().expect("own path").parent().expect("bin dir").to_path_buf();
+    let bin = std::env::current_exe()
+        .expect("own path")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
     let t = Instant::now();
     let lab = match Lab::up(6, &bin) {
         Ok(l) => l,
@@ -116,7 +126,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("lab {}: 6 hosts up in {} (etcd {})", lab.id, secs(t.elapsed()), args.version);
+    println!(
+        "lab {}: 6 hosts up in {} (etcd {})",
+        lab.id,
+        secs(t.elapsed()),
+        args.version
+    );
     let ours = [lab.host(1), lab.host(2), lab.host(3)];
     let plain = [lab.host(4), lab.host(5), lab.host(6)];
 
@@ -139,7 +154,10 @@ fn main() -> ExitCode {
         warm_totals.push(warm.iter().sum::<Duration>());
     }
     let (plain_time, mut children) = plain_cluster(&lab, plain, &args.version);
-    println!("plain etcd processes, static bootstrap:       3 started at once → 3 healthy in {}", secs(plain_time));
+    println!(
+        "plain etcd processes, static bootstrap:       3 started at once → 3 healthy in {}",
+        secs(plain_time)
+    );
     if !warm_totals.is_empty() {
         warm_totals.sort();
         let median = warm_totals[warm_totals.len() / 2];

@@ -223,6 +223,10 @@ fn print_status(s: &ClusterStatus) {
         s.unit.sub_state,
         s.unit.n_restarts
     );
+    if let Some(why) = &s.unreachable {
+        println!("etcd of this member is not reachable: {why}");
+        return;
+    }
     let healthy = s.members.iter().filter(|m| m.healthy()).count();
     println!("Cluster health: {healthy}/{} members healthy", s.members.len());
     for m in &s.members {

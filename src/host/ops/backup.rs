@@ -138,7 +138,12 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
     new.initial_cluster = vec![(record.name.clone(), record.peer_url())];
     new.initial_cluster_state = ClusterState::New;
     new.hide_initial_cluster = false;
-    run_restore_tool(engine, &new, &work).await?;
+    if let Err(e) = run_restore_tool(engine, &new, &work).await {
+        // The live data was not touched: bring the member back as it was.
+        let _ = std::fs::remove_dir_all(&work);
+        systemd::start(instance).await?;
+        return Err(e);
+    }
 
     let archive = engine.archive_member(instance, "before-restore")?;
     std::fs::rename(work.join("data"), paths.data()).ctx("moving the restored data into place", paths.data())?;

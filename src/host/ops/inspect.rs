@@ -38,6 +38,8 @@ pub struct ClusterStatus {
     pub unit: UnitState,
     pub members: Vec<MemberHealth>,
     pub leader: u64,
+    /// Why the local member's etcd could not be asked, with the end of its log.
+    pub unreachable: Option<String>,
 }
 
 impl ClusterStatus {
@@ -49,8 +51,23 @@ impl ClusterStatus {
 pub async fn status(engine: &Engine, instance: &InstanceName) -> Result<ClusterStatus> {
     let local = engine.require(instance)?;
     let unit = systemd::show(instance).await?;
-    let client = etcd::connect(&[local.client_url()]).await?;
-    let listed = etcd::members(&client).await?;
+    let listed = match etcd::connect(&[local.client_url()]).await {
+        Ok(client) => etcd::members(&client).await,
+        Err(e) => Err(e),
+    };
+    let listed = match listed {
+        Ok(l) => l,
+        Err(e) => {
+            let log = systemd::journal_tail(instance, 10).await;
+            return Ok(ClusterStatus {
+                local,
+                unit,
+                members: vec![],
+                leader: 0,
+                unreachable: Some(format!("{e}\nlast log lines of the unit:\n{log}")),
+            });
+        }
+    };
     let mut members = Vec::new();
     let mut leader = 0;
     for m in listed {
@@ -69,6 +86,7 @@ pub async fn status(engine: &Engine, instance: &InstanceName) -> Result<ClusterS
         unit,
         members,
         leader,
+        unreachable: None,
     })
 }
 

@@ -53,10 +53,16 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
         from,
         reference
     );
+    let before = record.clone();
     systemd::stop(instance).await?;
     record.previous_image = Some(record.image.clone());
     record.image = img.record;
-    engine.write_member_files(&record, &img.rootfs)?;
+    if let Err(e) = engine.write_member_files(&record, &img.rootfs) {
+        // Nothing ran on the new image yet: put the old files back and start the member again.
+        let _ = engine.write_member_files(&before, &engine.rootfs(&before)?);
+        systemd::start(instance).await?;
+        return Err(e);
+    }
     systemd::start(instance).await?;
     let status = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await.map_err(|e| {
         Error::transient(
