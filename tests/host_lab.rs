@@ -7,8 +7,46 @@ use common::*;
 #[test]
 fn create_and_joins_make_a_three_member_cluster() {
     let lab = lab(3);
-    cluster3(&lab, V_MID);
+    create(&lab, 1, V_MID);
+    join(&lab, 2, 1, V_MID);
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+    // A join that died right after `member add`: h3 is registered as a learner but never started.
+    // Joining again finds that learner by its peer URL and finishes the join with it.
+    let peer = format!("http://{}:2380", h3.ip());
+    with_client(&lab, vec![endpoint(h1)], move |mut c| async move {
+        // etcd refuses member add for a few seconds after h2's promotion ("unhealthy cluster").
+        for _ in 0..60 {
+            let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+            match c.member_add([peer.clone()], Some(opts)).await {
+                Ok(_) => return,
+                Err(e) if e.to_string().contains("unhealthy cluster") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await
+                }
+                Err(e) => panic!("member add: {e}"),
+            }
+        }
+        panic!("member add refused for 30s");
+    });
+    assert!(
+        members(&lab, h1).contains(&(String::new(), true, false)),
+        "an unstarted learner"
+    );
+    let out = h3.cli(&[
+        "host",
+        "join",
+        "--ip",
+        &h3.ip().to_string(),
+        "--image",
+        &lab.image(V_MID),
+        "--endpoint",
+        &endpoint(h1),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming the join"),
+        "{}",
+        text(&out)
+    );
 
     let m = members(&lab, h1);
     assert_eq!(
@@ -363,6 +401,14 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(err.contains("--yes"), "{err}");
     assert!(ok(h, &["del-keys", "--prefix", "app/", "--yes"]).contains("Deleted 1 key"));
     assert!(keys(&lab, h, "app/").is_empty() && keys(&lab, h, "other/").len() == 1);
+    // Data left without a member record (an interrupted archive) is never reused silently.
+    ok(h, &["remove", "--yes", "--force"]);
+    h.check(&["mkdir", "-p", "/var/lib/runc-etcd/etcd/data/member"])
+        .unwrap();
+    let err = fails(h, 2, &["create", "--ip", &ip, "--image", &img]);
+    assert!(err.contains("holds data of an earlier member"), "{err}");
+    h.check(&["rm", "-r", "/var/lib/runc-etcd/etcd/data"]).unwrap();
+    ok(h, &["create", "--ip", &ip, "--image", &img]);
     // A second create on the same host is refused, and the running member is left alone.
     let err = fails(h, 2, &["create", "--ip", &ip, "--image", &img]);
     assert!(err.contains("already runs a member"), "{err}");

@@ -149,12 +149,14 @@ impl Engine {
         let paths = self.paths(instance);
         let dest = layout::timestamped(&paths.archive(), why);
         std::fs::create_dir_all(&dest).ctx("creating an archive folder", &dest)?;
+        // The record and the bundle go first: after a crash half-way, no member "exists" here and
+        // the unit cannot start (ConditionPathExists), while create/join refuse the data left over.
         for p in [
+            paths.member_json(),
+            paths.config_json(),
             paths.data(),
             paths.etcd_conf(),
             paths.pki(),
-            paths.config_json(),
-            paths.member_json(),
         ] {
             if p.exists() {
                 let to = dest.join(p.file_name().expect("member paths have names"));

@@ -36,6 +36,14 @@ fn preflight(engine: &Engine, m: &NewMember) -> Result<()> {
             m.instance
         )));
     }
+    let data = engine.paths(&m.instance).data();
+    if std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::Refused(format!(
+            "{} holds data of an earlier member; move it into {} (or away) before creating a new member here",
+            data.display(),
+            engine.paths(&m.instance).archive().display()
+        )));
+    }
     check_listen(m.ip, m.client_port, m.peer_port)
 }
 
