@@ -12,7 +12,7 @@ fn create_and_joins_make_a_three_member_cluster() {
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
     // A join that died right after `member add`: h3 is registered as a learner but never started.
     // Joining again finds that learner by its peer URL and finishes the join with it.
-    let peer = format!("http://{}:2380", h3.ip());
+    let peer = format!("https://{}:2380", h3.ip());
     with_client(&lab, vec![endpoint(h1)], move |mut c| async move {
         // etcd refuses member add for a few seconds after h2's promotion ("unhealthy cluster").
         for _ in 0..60 {
@@ -31,15 +31,19 @@ fn create_and_joins_make_a_three_member_cluster() {
         members(&lab, h1).contains(&(String::new(), true, false)),
         "an unstarted learner"
     );
+    h3.copy_dir_from(h1, "/var/lib/runc-etcd/etcd/ca", "/root/ca").unwrap();
+    let (ip, image, ep) = (h3.ip().to_string(), lab.image(V_MID), endpoint(h1));
     let out = h3.cli(&[
         "host",
         "join",
         "--ip",
-        &h3.ip().to_string(),
+        &ip,
         "--image",
-        &lab.image(V_MID),
+        &image,
         "--endpoint",
-        &endpoint(h1),
+        &ep,
+        "--ca-from",
+        "/root/ca",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -59,6 +63,27 @@ fn create_and_joins_make_a_three_member_cluster() {
         "3 started voting members"
     );
     put(&lab, h1, "greeting", "hello from h1");
+    // Mutual TLS: a client that trusts the CA but has no certificate of its own is refused.
+    assert!(endpoint(h1).starts_with("https://"));
+    let ca = std::fs::read_to_string(h1.path("/var/lib/runc-etcd/etcd/pki/ca.crt")).unwrap();
+    let ep = endpoint(h1);
+    let anonymous = runc_etcd::lab::netns::run_in(&lab.client_ns(), move || async move {
+        let tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        let opts = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(std::time::Duration::from_secs(3))
+            .with_timeout(std::time::Duration::from_secs(3));
+        match etcd_client::Client::connect([ep], Some(opts)).await {
+            Ok(mut c) => c.get("greeting", None).await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    assert!(anonymous.is_err(), "a client without a certificate got in");
+    // Keys (0600) are only readable by root, and the CA key is not mounted into the container.
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(h1.path("/var/lib/runc-etcd/etcd/pki/server.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert!(!h1.path("/var/lib/runc-etcd/etcd/pki/ca.key").exists());
     assert_eq!(
         keys(&lab, h3, "greeting").get("greeting").map(String::as_str),
         Some("hello from h1")
@@ -203,9 +228,13 @@ fn rolling_upgrade_under_writes_loses_nothing() {
     assert!(ok(lab.host(1), &["upgrade", "--image", &lab.image(V_NEW)]).contains("nothing to do"));
 }
 
-fn backup_then_restore(version: &str) {
+fn backup_then_restore(version: &str, tls: bool) {
     let lab = lab(1);
-    create(&lab, 1, version);
+    if tls {
+        create(&lab, 1, version);
+    } else {
+        create_plain(&lab, 1, version);
+    }
     let h1 = lab.host(1);
     put(&lab, h1, "k/a", "1");
     put(&lab, h1, "k/b", "2");
@@ -246,12 +275,12 @@ fn backup_then_restore(version: &str) {
 
 #[test]
 fn backup_and_restore_3_5_with_etcdutl() {
-    backup_then_restore(V_MID);
+    backup_then_restore(V_MID, true);
 }
 
 #[test]
-fn backup_and_restore_3_4_with_etcdctl() {
-    backup_then_restore(V_OLD);
+fn backup_and_restore_3_4_with_etcdctl_over_plain_http() {
+    backup_then_restore(V_OLD, false);
 }
 
 #[test]

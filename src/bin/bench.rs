@@ -47,7 +47,8 @@ fn runc_etcd_cluster(lab: &Lab, hosts: [&LabHost; 3], version: &str) -> Vec<Dura
             let ip = h.ip().to_string();
             let t = Instant::now();
             if i == 0 {
-                cli(h, &["create", "--ip", &ip, "--image", &image]);
+                // Plain HTTP on both sides, so the comparison is like for like.
+                cli(h, &["create", "--ip", &ip, "--image", &image, "--plain-http"]);
             } else {
                 cli(h, &["join", "--ip", &ip, "--image", &image, "--endpoint", &seed]);
             }
@@ -94,7 +95,7 @@ fn plain_cluster(lab: &Lab, hosts: [&LabHost; 3], version: &str) -> (Duration, V
         loop {
             let mut healthy = 0;
             for ep in &endpoints {
-                if runc_etcd::host::etcd::endpoint_health(ep).await.is_ok() {
+                if runc_etcd::host::etcd::Access::plain().health(ep).await.is_ok() {
                     healthy += 1;
                 }
             }

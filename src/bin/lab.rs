@@ -91,26 +91,27 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
     }
     if !no_cluster {
         let image = lab.image(version);
-        let first = lab.host(1).ip().to_string();
+        let seed = format!("https://{}:2379", lab.host(1).ip());
         for h in &lab.hosts {
             let ip = h.ip().to_string();
-            let args: Vec<&str> = if h.n == 1 {
-                vec!["host", "create", "--ip", &ip, "--image", &image]
-            } else {
-                vec![
-                    "host",
-                    "join",
-                    "--ip",
-                    &ip,
-                    "--image",
-                    &image,
-                    "--endpoint",
-                    &format!("http://{first}:2379"),
-                ]
-                .into_iter()
-                .map(|s| &*Box::leak(s.to_string().into_boxed_str()))
-                .collect()
-            };
+            let mut args = vec![
+                "host",
+                "join",
+                "--ip",
+                &ip,
+                "--image",
+                &image,
+                "--endpoint",
+                &seed,
+                "--ca-from",
+                "/root/ca",
+            ];
+            if h.n == 1 {
+                args = vec!["host", "create", "--ip", &ip, "--image", &image];
+            } else if let Err(e) = h.copy_dir_from(lab.host(1), "/var/lib/runc-etcd/etcd/ca", "/root/ca") {
+                eprintln!("copying the CA to {}: {e}", h.name());
+                return ExitCode::FAILURE;
+            }
             println!("\n$ {}: runc-etcd {}", h.name(), args.join(" "));
             let out = h.cli(&args);
             print!("{}", String::from_utf8_lossy(&out.stdout));

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use crate::error::Result;
 use crate::host::image::PullOptions;
 use crate::host::layout::Layout;
-use crate::host::{self as engine, ClusterStatus, Engine, NewMember};
+use crate::host::{self as engine, ClusterStatus, Engine, NewMember, pki};
 use crate::names::{InstanceName, MemberName, parse_ip};
 
 pub const DEFAULT_IMAGE: &str = "gcr.io/etcd-development/etcd:v3.5.16";
@@ -53,15 +53,25 @@ struct MemberArgs {
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Start a new one-member cluster on this host.
-    Create(MemberArgs),
+    /// Start a new one-member cluster on this host (with a new CA: mutual TLS everywhere).
+    Create {
+        #[command(flatten)]
+        member: MemberArgs,
+        /// No TLS: clients and peers talk plain HTTP, without authentication. Only on a trusted network.
+        #[arg(long)]
+        plain_http: bool,
+    },
     /// Join this host to a running cluster (as a learner, promoted once it has caught up).
     Join {
         #[command(flatten)]
         member: MemberArgs,
-        /// The client URL of a healthy member, e.g. http://10.0.0.11:2379.
+        /// The client URL of a healthy member, e.g. https://10.0.0.11:2379.
         #[arg(long)]
         endpoint: String,
+        /// A copy of a member host's /var/lib/runc-etcd/<cluster>/ca/ folder (ca.crt, ca.key), to
+        /// issue this member's certificates. Needed for an https:// endpoint.
+        #[arg(long)]
+        ca_from: Option<PathBuf>,
     },
     /// Deregister this host's member, stop it and archive its config and data. DANGEROUS.
     Remove {
@@ -112,7 +122,7 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-fn new_member(instance: InstanceName, a: MemberArgs) -> Result<NewMember> {
+fn new_member(instance: InstanceName, a: MemberArgs, ca: Option<pki::Ca>) -> Result<NewMember> {
     let name = a.name.unwrap_or_else(hostname);
     Ok(NewMember {
         instance,
@@ -121,6 +131,7 @@ fn new_member(instance: InstanceName, a: MemberArgs) -> Result<NewMember> {
         client_port: a.client_port,
         peer_port: a.peer_port,
         image: a.image,
+        ca,
     })
 }
 
@@ -135,8 +146,18 @@ pub async fn run(args: HostArgs) -> Result<()> {
     };
     let me = std::env::args().next().unwrap_or_else(|| "runc-etcd".into());
     match args.action {
-        Action::Create(a) => {
-            let m = engine::create(&engine, new_member(instance.clone(), a)?).await?;
+        Action::Create { member, plain_http } => {
+            let ca = if plain_http {
+                None
+            } else {
+                Some(pki::new_ca(instance.as_str())?)
+            };
+            let m = engine::create(&engine, new_member(instance.clone(), member, ca)?).await?;
+            if m.tls {
+                let paths = engine.paths(&instance);
+                println!("TLS: this host's client certificate is in {}", paths.client().display());
+                println!("     joining hosts need a copy of {} (--ca-from)", paths.ca().display());
+            }
             println!(
                 "Created cluster {instance} with member {} at {}",
                 m.name,
@@ -146,8 +167,13 @@ pub async fn run(args: HostArgs) -> Result<()> {
             println!("Command reference");
             print_reference(&me, &instance, Some(&m.client_url()));
         }
-        Action::Join { member, endpoint } => {
-            let m = engine::join(&engine, new_member(instance.clone(), member)?, &endpoint).await?;
+        Action::Join {
+            member,
+            endpoint,
+            ca_from,
+        } => {
+            let ca = ca_from.as_deref().map(pki::load_ca).transpose()?;
+            let m = engine::join(&engine, new_member(instance.clone(), member, ca)?, &endpoint).await?;
             println!("Joined member {} at {} to cluster {instance}", m.name, m.client_url());
             print_status(&engine::status(&engine, &instance).await?);
         }
@@ -271,6 +297,11 @@ fn print_reference(me: &str, instance: &InstanceName, endpoint: Option<&str>) {
     println!("Watch log:        journalctl -fu {unit}");
     println!("Check health:     {me} host status --cluster {instance}");
     if let Some(ep) = endpoint {
-        println!("Expand cluster:   {me} host join --cluster {instance} --endpoint {ep} --ip <this host's IP>");
+        let ca = if ep.starts_with("https") {
+            " --ca-from <copy of the ca/ folder>"
+        } else {
+            ""
+        };
+        println!("Expand cluster:   {me} host join --cluster {instance} --endpoint {ep}{ca} --ip <this host's IP>");
     }
 }

@@ -4,11 +4,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, MemberAddOptions, TlsOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, IoContext, Result};
+use crate::host::pki::ClientTls;
 
 /// A member as `member list` shows it. `name` is empty until a newly added member has started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +44,112 @@ fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
     Error::transient(what, e)
 }
 
-pub async fn connect(endpoints: &[String]) -> Result<Client> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(10));
-    Client::connect(endpoints, Some(opts))
-        .await
-        .map_err(|e| etcd_err(&format!("connecting to {}", endpoints.join(",")), e))
+/// How the engine reaches etcd: plain HTTP, or mutual TLS with a client identity.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    tls: Option<ClientTls>,
+}
+
+impl Access {
+    pub fn plain() -> Self {
+        Access { tls: None }
+    }
+
+    pub fn tls(tls: ClientTls) -> Self {
+        Access { tls: Some(tls) }
+    }
+
+    pub async fn connect(&self, endpoints: &[String]) -> Result<Client> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10));
+        if let Some(t) = &self.tls {
+            opts = opts.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&t.ca))
+                    .identity(Identity::from_pem(&t.cert, &t.key)),
+            );
+        }
+        Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(|e| etcd_err(&format!("connecting to {}", endpoints.join(",")), e))
+    }
+
+    pub async fn status(&self, endpoint: &str) -> Result<EndpointStatus> {
+        let mut client = self.connect(&[endpoint.to_string()]).await?;
+        let s = client
+            .status()
+            .await
+            .map_err(|e| etcd_err(&format!("status of {endpoint}"), e))?;
+        Ok(EndpointStatus {
+            endpoint: endpoint.into(),
+            member_id: s.header().map(|h| h.member_id()).unwrap_or(0),
+            version: s.version().into(),
+            db_size: s.db_size(),
+            leader: s.leader(),
+            raft_index: s.raft_index(),
+            is_learner: s.is_learner(),
+            errors: s.errors().to_vec(),
+        })
+    }
+
+    /// Healthy as `etcdctl endpoint health` means it: the member answers and, for a voter, a
+    /// linearizable read goes through consensus. (Learners cannot serve those reads.)
+    pub async fn health(&self, endpoint: &str) -> Result<EndpointStatus> {
+        let status = self.status(endpoint).await?;
+        if !status.errors.is_empty() {
+            return Err(Error::transient(
+                format!("health of {endpoint}"),
+                status.errors.join("; "),
+            ));
+        }
+        if status.leader == 0 {
+            return Err(Error::transient(format!("health of {endpoint}"), "no leader"));
+        }
+        if !status.is_learner {
+            let mut client = self.connect(&[endpoint.to_string()]).await?;
+            client
+                .get("health", Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(|e| etcd_err(&format!("quorum read through {endpoint}"), e))?;
+        }
+        Ok(status)
+    }
+
+    /// Streams a snapshot of `endpoint`'s backend into `path` (written to `path.part`, renamed at
+    /// the end). Returns its size and sha256.
+    pub async fn snapshot(&self, endpoint: &str, path: &Path) -> Result<(u64, String)> {
+        let mut client = self.connect(&[endpoint.to_string()]).await?;
+        let part = path.with_extension("part");
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .ctx("creating a snapshot file", &part)?;
+        let mut stream = client
+            .snapshot()
+            .await
+            .map_err(|e| etcd_err(&format!("snapshot of {endpoint}"), e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|e| etcd_err(&format!("snapshot of {endpoint}"), e))?
+        {
+            hasher.update(msg.blob());
+            size += msg.blob().len() as u64;
+            file.write_all(msg.blob()).await.ctx("writing a snapshot", &part)?;
+        }
+        file.sync_all().await.ctx("syncing a snapshot", &part)?;
+        if size == 0 {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(Error::transient(
+                format!("snapshot of {endpoint}"),
+                "etcd sent an empty snapshot",
+            ));
+        }
+        tokio::fs::rename(&part, path).await.ctx("renaming a snapshot", path)?;
+        Ok((size, hex::encode(hasher.finalize())))
+    }
 }
 
 /// Retries `op` until it succeeds, fails with an error etcd will not get over by waiting, or
@@ -169,80 +269,4 @@ pub async fn remove(client: &Client, id: u64, timeout: Duration) -> Result<()> {
     })
     .await
     .map(drop)
-}
-
-pub async fn endpoint_status(endpoint: &str) -> Result<EndpointStatus> {
-    let mut client = connect(&[endpoint.to_string()]).await?;
-    let s = client
-        .status()
-        .await
-        .map_err(|e| etcd_err(&format!("status of {endpoint}"), e))?;
-    Ok(EndpointStatus {
-        endpoint: endpoint.into(),
-        member_id: s.header().map(|h| h.member_id()).unwrap_or(0),
-        version: s.version().into(),
-        db_size: s.db_size(),
-        leader: s.leader(),
-        raft_index: s.raft_index(),
-        is_learner: s.is_learner(),
-        errors: s.errors().to_vec(),
-    })
-}
-
-/// Healthy as `etcdctl endpoint health` means it: the member answers and, for a voter, a
-/// linearizable read goes through consensus. (Learners cannot serve those reads.)
-pub async fn endpoint_health(endpoint: &str) -> Result<EndpointStatus> {
-    let status = endpoint_status(endpoint).await?;
-    if !status.errors.is_empty() {
-        return Err(Error::transient(
-            format!("health of {endpoint}"),
-            status.errors.join("; "),
-        ));
-    }
-    if status.leader == 0 {
-        return Err(Error::transient(format!("health of {endpoint}"), "no leader"));
-    }
-    if !status.is_learner {
-        let mut client = connect(&[endpoint.to_string()]).await?;
-        client
-            .get("health", Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| etcd_err(&format!("quorum read through {endpoint}"), e))?;
-    }
-    Ok(status)
-}
-
-/// Streams a snapshot of `endpoint`'s backend into `path` (written to `path.part`, renamed at the
-/// end). Returns its size and sha256.
-pub async fn snapshot(endpoint: &str, path: &Path) -> Result<(u64, String)> {
-    let mut client = connect(&[endpoint.to_string()]).await?;
-    let part = path.with_extension("part");
-    let mut file = tokio::fs::File::create(&part)
-        .await
-        .ctx("creating a snapshot file", &part)?;
-    let mut stream = client
-        .snapshot()
-        .await
-        .map_err(|e| etcd_err(&format!("snapshot of {endpoint}"), e))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(msg) = stream
-        .message()
-        .await
-        .map_err(|e| etcd_err(&format!("snapshot of {endpoint}"), e))?
-    {
-        hasher.update(msg.blob());
-        size += msg.blob().len() as u64;
-        file.write_all(msg.blob()).await.ctx("writing a snapshot", &part)?;
-    }
-    file.sync_all().await.ctx("syncing a snapshot", &part)?;
-    if size == 0 {
-        let _ = tokio::fs::remove_file(&part).await;
-        return Err(Error::transient(
-            format!("snapshot of {endpoint}"),
-            "etcd sent an empty snapshot",
-        ));
-    }
-    tokio::fs::rename(&part, path).await.ctx("renaming a snapshot", path)?;
-    Ok((size, hex::encode(hasher.finalize())))
 }

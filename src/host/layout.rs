@@ -65,6 +65,15 @@ impl MemberPaths {
     pub fn pki(&self) -> PathBuf {
         self.dir.join("pki")
     }
+    /// The engine's client certificate for this member's etcd (0600; not mounted).
+    pub fn client(&self) -> PathBuf {
+        self.dir.join("client")
+    }
+    /// The cluster CA's certificate and key (0600; not mounted), to issue certificates for members
+    /// that join from this host: copy this folder to the joining host (`join --ca-from`).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
     pub fn bundle(&self) -> PathBuf {
         self.dir.join("bundle")
     }

@@ -46,14 +46,20 @@ pub struct MemberRecord {
     /// the data dir exists; hiding them avoids a stale peer list misleading a reader).
     #[serde(default)]
     pub hide_initial_cluster: bool,
+    /// Mutual TLS on the client and peer listeners (certificates under `pki/`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl MemberRecord {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
     pub fn client_url(&self) -> String {
-        url("http", self.ip, self.client_port)
+        url(self.scheme(), self.ip, self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        url("http", self.ip, self.peer_port)
+        url(self.scheme(), self.ip, self.peer_port)
     }
 
     /// etcd's own config for this member (etcd runs with `--config-file`).
@@ -89,6 +95,8 @@ impl MemberRecord {
             logger: "zap".into(),
             log_outputs: vec!["stderr".into()],
             strict_reconfig_check: true,
+            client_transport_security: self.tls.then(|| TransportSecurity::member("server")),
+            peer_transport_security: self.tls.then(|| TransportSecurity::member("peer")),
         }
     }
 
@@ -129,6 +137,32 @@ pub struct EtcdConfig {
     pub logger: String,
     pub log_outputs: Vec<String>,
     pub strict_reconfig_check: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_transport_security: Option<TransportSecurity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_transport_security: Option<TransportSecurity>,
+}
+
+/// A listener's TLS settings, as etcd's config file spells them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TransportSecurity {
+    pub cert_file: String,
+    pub key_file: String,
+    pub trusted_ca_file: String,
+    /// Only certificates from the cluster CA get in: mutual TLS.
+    pub client_cert_auth: bool,
+}
+
+impl TransportSecurity {
+    fn member(which: &str) -> Self {
+        TransportSecurity {
+            cert_file: format!("{}/{which}.crt", container::PKI),
+            key_file: format!("{}/{which}.key", container::PKI),
+            trusted_ca_file: format!("{}/ca.crt", container::PKI),
+            client_cert_auth: true,
+        }
+    }
 }
 
 impl EtcdConfig {
@@ -152,12 +186,13 @@ pub(crate) fn sample() -> MemberRecord {
         },
         previous_image: None,
         initial_cluster: vec![
-            (MemberName::new("h1").unwrap(), "http://10.0.0.11:2380".into()),
-            (MemberName::new("h2").unwrap(), "http://10.0.0.12:2380".into()),
+            (MemberName::new("h1").unwrap(), "https://10.0.0.11:2380".into()),
+            (MemberName::new("h2").unwrap(), "https://10.0.0.12:2380".into()),
         ],
         initial_cluster_state: ClusterState::Existing,
         cluster_token: "etcd".into(),
         hide_initial_cluster: false,
+        tls: true,
     }
 }
 
@@ -186,6 +221,7 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<MemberRecord>(&json).unwrap(), m);
         let bad = json.replace("\"name\":\"h2\"", "\"name\":\"../h2\"");
+        assert!(m.etcd_config().to_yaml().contains("client-cert-auth: true"));
         assert!(serde_json::from_str::<MemberRecord>(&bad).is_err());
     }
 }

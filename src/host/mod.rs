@@ -7,6 +7,7 @@ pub mod image;
 pub mod layout;
 pub mod member;
 mod ops;
+pub mod pki;
 pub mod runc;
 pub mod systemd;
 pub mod unit;
@@ -139,14 +140,29 @@ impl Engine {
         write_atomic(&paths.member_json(), &json, 0o644)
     }
 
+    /// How the engine reaches this member's etcd (mutual TLS with its client identity, or plain).
+    pub fn access(&self, record: &MemberRecord) -> Result<etcd::Access> {
+        if record.tls {
+            Ok(etcd::Access::tls(pki::read_client(&self.paths(&record.instance))?))
+        } else {
+            Ok(etcd::Access::plain())
+        }
+    }
+
     pub fn rootfs(&self, record: &MemberRecord) -> Result<PathBuf> {
         image::rootfs_of(&self.layout.images_dir(), &record.image.digest)
     }
 
     /// Moves a member's files (data included) into `archive/<timestamp>-<why>/` and deletes what
-    /// can be rebuilt (the bundle). Nothing is deleted that is not derived.
-    pub fn archive_member(&self, instance: &InstanceName, why: &str) -> Result<PathBuf> {
+    /// can be rebuilt (the bundle). Nothing is deleted that is not derived. With `keep_tls` the
+    /// certificates stay (a restore keeps the member's identity).
+    pub fn archive_member(&self, instance: &InstanceName, why: &str, keep_tls: bool) -> Result<PathBuf> {
         let paths = self.paths(instance);
+        let tls = if keep_tls {
+            vec![]
+        } else {
+            vec![paths.pki(), paths.client(), paths.ca()]
+        };
         let dest = layout::timestamped(&paths.archive(), why);
         std::fs::create_dir_all(&dest).ctx("creating an archive folder", &dest)?;
         // The record and the bundle go first: after a crash half-way, no member "exists" here and
@@ -156,8 +172,10 @@ impl Engine {
             paths.config_json(),
             paths.data(),
             paths.etcd_conf(),
-            paths.pki(),
-        ] {
+        ]
+        .into_iter()
+        .chain(tls)
+        {
             if p.exists() {
                 let to = dest.join(p.file_name().expect("member paths have names"));
                 std::fs::rename(&p, &to).ctx("archiving", &p)?;
@@ -184,10 +202,11 @@ impl Engine {
         record: &MemberRecord,
         timeout: std::time::Duration,
     ) -> Result<etcd::EndpointStatus> {
+        let access = self.access(record)?;
         let start = std::time::Instant::now();
         let first_restarts = systemd::show(&record.instance).await.map(|s| s.n_restarts).unwrap_or(0);
         loop {
-            let last = match etcd::endpoint_health(&record.client_url()).await {
+            let last = match access.health(&record.client_url()).await {
                 Ok(s) => return Ok(s),
                 Err(e) => e.to_string(),
             };

@@ -257,6 +257,20 @@ impl LabHost {
         self.exec(&full).expect("nsenter runs")
     }
 
+    /// Copies the files of folder `from` on `other` into folder `to` on this host, keeping modes
+    /// (what a person does with scp, e.g. for the CA folder a joining host needs).
+    pub fn copy_dir_from(&self, other: &LabHost, from: &str, to: &str) -> LabResult<()> {
+        let (src, dst) = (other.path(from), self.path(to));
+        std::fs::create_dir_all(&dst).map_err(io_err("creating the copy's folder"))?;
+        for e in std::fs::read_dir(&src)
+            .map_err(io_err("reading the folder to copy"))?
+            .flatten()
+        {
+            std::fs::copy(e.path(), dst.join(e.file_name())).map_err(io_err("copying a file"))?;
+        }
+        Ok(())
+    }
+
     /// Powers the host off: gracefully (systemd stops every unit) or as a power cut.
     pub fn power_off(&self, graceful: bool) {
         if let Some(pid) = self.pid() {

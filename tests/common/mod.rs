@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use runc_etcd::lab::{Lab, LabHost, netns};
 
 pub const V_OLD: &str = "3.4.23";
@@ -64,8 +64,26 @@ pub fn fails(h: &LabHost, code: i32, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+const MEMBER: &str = "/var/lib/runc-etcd/etcd";
+
+/// The host's client URL: https unless its member was made with --plain-http.
 pub fn endpoint(h: &LabHost) -> String {
-    format!("http://{}:2379", h.ip())
+    let record = std::fs::read_to_string(h.path(&format!("{MEMBER}/member.json"))).unwrap_or_default();
+    let plain = record.contains("\"tls\": false");
+    format!("{}://{}:2379", if plain { "http" } else { "https" }, h.ip())
+}
+
+/// A client identity of the lab's cluster (the first host's, as an admin on it would use).
+pub fn identity(lab: &Lab) -> Option<TlsOptions> {
+    lab.hosts.iter().find_map(|h| {
+        let read = |f: &str| std::fs::read_to_string(h.path(&format!("{MEMBER}/client/{f}"))).ok();
+        let (ca, cert, key) = (read("ca.crt")?, read("client.crt")?, read("client.key")?);
+        Some(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .identity(Identity::from_pem(cert, key)),
+        )
+    })
 }
 
 pub fn create(lab: &Lab, n: u8, version: &str) {
@@ -76,21 +94,33 @@ pub fn create(lab: &Lab, n: u8, version: &str) {
     );
 }
 
-pub fn join(lab: &Lab, n: u8, via: u8, version: &str) {
+pub fn create_plain(lab: &Lab, n: u8, version: &str) {
     let h = lab.host(n);
-    let ep = endpoint(lab.host(via));
     ok(
         h,
         &[
-            "join",
+            "create",
             "--ip",
             &h.ip().to_string(),
             "--image",
             &lab.image(version),
-            "--endpoint",
-            &ep,
+            "--plain-http",
         ],
     );
+}
+
+/// Joins host `n` through host `via`, copying the CA folder over first as a person would.
+pub fn join(lab: &Lab, n: u8, via: u8, version: &str) {
+    let (h, v) = (lab.host(n), lab.host(via));
+    let ep = endpoint(v);
+    let ip = h.ip().to_string();
+    let image = lab.image(version);
+    let mut args = vec!["join", "--ip", &ip, "--image", &image, "--endpoint", &ep];
+    if ep.starts_with("https") {
+        h.copy_dir_from(v, &format!("{MEMBER}/ca"), "/root/ca").unwrap();
+        args.extend(["--ca-from", "/root/ca"]);
+    }
+    ok(h, &args);
 }
 
 /// create on h1, join h2 and h3.
@@ -100,10 +130,13 @@ pub fn cluster3(lab: &Lab, version: &str) {
     join(lab, 3, 1, version);
 }
 
-async fn connect(endpoints: Vec<String>) -> Client {
-    let opts = ConnectOptions::new()
+async fn connect(endpoints: Vec<String>, tls: Option<TlsOptions>) -> Client {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        opts = opts.with_tls(tls);
+    }
     Client::connect(endpoints, Some(opts)).await.expect("connect")
 }
 
@@ -114,10 +147,10 @@ where
     Fut: std::future::Future<Output = T>,
     T: Send + 'static,
 {
-    netns::run_in(
-        &lab.client_ns(),
-        move || async move { f(connect(endpoints).await).await },
-    )
+    let tls = identity(lab);
+    netns::run_in(&lab.client_ns(), move || async move {
+        f(connect(endpoints, tls).await).await
+    })
 }
 
 pub fn put(lab: &Lab, via: &LabHost, key: &str, value: &str) {
@@ -195,8 +228,9 @@ impl Writer {
     pub fn start(lab: &Lab, endpoints: Vec<String>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let tls = identity(lab);
         let handle = netns::spawn_in(&lab.client_ns(), move || async move {
-            let mut c = connect(endpoints).await;
+            let mut c = connect(endpoints, tls).await;
             let mut acked = Vec::new();
             let mut n = 0u64;
             while !flag.load(Ordering::Relaxed) {

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, IoContext, Result};
 use crate::host::layout;
 use crate::host::member::{ClusterState, MemberRecord};
-use crate::host::{Engine, bundle, etcd, runc, systemd, write_atomic};
+use crate::host::{Engine, bundle, runc, systemd, write_atomic};
 use crate::names::InstanceName;
 
 use super::{HEALTH_TIMEOUT, require_yes};
@@ -34,11 +34,12 @@ pub async fn backup(engine: &Engine, instance: &InstanceName) -> Result<BackupRe
 async fn take_backup(engine: &Engine, record: &MemberRecord, why: &str) -> Result<BackupReport> {
     let paths = engine.paths(&record.instance);
     let endpoint = record.client_url();
-    let status = etcd::endpoint_status(&endpoint).await?;
+    let access = engine.access(record)?;
+    let status = access.status(&endpoint).await?;
     let dir = layout::timestamped(&paths.backups(), why);
     std::fs::create_dir_all(&dir).ctx("creating a backup folder", &dir)?;
     let taken = async {
-        let (size, sha256) = etcd::snapshot(&endpoint, &dir.join("snapshot.db")).await?;
+        let (size, sha256) = access.snapshot(&endpoint, &dir.join("snapshot.db")).await?;
         for f in [paths.etcd_conf(), paths.member_json(), paths.config_json()] {
             let to = dir.join(f.file_name().expect("member files have names"));
             std::fs::copy(&f, &to).ctx("copying config into the backup", &f)?;
@@ -145,7 +146,7 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
         return Err(e);
     }
 
-    let archive = engine.archive_member(instance, "before-restore")?;
+    let archive = engine.archive_member(instance, "before-restore", true)?;
     std::fs::rename(work.join("data"), paths.data()).ctx("moving the restored data into place", paths.data())?;
     let _ = std::fs::remove_dir_all(&work);
     engine.write_member_files(&new, &engine.rootfs(&new)?)?;

@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use crate::error::{Error, Result};
 use crate::host::etcd::{self, MemberInfo};
-use crate::host::member::{ClusterState, MemberRecord};
+use crate::host::member::{ClusterState, ImageRecord, MemberRecord};
+use crate::host::pki::{self, MemberCerts};
 use crate::host::{Engine, check_listen, image, systemd};
 use crate::names::{InstanceName, MemberName, check_ports, url};
 
@@ -19,11 +20,46 @@ pub struct NewMember {
     pub client_port: u16,
     pub peer_port: u16,
     pub image: String,
+    /// The cluster CA to issue this member's certificates from; None for plain HTTP.
+    pub ca: Option<pki::Ca>,
 }
 
 impl NewMember {
+    fn scheme(&self) -> &'static str {
+        if self.ca.is_some() { "https" } else { "http" }
+    }
     fn peer_url(&self) -> String {
-        url("http", self.ip, self.peer_port)
+        url(self.scheme(), self.ip, self.peer_port)
+    }
+
+    fn record(
+        &self,
+        image: ImageRecord,
+        initial_cluster: Vec<(MemberName, String)>,
+        state: ClusterState,
+    ) -> MemberRecord {
+        MemberRecord {
+            instance: self.instance.clone(),
+            name: self.name.clone(),
+            ip: self.ip,
+            client_port: self.client_port,
+            peer_port: self.peer_port,
+            image,
+            previous_image: None,
+            initial_cluster,
+            initial_cluster_state: state,
+            cluster_token: self.instance.to_string(),
+            hide_initial_cluster: false,
+            tls: self.ca.is_some(),
+        }
+    }
+
+    /// The member's certificates (issued in memory: nothing is written before every check passed).
+    fn certs(&self) -> Result<Option<MemberCerts>> {
+        self.ca
+            .as_ref()
+            .map(|ca| pki::issue(ca, &self.name, self.ip))
+            .transpose()
     }
 }
 
@@ -49,9 +85,17 @@ fn preflight(engine: &Engine, m: &NewMember) -> Result<()> {
 
 /// Writes the files, starts the unit and waits until etcd is healthy. On failure the unit is
 /// stopped and the files are archived, so the host is as before (but for the archive).
-async fn install_and_start(engine: &Engine, record: &MemberRecord, rootfs: &std::path::Path) -> Result<()> {
+async fn install_and_start(
+    engine: &Engine,
+    record: &MemberRecord,
+    certs: Option<&MemberCerts>,
+    rootfs: &std::path::Path,
+) -> Result<()> {
     let started = async {
         engine.install_unit().await?;
+        if let Some(certs) = certs {
+            pki::write(&engine.paths(&record.instance), certs)?;
+        }
         engine.write_member_files(record, rootfs)?;
         tracing::info!("starting {}", systemd::unit_name(&record.instance));
         systemd::enable_and_start(&record.instance).await
@@ -72,7 +116,7 @@ async fn rollback(engine: &Engine, instance: &InstanceName) {
     if let Err(e) = systemd::stop_and_disable(instance).await {
         tracing::warn!("could not stop {}: {e}", systemd::unit_name(instance));
     }
-    match engine.archive_member(instance, "failed") {
+    match engine.archive_member(instance, "failed", false) {
         Ok(dir) => tracing::warn!("files of the failed member kept in {}", dir.display()),
         Err(e) => tracing::warn!("could not archive the failed member: {e}"),
     }
@@ -81,21 +125,10 @@ async fn rollback(engine: &Engine, instance: &InstanceName) {
 pub async fn create(engine: &Engine, m: NewMember) -> Result<MemberRecord> {
     let _lock = engine.lock(&m.instance)?;
     preflight(engine, &m)?;
+    let certs = m.certs()?;
     let img = image::ensure(&engine.layout.images_dir(), &m.image, &engine.pull).await?;
-    let record = MemberRecord {
-        instance: m.instance.clone(),
-        name: m.name.clone(),
-        ip: m.ip,
-        client_port: m.client_port,
-        peer_port: m.peer_port,
-        image: img.record,
-        previous_image: None,
-        initial_cluster: vec![(m.name.clone(), m.peer_url())],
-        initial_cluster_state: ClusterState::New,
-        cluster_token: m.instance.to_string(),
-        hide_initial_cluster: false,
-    };
-    install_and_start(engine, &record, &img.rootfs).await?;
+    let record = m.record(img.record, vec![(m.name.clone(), m.peer_url())], ClusterState::New);
+    install_and_start(engine, &record, certs.as_ref(), &img.rootfs).await?;
     if let Err(e) = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await {
         rollback(engine, &m.instance).await;
         return Err(e);
@@ -111,23 +144,43 @@ fn is_us(member: &MemberInfo, peer_url: &str) -> bool {
 pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<MemberRecord> {
     let _lock = engine.lock(&m.instance)?;
     preflight(engine, &m)?;
-    let endpoint_fix = "pass the client URL of a healthy member, e.g. --endpoint http://10.0.0.11:2379";
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(Error::invalid(
-            "--endpoint",
-            format!("{endpoint:?} is not a URL"),
-            endpoint_fix,
-        ));
-    }
+    let endpoint_fix = "pass the client URL of a healthy member, e.g. --endpoint https://10.0.0.11:2379";
+    let certs = match (endpoint.split_once("://").map(|x| x.0), &m.ca) {
+        (Some("https"), Some(_)) | (Some("http"), None) => m.certs()?,
+        (Some("https"), None) => {
+            return Err(Error::invalid(
+                "--ca-from",
+                "the cluster uses TLS but no CA was given",
+                "copy /var/lib/runc-etcd/<cluster>/ca/ from a member host and pass --ca-from <that folder>",
+            ));
+        }
+        (Some("http"), Some(_)) => {
+            return Err(Error::invalid(
+                "--ca-from",
+                "the endpoint is plain http",
+                "pass the member's https:// URL, or leave out --ca-from for a plain-HTTP cluster",
+            ));
+        }
+        _ => {
+            return Err(Error::invalid(
+                "--endpoint",
+                format!("{endpoint:?} is not a URL"),
+                endpoint_fix,
+            ));
+        }
+    };
+    let access = certs
+        .as_ref()
+        .map_or_else(etcd::Access::plain, |c| etcd::Access::tls(c.client_tls()));
     // The cluster must be reachable and have quorum before we touch anything.
-    etcd::endpoint_health(endpoint).await.map_err(|e| {
+    access.health(endpoint).await.map_err(|e| {
         Error::invalid(
             "--endpoint",
             format!("the cluster at {endpoint} is not reachable or not healthy: {e}"),
             endpoint_fix,
         )
     })?;
-    let client = etcd::connect(&[endpoint.to_string()]).await?;
+    let client = access.connect(&[endpoint.to_string()]).await?;
     let members = etcd::members(&client).await?;
     let peer_url = m.peer_url();
     if let Some(clash) = members
@@ -167,21 +220,9 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
         .filter_map(|x| Some((MemberName::new(x.name.clone()).ok()?, x.peer_urls.first()?.clone())))
         .collect();
     initial_cluster.push((m.name.clone(), peer_url.clone()));
-    let record = MemberRecord {
-        instance: m.instance.clone(),
-        name: m.name.clone(),
-        ip: m.ip,
-        client_port: m.client_port,
-        peer_port: m.peer_port,
-        image: img.record,
-        previous_image: None,
-        initial_cluster,
-        initial_cluster_state: ClusterState::Existing,
-        cluster_token: m.instance.to_string(),
-        hide_initial_cluster: false,
-    };
+    let record = m.record(img.record, initial_cluster, ClusterState::Existing);
     let joined = async {
-        install_and_start(engine, &record, &img.rootfs).await?;
+        install_and_start(engine, &record, certs.as_ref(), &img.rootfs).await?;
         tracing::info!("waiting for learner {id:x} to catch up, then promoting it");
         etcd::promote(&client, id, PROMOTE_TIMEOUT).await?;
         engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await

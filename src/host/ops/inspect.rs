@@ -51,7 +51,8 @@ impl ClusterStatus {
 pub async fn status(engine: &Engine, instance: &InstanceName) -> Result<ClusterStatus> {
     let local = engine.require(instance)?;
     let unit = systemd::show(instance).await?;
-    let listed = match etcd::connect(&[local.client_url()]).await {
+    let access = engine.access(&local)?;
+    let listed = match access.connect(&[local.client_url()]).await {
         Ok(client) => etcd::members(&client).await,
         Err(e) => Err(e),
     };
@@ -72,7 +73,7 @@ pub async fn status(engine: &Engine, instance: &InstanceName) -> Result<ClusterS
     let mut leader = 0;
     for m in listed {
         let status = match m.client_urls.first() {
-            Some(ep) => etcd::endpoint_health(ep).await.map_err(|e| e.to_string()),
+            Some(ep) => access.health(ep).await.map_err(|e| e.to_string()),
             None => Err("not started yet".to_string()),
         };
         if let Ok(s) = &status {
@@ -125,7 +126,7 @@ pub async fn del_keys(
         }
     };
     require_yes(yes, &format!("del-keys deletes {what}; take a backup first"))?;
-    let mut client = etcd::connect(&[record.client_url()]).await?;
+    let mut client = engine.access(&record)?.connect(&[record.client_url()]).await?;
     // `--all` is the range from \0 to the end of the keyspace, as `etcdctl del "" --from-key`.
     let opts = if all {
         DeleteOptions::new().with_from_key()

@@ -35,12 +35,13 @@ pub async fn remove(engine: &Engine, instance: &InstanceName, yes: bool, force: 
     let _lock = engine.lock(instance)?;
     let my_peer = record.peer_url();
 
-    let listed = match etcd::connect(&[record.client_url()]).await {
+    let access = engine.access(&record)?;
+    let listed = match access.connect(&[record.client_url()]).await {
         Ok(c) => etcd::members(&c).await,
         Err(e) => Err(e),
     };
     let deregistered = match listed {
-        Ok(members) => Some(deregister(&record.client_url(), &my_peer, &members, force).await?),
+        Ok(members) => Some(deregister(&access, &record.client_url(), &my_peer, &members, force).await?),
         Err(e) if force => {
             tracing::warn!("etcd not reachable ({e}); --force: stopping and archiving without deregistering");
             tracing::warn!("deregister this member from a healthy one with `etcdctl member remove <id>`");
@@ -55,13 +56,19 @@ pub async fn remove(engine: &Engine, instance: &InstanceName, yes: bool, force: 
 
     tracing::info!("stopping and disabling {}", systemd::unit_name(instance));
     systemd::stop_and_disable(instance).await?;
-    let archive = engine.archive_member(instance, "removed")?;
+    let archive = engine.archive_member(instance, "removed", false)?;
     tracing::info!("config and data archived in {}", archive.display());
     Ok(RemoveReport { deregistered, archive })
 }
 
 /// Removes our member from etcd through the other members, keeping quorum unless forced.
-async fn deregister(my_endpoint: &str, my_peer: &str, members: &[MemberInfo], force: bool) -> Result<u64> {
+async fn deregister(
+    access: &etcd::Access,
+    my_endpoint: &str,
+    my_peer: &str,
+    members: &[MemberInfo],
+    force: bool,
+) -> Result<u64> {
     let me = members
         .iter()
         .find(|m| m.peer_urls.iter().any(|u| u == my_peer))
@@ -82,7 +89,7 @@ async fn deregister(my_endpoint: &str, my_peer: &str, members: &[MemberInfo], fo
         let mut healthy = 0;
         for m in others.iter().filter(|m| !m.is_learner) {
             if let Some(ep) = m.client_urls.first()
-                && etcd::endpoint_health(ep).await.is_ok()
+                && access.health(ep).await.is_ok()
             {
                 healthy += 1;
             }
@@ -98,19 +105,19 @@ async fn deregister(my_endpoint: &str, my_peer: &str, members: &[MemberInfo], fo
         return Ok(me.id); // --force on the last member: nothing left to deregister from
     }
     // Hand leadership to another voter first, so the cluster does not stall on an election.
-    let status = etcd::endpoint_status(my_endpoint).await.ok();
+    let status = access.status(my_endpoint).await.ok();
     if status.as_ref().is_some_and(|s| s.leader == me.id)
         && let Some(target) = others.iter().find(|m| !m.is_learner && m.started())
     {
         tracing::info!("moving leadership to {}", target.name);
-        if let Ok(mut c) = etcd::connect(&[my_endpoint.to_string()]).await
+        if let Ok(mut c) = access.connect(&[my_endpoint.to_string()]).await
             && let Err(e) = c.move_leader(target.id).await
         {
             tracing::warn!("could not move leadership ({e}); etcd will elect a new leader");
         }
     }
     let endpoints: Vec<String> = others.iter().flat_map(|m| m.client_urls.clone()).collect();
-    let client = etcd::connect(&endpoints).await?;
+    let client = access.connect(&endpoints).await?;
     tracing::info!("deregistering member {:x} ({})", me.id, me.name);
     etcd::remove(&client, me.id, RECONFIG_TIMEOUT).await?;
     Ok(me.id)

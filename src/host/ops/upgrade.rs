@@ -23,7 +23,9 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
     let img = image::ensure(&engine.layout.images_dir(), reference, &engine.pull).await?;
     let from = record.image.reference.clone();
     if img.record.digest == record.image.digest {
-        let version = etcd::endpoint_status(&record.client_url())
+        let version = engine
+            .access(&record)?
+            .status(&record.client_url())
             .await
             .map(|s| s.version)
             .unwrap_or_default();
@@ -36,10 +38,11 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
     }
     // Taking a member down is only safe if the others keep quorum without it.
     if !force {
-        let client = etcd::connect(&[record.client_url()]).await?;
+        let access = engine.access(&record)?;
+        let client = access.connect(&[record.client_url()]).await?;
         for m in etcd::members(&client).await?.iter().filter(|m| !m.is_learner) {
             let Some(ep) = m.client_urls.first() else { continue };
-            if let Err(e) = etcd::endpoint_health(ep).await {
+            if let Err(e) = access.health(ep).await {
                 return Err(Error::Refused(format!(
                     "member {} is not healthy ({e}): upgrade one member at a time, on a healthy cluster. Pass --force to upgrade anyway",
                     m.name
