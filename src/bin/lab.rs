@@ -125,10 +125,15 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
     println!("\nReach it:");
     println!("  runc-etcd-lab exec {id} h1 -- runc-etcd host status");
     println!("  runc-etcd-lab exec {id} h2 -- journalctl -u runc-etcd@etcd --no-pager");
+    let etcdctl = runc_etcd::lab::images::cache_dir()
+        .join("etcd")
+        .join(version)
+        .join("etcdctl");
     println!(
-        "  ip netns exec {} <etcdctl…> --endpoints http://{}:2379",
-        lab.client_ns(),
-        lab.host(1).ip()
+        "  runc-etcd-lab exec {id} h2 -- {} --endpoints https://{}:2379 --cacert {c}/ca.crt --cert {c}/client.crt --key {c}/client.key member list",
+        etcdctl.display(),
+        lab.host(1).ip(),
+        c = "/var/lib/runc-etcd/etcd/client"
     );
     println!("  runc-etcd-lab down");
     ExitCode::SUCCESS

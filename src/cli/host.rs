@@ -153,11 +153,6 @@ pub async fn run(args: HostArgs) -> Result<()> {
                 Some(pki::new_ca(instance.as_str())?)
             };
             let m = engine::create(&engine, new_member(instance.clone(), member, ca)?).await?;
-            if m.tls {
-                let paths = engine.paths(&instance);
-                println!("TLS: this host's client certificate is in {}", paths.client().display());
-                println!("     joining hosts need a copy of {} (--ca-from)", paths.ca().display());
-            }
             println!(
                 "Created cluster {instance} with member {} at {}",
                 m.name,
@@ -166,6 +161,21 @@ pub async fn run(args: HostArgs) -> Result<()> {
             print_status(&engine::status(&engine, &instance).await?);
             println!("Command reference");
             print_reference(&me, &instance, Some(&m.client_url()));
+            if m.tls {
+                let paths = engine.paths(&instance);
+                let c = paths.client();
+                println!(
+                    "etcdctl:          etcdctl --endpoints {} --cacert {}/ca.crt --cert {}/client.crt --key {}/client.key member list",
+                    m.client_url(),
+                    c.display(),
+                    c.display(),
+                    c.display()
+                );
+                println!(
+                    "Joining hosts need a copy of {} for --ca-from (it holds the CA key: copy it safely)",
+                    paths.ca().display()
+                );
+            }
         }
         Action::Join {
             member,
