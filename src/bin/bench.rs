@@ -22,45 +22,33 @@ struct Args {
     rounds: u32,
 }
 
-fn cli(h: &LabHost, args: &[&str]) {
-    let mut full = vec!["host"];
-    full.extend_from_slice(args);
-    let out = h.cli(&full);
-    assert!(
-        out.status.success(),
-        "{}: runc-etcd {}: {}{}",
-        h.name(),
-        full.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// create on the first host, join the other two; returns the time of each step.
-fn runc_etcd_cluster(lab: &Lab, hosts: [&LabHost; 3], version: &str) -> Vec<Duration> {
-    let image = lab.image(version);
-    let seed = format!("http://{}:2379", hosts[0].ip());
+/// create on the first host, join the other two; returns the time of each step. Plain HTTP,
+/// so the comparison with plain etcd processes is like for like.
+fn runc_etcd_cluster(lab: &Lab, hosts: [u8; 3], version: &str) -> Vec<Duration> {
     hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| {
-            let ip = h.ip().to_string();
+        .map(|(i, &n)| {
             let t = Instant::now();
-            if i == 0 {
-                // Plain HTTP on both sides, so the comparison is like for like.
-                cli(h, &["create", "--ip", &ip, "--image", &image, "--plain-http"]);
+            let step = if i == 0 {
+                lab.create(n, version, true)
             } else {
-                cli(h, &["join", "--ip", &ip, "--image", &image, "--endpoint", &seed]);
-            }
+                lab.join(n, hosts[0], version)
+            };
+            step.unwrap_or_else(|e| panic!("{e}"));
             t.elapsed()
         })
         .collect()
 }
 
-fn teardown(hosts: [&LabHost; 3]) {
-    cli(hosts[2], &["remove", "--yes"]);
-    cli(hosts[1], &["remove", "--yes"]);
-    cli(hosts[0], &["remove", "--yes", "--force"]);
+fn teardown(lab: &Lab, hosts: [u8; 3]) {
+    for (n, args) in [
+        (hosts[2], vec!["remove", "--yes"]),
+        (hosts[1], vec!["remove", "--yes"]),
+        (hosts[0], vec!["remove", "--yes", "--force"]),
+    ] {
+        lab.host(n).runc_etcd(&args).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// Three plain etcd processes, bootstrapped statically as one would by hand; time to all healthy.
@@ -133,7 +121,7 @@ fn main() -> ExitCode {
         secs(t.elapsed()),
         args.version
     );
-    let ours = [lab.host(1), lab.host(2), lab.host(3)];
+    let ours = [1, 2, 3];
     let plain = [lab.host(4), lab.host(5), lab.host(6)];
 
     let cold = runc_etcd_cluster(&lab, ours, &args.version);
@@ -149,7 +137,7 @@ fn main() -> ExitCode {
     println!("runc-etcd, images pulled from the registry:   {}", fmt(&cold));
     let mut warm_totals = Vec::new();
     for _ in 0..args.rounds {
-        teardown(ours);
+        teardown(&lab, ours);
         let warm = runc_etcd_cluster(&lab, ours, &args.version);
         println!("runc-etcd, images already unpacked:           {}", fmt(&warm));
         warm_totals.push(warm.iter().sum::<Duration>());

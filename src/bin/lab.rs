@@ -90,34 +90,20 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
         println!("  {} {} (network namespace {})", h.name(), h.ip(), h.ns());
     }
     if !no_cluster {
-        let image = lab.image(version);
-        let seed = format!("https://{}:2379", lab.host(1).ip());
-        for h in &lab.hosts {
-            let ip = h.ip().to_string();
-            let mut args = vec![
-                "host",
-                "join",
-                "--ip",
-                &ip,
-                "--image",
-                &image,
-                "--endpoint",
-                &seed,
-                "--ca-from",
-                "/root/ca",
-            ];
-            if h.n == 1 {
-                args = vec!["host", "create", "--ip", &ip, "--image", &image];
-            } else if let Err(e) = h.copy_dir_from(lab.host(1), "/var/lib/runc-etcd/etcd/ca", "/root/ca") {
-                eprintln!("copying the CA to {}: {e}", h.name());
-                return ExitCode::FAILURE;
-            }
-            println!("\n$ {}: runc-etcd {}", h.name(), args.join(" "));
-            let out = h.cli(&args);
-            print!("{}", String::from_utf8_lossy(&out.stdout));
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            if !out.status.success() {
-                return ExitCode::FAILURE;
+        for n in 1..=hosts {
+            let step = if n == 1 {
+                lab.create(1, version, false)
+            } else {
+                lab.join(n, 1, version)
+            };
+            let action = if n == 1 { "create" } else { "join" };
+            println!("\n$ h{n}: runc-etcd host {action} …");
+            match step {
+                Ok(out) => print!("{out}"),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }

@@ -250,6 +250,21 @@ impl LabHost {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `runc-etcd host <args>` inside the host, which must succeed; returns its output.
+    pub fn runc_etcd(&self, args: &[&str]) -> LabResult<String> {
+        let mut full = vec!["runc-etcd", "host"];
+        full.extend_from_slice(args);
+        self.check(&full)
+    }
+
+    /// The client URL of this host's member of cluster `etcd`: https unless it was made with
+    /// --plain-http (as its member record says).
+    pub fn client_url(&self) -> String {
+        let record = std::fs::read_to_string(self.path("/var/lib/runc-etcd/etcd/member.json")).unwrap_or_default();
+        let plain = record.contains("\"tls\": false");
+        format!("{}://{}:2379", if plain { "http" } else { "https" }, self.ip())
+    }
+
     /// `runc-etcd <args>` inside the host.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut full = vec!["runc-etcd"];

@@ -132,6 +132,30 @@ impl Lab {
         &self.hosts[n as usize - 1]
     }
 
+    /// `runc-etcd host create` on host `n` with etcd `version`, with TLS unless `plain`.
+    pub fn create(&self, n: u8, version: &str, plain: bool) -> LabResult<String> {
+        let h = self.host(n);
+        let (ip, image) = (h.ip().to_string(), self.image(version));
+        let mut args = vec!["create", "--ip", &ip, "--image", &image];
+        if plain {
+            args.push("--plain-http");
+        }
+        h.runc_etcd(&args)
+    }
+
+    /// `runc-etcd host join` on host `n` through host `via`. For a TLS cluster the CA folder is
+    /// copied from `via` first, as a person would with scp.
+    pub fn join(&self, n: u8, via: u8, version: &str) -> LabResult<String> {
+        let (h, v) = (self.host(n), self.host(via));
+        let (ip, image, endpoint) = (h.ip().to_string(), self.image(version), v.client_url());
+        let mut args = vec!["join", "--ip", &ip, "--image", &image, "--endpoint", &endpoint];
+        if endpoint.starts_with("https") {
+            h.copy_dir_from(v, "/var/lib/runc-etcd/etcd/ca", "/root/ca")?;
+            args.extend(["--ca-from", "/root/ca"]);
+        }
+        h.runc_etcd(&args)
+    }
+
     /// The switch namespace: code run there (see [`netns`]) reaches every host.
     pub fn client_ns(&self) -> String {
         self.net.switch_ns()

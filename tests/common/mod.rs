@@ -35,17 +35,7 @@ pub fn text(out: &Output) -> String {
 
 /// `runc-etcd host <args>` on `h`, which must succeed.
 pub fn ok(h: &LabHost, args: &[&str]) -> String {
-    let mut full = vec!["host"];
-    full.extend_from_slice(args);
-    let out = h.cli(&full);
-    assert!(
-        out.status.success(),
-        "{}: runc-etcd {}\n{}",
-        h.name(),
-        full.join(" "),
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    h.runc_etcd(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `runc-etcd host <args>` on `h`, which must fail with `code`; returns stderr.
@@ -66,11 +56,8 @@ pub fn fails(h: &LabHost, code: i32, args: &[&str]) -> String {
 
 const MEMBER: &str = "/var/lib/runc-etcd/etcd";
 
-/// The host's client URL: https unless its member was made with --plain-http.
 pub fn endpoint(h: &LabHost) -> String {
-    let record = std::fs::read_to_string(h.path(&format!("{MEMBER}/member.json"))).unwrap_or_default();
-    let plain = record.contains("\"tls\": false");
-    format!("{}://{}:2379", if plain { "http" } else { "https" }, h.ip())
+    h.client_url()
 }
 
 /// A client identity of the lab's cluster (the first host's, as an admin on it would use).
@@ -87,40 +74,15 @@ pub fn identity(lab: &Lab) -> Option<TlsOptions> {
 }
 
 pub fn create(lab: &Lab, n: u8, version: &str) {
-    let h = lab.host(n);
-    ok(
-        h,
-        &["create", "--ip", &h.ip().to_string(), "--image", &lab.image(version)],
-    );
+    lab.create(n, version, false).unwrap_or_else(|e| panic!("{e}"));
 }
 
 pub fn create_plain(lab: &Lab, n: u8, version: &str) {
-    let h = lab.host(n);
-    ok(
-        h,
-        &[
-            "create",
-            "--ip",
-            &h.ip().to_string(),
-            "--image",
-            &lab.image(version),
-            "--plain-http",
-        ],
-    );
+    lab.create(n, version, true).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Joins host `n` through host `via`, copying the CA folder over first as a person would.
 pub fn join(lab: &Lab, n: u8, via: u8, version: &str) {
-    let (h, v) = (lab.host(n), lab.host(via));
-    let ep = endpoint(v);
-    let ip = h.ip().to_string();
-    let image = lab.image(version);
-    let mut args = vec!["join", "--ip", &ip, "--image", &image, "--endpoint", &ep];
-    if ep.starts_with("https") {
-        h.copy_dir_from(v, &format!("{MEMBER}/ca"), "/root/ca").unwrap();
-        args.extend(["--ca-from", "/root/ca"]);
-    }
-    ok(h, &args);
+    lab.join(n, via, version).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// create on h1, join h2 and h3.
