@@ -1,9 +1,11 @@
 //! runc-etcd: etcd clusters on the hosts themselves (systemd → runc → etcd).
 //!
+//! - [`api`]: the custom resources EtcdCluster and EtcdMember.
 //! - [`host`]: the host engine (images, bundles, units, etcd membership) — no Kubernetes.
 //! - [`cli`]: the `runc-etcd` command line.
 //! - [`lab`]: simulated hosts with a real systemd, runc, etcd and registry, for tests and demos.
 
+pub mod api;
 pub mod cli;
 pub mod error;
 pub mod host;

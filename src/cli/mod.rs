@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Manage the etcd member of this host by hand, with no Kubernetes (the runc-etcd.sh actions).
     Host(host::HostArgs),
+    /// Print the CustomResourceDefinitions (EtcdCluster, EtcdMember) as YAML.
+    Crd,
 }
 
 pub fn init_tracing(debug: bool, json: bool) {
@@ -59,6 +61,10 @@ pub fn install_crypto_provider() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Crd = cli.command {
+        print!("{}", crate::api::crds_yaml());
+        return ExitCode::SUCCESS;
+    }
     init_tracing(cli.debug, cli.log_json);
     install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,6 +75,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Host(args) => host::run(args).await,
+            Command::Crd => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

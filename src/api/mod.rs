@@ -1,0 +1,134 @@
+//! The custom resources (group `runc-etcd.io`, version `v1alpha1`). `runc-etcd crd` prints them;
+//! `crd/` holds the same YAML, and CI fails when it differs from these types.
+
+mod cluster;
+mod member;
+
+pub use cluster::*;
+pub use member::*;
+
+use kube::CustomResourceExt;
+
+/// Every CRD, as one multi-document YAML stream.
+pub fn crds_yaml() -> String {
+    [EtcdCluster::crd(), EtcdMember::crd()]
+        .iter()
+        .map(|crd| serde_saphyr::to_string(crd).expect("a CRD serializes"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn cluster(yaml: &str) -> EtcdCluster {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    const VALID: &str =
+        "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main}\nspec: {version: 3.5.16}\n";
+
+    #[test]
+    fn committed_crds_match_the_code() {
+        // CI fails when crd/ is stale: `runc-etcd crd > crd/runc-etcd.io.yaml` (or UPDATE_GOLDEN=1).
+        crate::testutil::golden_at("crd/runc-etcd.io.yaml", &crds_yaml());
+    }
+
+    #[test]
+    fn defaults_give_a_secure_three_member_cluster() {
+        let c = cluster(VALID);
+        assert_eq!(c.spec.size, 3);
+        assert!(c.spec.tls.enabled);
+        assert_eq!(
+            (c.spec.ports.client, c.spec.ports.peer, c.spec.ports.metrics),
+            (2379, 2380, 2381)
+        );
+        assert_eq!(c.spec.recovery.quorum_loss, QuorumLossPolicy::Manual);
+        c.validate_cel().unwrap();
+    }
+
+    #[test]
+    fn cel_rules_refuse_bad_specs_with_their_fix() {
+        let cases = [
+            (
+                "spec: {version: 3.5.16, ports: {client: 2380, peer: 2380}}",
+                "ports must all differ",
+            ),
+            ("spec: {version: 3.5.16, image: a/b:c, repository: a/b}", "either image"),
+            (
+                "spec: {version: 3.5.16, etcd: {heartbeatIntervalMs: 100, electionTimeoutMs: 200}}",
+                "at least 5 times",
+            ),
+            (
+                "spec: {version: 3.5.16, backup: {s3: {endpoint: 'http://s3', bucket: bkt, credentialsSecret: s}, hostPath: {path: /b}}}",
+                "exactly one backup destination",
+            ),
+            (
+                "spec: {version: 3.5.16, backup: {retention: 3}}",
+                "exactly one backup destination",
+            ),
+        ];
+        for (spec, want) in cases {
+            let c = cluster(&VALID.replace("spec: {version: 3.5.16}\n", &format!("{spec}\n")));
+            let err = c.validate_cel().expect_err(spec);
+            assert!(format!("{err:?}").contains(want), "{spec}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn member_node_cannot_change() {
+        let m: EtcdMember = serde_saphyr::from_str(
+            "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdMember\nmetadata: {name: main-0}\nspec: {cluster: main, memberName: main-0, nodeName: n1, ip: 10.0.0.1, clientPort: 2379, peerPort: 2380, initialCluster: ['main-0=https://10.0.0.1:2380'], initialClusterState: new, image: 'etcd@sha256:00'}\n",
+        )
+        .unwrap();
+        m.validate_cel().unwrap();
+        let mut moved = m.clone();
+        moved.spec.node_name = "n2".into();
+        let err = moved.validate_cel_update(&m).expect_err("node change");
+        assert!(format!("{err:?}").contains("nodeName cannot change"), "{err:?}");
+    }
+
+    /// Ranges and patterns the API server enforces (not CEL): present in the schema.
+    #[test]
+    fn schema_has_ranges_and_patterns() {
+        let crd = serde_json::to_value(EtcdCluster::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["size"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(spec["size"]["maximum"].as_f64(), Some(9.0));
+        assert_eq!(spec["version"]["pattern"], "^3\\.[0-9]+\\.[0-9]+$");
+        assert_eq!(spec["ports"]["properties"]["client"]["maximum"].as_f64(), Some(65535.0));
+    }
+
+    /// Every property of every CRD has a description, so `kubectl explain` reads well.
+    #[test]
+    fn every_field_is_described() {
+        fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = schema["properties"].as_object() {
+                for (name, prop) in props {
+                    let p = format!("{path}.{name}");
+                    let top =
+                        path.matches('.').count() == 0 && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
+                    if prop["description"].as_str().is_none_or(str::is_empty) && !top {
+                        missing.push(p.clone());
+                    }
+                    walk(&p, prop, missing);
+                }
+            }
+            if schema["items"].is_object() {
+                walk(&format!("{path}[]"), &schema["items"], missing);
+            }
+        }
+        for crd in [EtcdCluster::crd(), EtcdMember::crd()] {
+            let v = serde_json::to_value(&crd).unwrap();
+            let mut missing = vec![];
+            walk(
+                &crd.spec.names.kind,
+                &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+                &mut missing,
+            );
+            assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+        }
+    }
+}
