@@ -16,21 +16,15 @@ pub fn unit_name(instance: &InstanceName) -> String {
 /// What `systemctl show` says of a unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitState {
-    /// loaded, not-found, masked…
-    pub load_state: String,
     /// active, activating, inactive, failed…
     pub active_state: String,
     pub sub_state: String,
     /// enabled, disabled… (empty for a template instance that was never enabled)
     pub unit_file_state: String,
     pub n_restarts: u32,
-    pub main_pid: u32,
 }
 
 impl UnitState {
-    pub fn is_active(&self) -> bool {
-        self.active_state == "active"
-    }
     /// Enabled: the instance has a `multi-user.target.wants/` link and starts at boot.
     pub fn is_enabled(&self) -> bool {
         self.unit_file_state == "enabled"
@@ -94,21 +88,14 @@ pub async fn stop_and_disable(instance: &InstanceName) -> Result<()> {
 
 pub async fn show(instance: &InstanceName) -> Result<UnitState> {
     let unit = unit_name(instance);
-    let out = systemctl(&[
-        "show",
-        "--property=LoadState,ActiveState,SubState,UnitFileState,NRestarts,MainPID",
-        &unit,
-    ])
-    .await?;
+    let out = systemctl(&["show", "--property=ActiveState,SubState,UnitFileState,NRestarts", &unit]).await?;
     let kv: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
     let get = |k: &str| kv.get(k).copied().unwrap_or("").to_string();
     Ok(UnitState {
-        load_state: get("LoadState"),
         active_state: get("ActiveState"),
         sub_state: get("SubState"),
         unit_file_state: get("UnitFileState"),
         n_restarts: get("NRestarts").parse().unwrap_or(0),
-        main_pid: get("MainPID").parse().unwrap_or(0),
     })
 }
 

@@ -49,17 +49,6 @@ impl Net {
         .map(drop)
     }
 
-    /// Cuts a host off the LAN (its link goes down), or puts it back.
-    pub fn set_link(&self, n: u8, up: bool) -> LabResult<()> {
-        let state = if up { "up" } else { "down" };
-        sh(&format!(
-            "ip -n {} link set r{}h{n} {state}",
-            self.switch_ns(),
-            self.lab
-        ))
-        .map(drop)
-    }
-
     pub fn down_host(&self, n: u8) {
         let _ = sh(&format!("ip netns del {} 2>/dev/null", self.host_ns(n)));
     }
