@@ -443,3 +443,44 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(err.contains("already runs a member"), "{err}");
     assert_eq!(unit_prop(h, "ActiveState"), "active");
 }
+
+#[test]
+fn upgrades_across_minor_versions_keep_data_and_only_the_rollback_image() {
+    let lab = lab(1);
+    create(&lab, 1, V_OLD);
+    let h1 = lab.host(1);
+    put(&lab, h1, "k/old", "written on 3.4");
+    let digest_of = || {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(h1.path("/var/lib/runc-etcd/etcd/member.json")).unwrap())
+                .unwrap();
+        record["image"]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
+    let first = digest_of();
+    for version in [V_MID, V_NEW] {
+        let out = ok(h1, &["upgrade", "--image", &lab.image(version)]);
+        assert!(out.contains(&format!("(etcd {version})")), "{out}");
+    }
+    assert_eq!(versions(&lab, &[h1]), vec![V_NEW.to_string()]);
+    assert_eq!(
+        keys(&lab, h1, "k/").get("k/old").map(String::as_str),
+        Some("written on 3.4")
+    );
+    // Unpacked images: the current one and the previous one (for rollback); the first is gone.
+    let mut unpacked: Vec<String> = std::fs::read_dir(h1.path("/var/lib/runc-etcd/images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    unpacked.sort();
+    assert_eq!(unpacked.len(), 2, "{unpacked:?}");
+    assert!(
+        !unpacked.contains(&first),
+        "the image two upgrades back was removed: {unpacked:?}"
+    );
+    assert!(unpacked.contains(&digest_of()));
+}
