@@ -11,6 +11,7 @@ pub mod error;
 pub mod host;
 pub mod lab;
 pub mod names;
+pub mod operator;
 
 #[cfg(test)]
 mod testutil;
