@@ -45,8 +45,10 @@ struct MemberArgs {
     /// The etcd image: REGISTRY/REPOSITORY:TAG, or oci-layout:/PATH:TAG for an air-gapped host.
     #[arg(long, default_value = DEFAULT_IMAGE)]
     image: String,
+    /// Port for clients (on --ip).
     #[arg(long, short = 'c', default_value_t = 2379)]
     client_port: u16,
+    /// Port for the other members (on --ip).
     #[arg(long, short = 'e', default_value_t = 2380)]
     peer_port: u16,
 }
