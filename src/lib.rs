@@ -6,6 +6,7 @@
 //! - [`lab`]: simulated hosts with a real systemd, runc, etcd and registry, for tests and demos.
 
 pub mod api;
+pub mod apiserver;
 pub mod cli;
 pub mod error;
 pub mod host;

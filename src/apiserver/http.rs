@@ -1,0 +1,307 @@
+//! HTTP routes of the test API server, as Kubernetes clients call them:
+//! `/api/v1[/namespaces/NS]/PLURAL[/NAME[/status]]` and the same under `/apis/GROUP/VERSION`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::resources::{self, Resource};
+use super::store::{ApiError, ApiResult, Store};
+use super::validate;
+
+pub type Shared = Arc<Mutex<Store>>;
+
+struct Route {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse(path: &str) -> Option<Route> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name, status) = match rest {
+        [p] => (*p, None, false),
+        [p, n] => (*p, Some(n.to_string()), false),
+        [p, n, "status"] => (*p, Some(n.to_string()), true),
+        _ => return None,
+    };
+    let resource = resources::find(group, version, plural)?;
+    Some(Route {
+        resource,
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+fn error(e: ApiError) -> Response {
+    json_response(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.status(),
+    )
+}
+
+pub async fn handle(
+    State(store): State<Shared>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(route) = parse(uri.path()) else {
+        return error(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find {}", uri.path()),
+        ));
+    };
+    let r = route.resource;
+    let ns = route.namespace.clone().unwrap_or_default();
+    if r.namespaced != route.namespace.is_some() && !(route.name.is_none() && method == Method::GET) {
+        return error(ApiError::new(
+            404,
+            "NotFound",
+            format!("{} is namespaced: {}", r.plural, r.namespaced),
+        ));
+    }
+    let result = match (&method, route.name.as_deref()) {
+        (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            return watch(store, r, route.namespace, q);
+        }
+        (&Method::GET, None) => list(&store, r, route.namespace.as_deref(), &q),
+        (&Method::GET, Some(name)) => store.lock().unwrap().get(r, &ns, name),
+        (&Method::POST, None) => parse_body(&body).and_then(|obj| {
+            validate::check(r, &obj, None)?;
+            store.lock().unwrap().create(r, &ns, obj)
+        }),
+        (&Method::PUT, Some(name)) => parse_body(&body).and_then(|mut obj| {
+            obj["metadata"]["name"] = json!(name);
+            let mut s = store.lock().unwrap();
+            let old = s.get(r, &ns, name)?;
+            validate::check(r, &obj, Some(&old))?;
+            s.replace(r, &ns, obj, route.status)
+        }),
+        (&Method::PATCH, Some(name)) => patch(&store, r, &ns, name, route.status, &headers, &body),
+        (&Method::DELETE, Some(name)) => store.lock().unwrap().delete(r, &ns, name),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {}", uri.path()),
+        )),
+    };
+    match result {
+        Ok(v) => json_response(
+            if method == Method::POST {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            &v,
+        ),
+        Err(e) => error(e),
+    }
+}
+
+fn parse_body(body: &[u8]) -> ApiResult<Value> {
+    serde_json::from_slice(body)
+        .or_else(|_| serde_saphyr::from_slice(body))
+        .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not a JSON or YAML object: {e}")))
+}
+
+fn patch(
+    store: &Shared,
+    r: &'static Resource,
+    ns: &str,
+    name: &str,
+    status: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Value> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let patch = parse_body(body)?;
+    let mut s = store.lock().unwrap();
+    let old = match s.get(r, ns, name) {
+        Ok(o) => o,
+        // Server-side apply creates what does not exist yet.
+        Err(e) if e.code == 404 && ctype.starts_with("application/apply-patch") && !status => {
+            validate::check(r, &patch, None)?;
+            return s.create(r, ns, patch);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut new = old.clone();
+    if ctype.starts_with("application/json-patch") {
+        let ops: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| ApiError::new(400, "BadRequest", e.to_string()))?;
+        json_patch::patch(&mut new, &ops).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+    } else {
+        // merge-patch, strategic-merge-patch and apply-patch are all applied as a JSON merge patch:
+        // lists are replaced, not merged by key, and apply does not track field managers.
+        json_patch::merge(&mut new, &patch);
+    }
+    // A patch that does not name a resourceVersion is not a compare-and-swap.
+    if patch_rv(body).is_none()
+        && let Some(m) = new["metadata"].as_object_mut()
+    {
+        m.remove("resourceVersion");
+    }
+    validate::check(r, &new, Some(&old))?;
+    s.replace(r, ns, new, status)
+}
+
+fn patch_rv(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v["metadata"]["resourceVersion"].as_str().map(String::from)
+}
+
+fn matches(obj: &Value, q: &HashMap<String, String>) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    let label_ok = q.get("labelSelector").is_none_or(|sel| {
+        split_terms(sel).iter().all(|t| {
+            let t = t.trim();
+            if let Some((k, v)) = t.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = t.split_once('=') {
+                labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+            } else if let Some((k, set)) = t.split_once(" in ") {
+                let set = set.trim().trim_matches(|c| c == '(' || c == ')');
+                set.split(',').any(|v| labels[k.trim()].as_str() == Some(v.trim()))
+            } else if let Some(k) = t.strip_prefix('!') {
+                labels.get(k.trim()).is_none()
+            } else {
+                t.is_empty() || labels.get(t).is_some()
+            }
+        })
+    });
+    let field_ok = q.get("fieldSelector").is_none_or(|sel| {
+        sel.split(',').all(|t| {
+            let (path, want, eq) = match t.split_once("!=") {
+                Some((p, v)) => (p, v, false),
+                None => match t.split_once('=') {
+                    Some((p, v)) => (p, v.trim_start_matches('='), true),
+                    None => return true,
+                },
+            };
+            let got = path.split('.').fold(obj, |v, k| &v[k]);
+            let got = match got {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (got == want) == eq
+        })
+    });
+    label_ok && field_ok
+}
+
+/// Label selector terms, split on commas outside parentheses.
+fn split_terms(sel: &str) -> Vec<String> {
+    let (mut terms, mut cur, mut depth) = (Vec::new(), String::new(), 0);
+    for c in sel.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    terms.push(cur);
+    terms
+}
+
+fn list(store: &Shared, r: &Resource, ns: Option<&str>, q: &HashMap<String, String>) -> ApiResult<Value> {
+    let s = store.lock().unwrap();
+    let items: Vec<Value> = s.list(r, ns).into_iter().filter(|o| matches(o, q)).collect();
+    Ok(json!({
+        "apiVersion": r.api_version(),
+        "kind": format!("{}List", r.kind),
+        "metadata": {"resourceVersion": s.resource_version().to_string()},
+        "items": items,
+    }))
+}
+
+/// A watch: events after `resourceVersion` (or every current object as ADDED when none is
+/// given), then live ones, one JSON object per line, until `timeoutSeconds`.
+fn watch(store: Shared, r: &'static Resource, ns: Option<String>, q: HashMap<String, String>) -> Response {
+    let (backlog, rx) = {
+        let s = store.lock().unwrap();
+        let rx = s.events.subscribe();
+        let from: Option<u64> = q.get("resourceVersion").and_then(|v| v.parse().ok()).filter(|v| *v > 0);
+        let backlog: Vec<Value> = match from {
+            Some(from) => s
+                .log
+                .iter()
+                .filter(|e| e.rv > from && e.resource == r.key())
+                .map(|e| json!({"type": e.kind, "object": e.object}))
+                .collect(),
+            None => s
+                .list(r, ns.as_deref())
+                .into_iter()
+                .map(|o| json!({"type": "ADDED", "object": o}))
+                .collect(),
+        };
+        let last = s.resource_version();
+        (backlog, (rx, last))
+    };
+    let (rx, last_rv) = rx;
+    let keep = {
+        let q = q.clone();
+        let ns = ns.clone();
+        move |obj: &Value| ns.as_deref().is_none_or(|n| obj["metadata"]["namespace"] == n) && matches(obj, &q)
+    };
+    let keep2 = keep.clone();
+    let backlog = futures::stream::iter(backlog.into_iter().filter(move |e| keep(&e["object"])));
+    let live = futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.rv > last_rv && e.resource == r.key() => {
+                    return Some((json!({"type": e.kind, "object": e.object}), rx));
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .filter(move |e| std::future::ready(keep2(&e["object"])));
+    let timeout = Duration::from_secs(q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(300));
+    let stream = backlog
+        .chain(live)
+        .take_until(tokio::time::sleep(timeout))
+        .map(|e| Ok::<_, std::convert::Infallible>(Bytes::from(format!("{e}\n"))));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

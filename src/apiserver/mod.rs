@@ -1,0 +1,60 @@
+//! An in-process Kubernetes API server for the control-plane tests (ARCHITECTURE.md §7): no
+//! kube-apiserver can be installed here, so the tests run the operator and agents against this.
+//! It keeps the semantics the controller relies on:
+//! - resourceVersion on every write, and 409 Conflict for a stale one;
+//! - watches from a resourceVersion, with label and field selectors;
+//! - the status subresource (spec writes leave status alone and the reverse);
+//! - metadata.generation bumped on spec changes;
+//! - finalizers and deletionTimestamp;
+//! - ownerReference garbage collection;
+//! - merge, JSON and apply patches (apply and strategic merge act as JSON merge patches);
+//! - schema and CEL validation of the project's custom resources.
+//!
+//! Not kept: field managers, discovery and OpenAPI for kubectl, admission, defaulting from the
+//! schema (the Rust types default on read), bookmarks.
+
+mod http;
+mod resources;
+mod store;
+mod validate;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+pub use store::ApiError;
+
+/// A running test API server; stops when dropped.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Starts on a free loopback port.
+    pub async fn start() -> std::io::Result<ApiServer> {
+        let store = Arc::new(Mutex::new(store::Store::new()));
+        let app = axum::Router::new().fallback(http::handle).with_state(store);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(ApiServer { addr, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of this server, as the operator would get from a kubeconfig.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().expect("a valid URL"));
+        kube::Client::try_from(config).expect("a client for a plain-HTTP server")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,287 @@
+//! The object store behind the test API server: JSON objects by (resource, namespace, name),
+//! one resourceVersion counter, an event log for watches, and Kubernetes' write rules
+//! (optimistic concurrency, generation, status subresource, finalizers, owner garbage collection).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::resources::Resource;
+
+/// An API error, shaped as Kubernetes' `Status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(r: &Resource, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{}.{} \"{name}\" not found", r.plural, r.group),
+        )
+    }
+    pub fn status(&self) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code})
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A change, as watches see it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub rv: u64,
+    pub kind: &'static str,
+    pub resource: &'static str,
+    pub object: Value,
+}
+
+type Key = (&'static str, String, String);
+
+pub struct Store {
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    pub log: Vec<Event>,
+    pub events: broadcast::Sender<Event>,
+    uid: u64,
+}
+
+fn meta(obj: &Value) -> &Value {
+    &obj["metadata"]
+}
+
+pub fn name_of(obj: &Value) -> String {
+    meta(obj)["name"].as_str().unwrap_or_default().to_string()
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Store {
+            objects: BTreeMap::new(),
+            rv: 1,
+            log: Vec::new(),
+            events: broadcast::channel(4096).0,
+            uid: 0,
+        }
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    fn record(&mut self, kind: &'static str, r: &Resource, object: Value) {
+        let ev = Event {
+            rv: self.rv,
+            kind,
+            resource: r.key(),
+            object,
+        };
+        self.log.push(ev.clone());
+        let _ = self.events.send(ev);
+    }
+
+    fn bump(&mut self, obj: &mut Value) {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+    }
+
+    pub fn get(&self, r: &Resource, ns: &str, name: &str) -> ApiResult<Value> {
+        self.objects
+            .get(&(r.key(), ns.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(r, name))
+    }
+
+    /// Objects of `r` in `ns` (all namespaces for None).
+    pub fn list(&self, r: &Resource, ns: Option<&str>) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((k, n, _), _)| *k == r.key() && ns.is_none_or(|ns| n == ns))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub fn create(&mut self, r: &Resource, ns: &str, mut obj: Value) -> ApiResult<Value> {
+        let mut name = name_of(&obj);
+        if name.is_empty() {
+            let prefix = meta(&obj)["generateName"].as_str().unwrap_or_default().to_string();
+            if prefix.is_empty() {
+                return Err(ApiError::new(422, "Invalid", "metadata.name: Required value"));
+            }
+            self.uid += 1;
+            name = format!("{prefix}{:05x}", self.uid);
+        }
+        let key = (r.key(), ns.to_string(), name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{}.{} \"{name}\" already exists", r.plural, r.group),
+            ));
+        }
+        self.uid += 1;
+        let m = &mut obj["metadata"];
+        m["name"] = json!(name);
+        if r.namespaced {
+            m["namespace"] = json!(ns);
+        }
+        m["uid"] = json!(format!("00000000-0000-0000-0000-{:012x}", self.uid));
+        m["creationTimestamp"] = json!(now());
+        m["generation"] = json!(1);
+        if let Some(m) = m.as_object_mut() {
+            m.remove("deletionTimestamp");
+        }
+        if r.status_subresource
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
+        }
+        obj["apiVersion"] = json!(r.api_version());
+        obj["kind"] = json!(r.kind);
+        self.bump(&mut obj);
+        self.objects.insert(key, obj.clone());
+        self.record("ADDED", r, obj.clone());
+        Ok(obj)
+    }
+
+    /// Replaces an object (update, patch or status write already applied to a copy of it).
+    /// `status_only`: a write to the status subresource, which changes nothing else.
+    pub fn replace(&mut self, r: &Resource, ns: &str, mut new: Value, status_only: bool) -> ApiResult<Value> {
+        let name = name_of(&new);
+        let key = (r.key(), ns.to_string(), name.clone());
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(r, &name))?;
+        if let Some(rv) = meta(&new)["resourceVersion"].as_str()
+            && rv != meta(&old)["resourceVersion"].as_str().unwrap_or_default()
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    r.plural
+                ),
+            ));
+        }
+        if status_only {
+            let status = new["status"].take();
+            new = old.clone();
+            new["status"] = status;
+        } else {
+            // Immutable metadata comes from the stored object; status only through its subresource.
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+                "namespace",
+                "name",
+            ] {
+                match meta(&old).get(f) {
+                    Some(v) => new["metadata"][f] = v.clone(),
+                    None => {
+                        if let Some(m) = new["metadata"].as_object_mut() {
+                            m.remove(f);
+                        }
+                    }
+                }
+            }
+            if r.status_subresource {
+                new["status"] = old["status"].clone();
+                if new["status"].is_null()
+                    && let Some(o) = new.as_object_mut()
+                {
+                    o.remove("status");
+                }
+            }
+            if new["spec"] != old["spec"] {
+                new["metadata"]["generation"] = json!(meta(&old)["generation"].as_i64().unwrap_or(1) + 1);
+            }
+        }
+        new["apiVersion"] = json!(r.api_version());
+        new["kind"] = json!(r.kind);
+        if new == old {
+            return Ok(old); // a no-op write changes no resourceVersion and sends no event
+        }
+        // A deleted object whose last finalizer goes away is gone.
+        let finalizers_left = meta(&new)["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if meta(&new).get("deletionTimestamp").is_some() && !finalizers_left {
+            self.bump(&mut new);
+            self.objects.remove(&key);
+            self.record("DELETED", r, new.clone());
+            self.collect_garbage();
+            return Ok(new);
+        }
+        self.bump(&mut new);
+        self.objects.insert(key, new.clone());
+        self.record("MODIFIED", r, new.clone());
+        Ok(new)
+    }
+
+    /// Deletes an object: at once without finalizers, else marks it for deletion.
+    pub fn delete(&mut self, r: &Resource, ns: &str, name: &str) -> ApiResult<Value> {
+        let mut obj = self.get(r, ns, name)?;
+        let has_finalizers = meta(&obj)["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if meta(&obj).get("deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                self.bump(&mut obj);
+                self.objects.insert((r.key(), ns.into(), name.into()), obj.clone());
+                self.record("MODIFIED", r, obj.clone());
+            }
+            return Ok(obj);
+        }
+        self.bump(&mut obj);
+        self.objects.remove(&(r.key(), ns.into(), name.into()));
+        self.record("DELETED", r, obj.clone());
+        self.collect_garbage();
+        Ok(obj)
+    }
+
+    /// Deletes (in the background, as Kubernetes' garbage collector does) every object whose
+    /// owners are all gone.
+    fn collect_garbage(&mut self) {
+        loop {
+            let uids: std::collections::BTreeSet<String> = self
+                .objects
+                .values()
+                .filter_map(|o| meta(o)["uid"].as_str().map(String::from))
+                .collect();
+            let orphan = self.objects.iter().find(|(_, o)| {
+                let owners = meta(o)["ownerReferences"].as_array();
+                owners.is_some_and(|refs| {
+                    !refs.is_empty()
+                        && refs
+                            .iter()
+                            .all(|r| !uids.contains(r["uid"].as_str().unwrap_or_default()))
+                        && meta(o).get("deletionTimestamp").is_none()
+                })
+            });
+            let Some(((res, ns, name), _)) = orphan.map(|(k, v)| (k.clone(), v.clone())) else {
+                return;
+            };
+            let r = super::resources::by_key(res).expect("stored resources are known");
+            let _ = self.delete(r, &ns, &name);
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Validation of the project's custom resources against their CRD schema, as the API server does
+//! at `kubectl apply`: types, ranges, patterns, enums and required fields from the OpenAPI schema,
+//! and the CEL rules (`x-kubernetes-validations`, with `oldSelf` on updates) through kube-cel.
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use super::resources::Resource;
+use super::store::{ApiError, ApiResult};
+use crate::api::{EtcdCluster, EtcdMember};
+
+fn schema_of(r: &Resource) -> Option<Value> {
+    let crd = match r.kind {
+        "EtcdCluster" => EtcdCluster::crd(),
+        "EtcdMember" => EtcdMember::crd(),
+        _ => return None,
+    };
+    let v = serde_json::to_value(crd).ok()?;
+    Some(v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
+}
+
+pub fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+    let Some(schema) = schema_of(r) else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    // metadata is the API server's own business, not the CRD schema's.
+    openapi(&schema["properties"]["spec"], &obj["spec"], "spec", &mut errors);
+    if let Err(e) = kube::core::cel::Validator::new().validate(&schema, obj, old) {
+        errors.extend(e.iter().map(|e| e.to_string()));
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "{} \"{}\" is invalid: {}",
+            r.kind,
+            obj["metadata"]["name"].as_str().unwrap_or(""),
+            errors.join("; ")
+        ),
+    ))
+}
+
+fn openapi(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    if v.is_null() {
+        return;
+    }
+    let ty = schema["type"].as_str().unwrap_or("");
+    let type_ok = match ty {
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        _ => true,
+    };
+    if !type_ok {
+        errors.push(format!("{path}: Invalid value: {v}: must be of type {ty}"));
+        return;
+    }
+    if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64())
+        && n < min
+    {
+        errors.push(format!(
+            "{path}: Invalid value: {v}: should be greater than or equal to {min}"
+        ));
+    }
+    if let (Some(max), Some(n)) = (schema["maximum"].as_f64(), v.as_f64())
+        && n > max
+    {
+        errors.push(format!(
+            "{path}: Invalid value: {v}: should be less than or equal to {max}"
+        ));
+    }
+    if let (Some(pattern), Some(s)) = (schema["pattern"].as_str(), v.as_str())
+        && !regex::Regex::new(pattern).is_ok_and(|re| re.is_match(s))
+    {
+        errors.push(format!("{path}: Invalid value: \"{s}\": should match '{pattern}'"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        errors.push(format!("{path}: Unsupported value: {v}: supported values: {allowed:?}"));
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for req in schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+        {
+            if v.get(req).is_none_or(Value::is_null) {
+                errors.push(format!("{path}.{req}: Required value"));
+            }
+        }
+        for (k, sub) in props {
+            openapi(sub, &v[k], &format!("{path}.{k}"), errors);
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            openapi(items, item, &format!("{path}[{i}]"), errors);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The in-process API server keeps the Kubernetes semantics the operator relies on, checked
+//! through kube's own client and watcher.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use runc_etcd::api::{EtcdCluster, EtcdMember};
+use runc_etcd::apiserver::ApiServer;
+use serde_json::json;
+
+fn cluster(name: &str, spec: serde_json::Value) -> EtcdCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": name, "namespace": "default"}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn member(name: &str, node: &str, owner: &EtcdCluster) -> EtcdMember {
+    serde_json::from_value(json!({
+        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdMember",
+        "metadata": {"name": name, "namespace": "default", "labels": {"cluster": "main"},
+            "ownerReferences": [{"apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
+                "name": owner.metadata.name, "uid": owner.metadata.uid, "controller": true}]},
+        "spec": {"cluster": "main", "memberName": name, "nodeName": node, "ip": "10.0.0.1", "clientPort": 2379,
+            "peerPort": 2380, "initialCluster": [format!("{name}=https://10.0.0.1:2380")],
+            "initialClusterState": "new", "image": "etcd@sha256:00"},
+    }))
+    .unwrap()
+}
+
+fn rejected(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.message),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn create_conflicts_generation_and_status() {
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let api: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    let created = api
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.metadata.uid.is_some() && created.metadata.resource_version.is_some());
+    let (code, _) = rejected(api.create(&PostParams::default(), &created).await.unwrap_err());
+    assert_eq!(code, 409, "AlreadyExists");
+
+    // A spec change bumps generation; a status write does not, and leaves the spec alone.
+    let mut resized = created.clone();
+    resized.spec.size = 5;
+    let resized = api.replace("main", &PostParams::default(), &resized).await.unwrap();
+    assert_eq!(resized.metadata.generation, Some(2));
+    let status = json!({"status": {"phase": "Running", "readyMembers": 3}});
+    let with_status = api
+        .patch_status("main", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    assert_eq!(with_status.metadata.generation, Some(2));
+    assert_eq!(with_status.spec.size, 5);
+    assert_eq!(with_status.status.unwrap().ready_members, 3);
+    // A spec write does not touch status.
+    let patched = api
+        .patch(
+            "main",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 3}, "status": null})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(patched.metadata.generation, Some(3));
+
+    // A write based on a stale resourceVersion is a conflict.
+    let (code, msg) = rejected(api.replace("main", &PostParams::default(), &resized).await.unwrap_err());
+    assert_eq!(code, 409, "{msg}");
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_with_the_fix() {
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let api: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    for (spec, want) in [
+        (json!({"version": "3.5.16", "size": 0}), "spec.size"),
+        (json!({"version": "latest"}), "spec.version"),
+        (
+            json!({"version": "3.5.16", "ports": {"client": 2380, "peer": 2380}}),
+            "ports must all differ",
+        ),
+    ] {
+        let (code, msg) = rejected(
+            api.create(&PostParams::default(), &cluster("bad", spec.clone()))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, 422, "{spec}: {msg}");
+        assert!(msg.contains(want), "{spec}: {msg}");
+    }
+    assert!(
+        api.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "nothing was stored"
+    );
+
+    let owner = api
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    let members: Api<EtcdMember> = Api::namespaced(server.client(), "default");
+    members
+        .create(&PostParams::default(), &member("main-0", "n1", &owner))
+        .await
+        .unwrap();
+    let moved = json!({"spec": {"nodeName": "n2"}});
+    let (code, msg) = rejected(
+        members
+            .patch("main-0", &PatchParams::default(), &Patch::Merge(moved))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(msg.contains("nodeName cannot change"), "{msg}");
+}
+
+#[tokio::test]
+async fn finalizers_and_owner_garbage_collection() {
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let clusters: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    let members: Api<EtcdMember> = Api::namespaced(server.client(), "default");
+    let mut c = cluster("main", json!({"version": "3.5.16"}));
+    c.metadata.finalizers = Some(vec!["runc-etcd.io/members".into()]);
+    let owner = clusters.create(&PostParams::default(), &c).await.unwrap();
+    members
+        .create(&PostParams::default(), &member("main-0", "n1", &owner))
+        .await
+        .unwrap();
+
+    // With a finalizer, delete only marks the object; its dependents stay.
+    clusters.delete("main", &DeleteParams::default()).await.unwrap();
+    let marked = clusters.get("main").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert!(members.get("main-0").await.is_ok());
+
+    // The last finalizer removed: the object goes, and so do the objects it owns.
+    let release = json!({"metadata": {"finalizers": null}});
+    clusters
+        .patch("main", &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+    assert_eq!(rejected(clusters.get("main").await.unwrap_err()).0, 404);
+    assert_eq!(
+        rejected(members.get("main-0").await.unwrap_err()).0,
+        404,
+        "garbage collected"
+    );
+}
+
+#[tokio::test]
+async fn patches_and_selectors() {
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    // Server-side apply creates, then updates.
+    let pp = PatchParams::apply("test").force();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"app": "etcd", "tier": "x"}}, "data": {"k": "1"}});
+    cms.patch("a", &pp, &Patch::Apply(&cm)).await.unwrap();
+    let cm2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "labels": {"app": "other"}}});
+    cms.patch("b", &pp, &Patch::Apply(&cm2)).await.unwrap();
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "add", "path": "/data/k2", "value": "2"}])).unwrap();
+    let a = cms
+        .patch("a", &PatchParams::default(), &Patch::<()>::Json(ops))
+        .await
+        .unwrap();
+    assert_eq!(a.data.unwrap().get("k2").map(String::as_str), Some("2"));
+
+    let names = |l: kube::core::ObjectList<ConfigMap>| {
+        l.items
+            .into_iter()
+            .map(|c| c.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(cms.list(&ListParams::default().labels("app=etcd")).await.unwrap()),
+        vec!["a"]
+    );
+    assert_eq!(
+        names(cms.list(&ListParams::default().labels("app!=etcd")).await.unwrap()),
+        vec!["b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("app in (etcd,other),!tier"))
+                .await
+                .unwrap()
+        ),
+        vec!["b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.name=b"))
+                .await
+                .unwrap()
+        ),
+        vec!["b"]
+    );
+}
+
+#[tokio::test]
+async fn watches_see_every_change_in_order() {
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let clusters: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    let owner = clusters
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    let members: Api<EtcdMember> = Api::namespaced(server.client(), "default");
+    let config = watcher::Config::default().fields("spec.nodeName=n1");
+    let mut events = watcher(members.clone(), config).boxed();
+
+    // The initial list (empty), then changes as they happen, filtered by node.
+    let init = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(init, Some(watcher::Event::Init)));
+    let done = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(done, Some(watcher::Event::InitDone)), "{done:?}");
+    members
+        .create(&PostParams::default(), &member("other", "n2", &owner))
+        .await
+        .unwrap();
+    members
+        .create(&PostParams::default(), &member("main-0", "n1", &owner))
+        .await
+        .unwrap();
+    let status = json!({"status": {"phase": "Running"}});
+    members
+        .patch_status("main-0", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    members.delete("main-0", &DeleteParams::default()).await.unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(watcher::Event::Apply(m)) => seen.push(format!(
+                "apply {} {:?}",
+                m.metadata.name.unwrap(),
+                m.status.and_then(|s| s.phase)
+            )),
+            Some(watcher::Event::Delete(m)) => seen.push(format!("delete {}", m.metadata.name.unwrap())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["apply main-0 None", "apply main-0 Some(\"Running\")", "delete main-0"]
+    );
+}
