@@ -144,6 +144,8 @@ fn patch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let patch = parse_body(body)?;
+    // A patch that names no resourceVersion is not a compare-and-swap.
+    let compare_and_swap = patch["metadata"]["resourceVersion"].is_string();
     let mut s = store.lock().unwrap();
     let old = match s.get(r, ns, name) {
         Ok(o) => o,
@@ -164,19 +166,11 @@ fn patch(
         // lists are replaced, not merged by key, and apply does not track field managers.
         json_patch::merge(&mut new, &patch);
     }
-    // A patch that does not name a resourceVersion is not a compare-and-swap.
-    if patch_rv(body).is_none()
-        && let Some(m) = new["metadata"].as_object_mut()
-    {
+    if !compare_and_swap && let Some(m) = new["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
     validate::check(r, &new, Some(&old))?;
     s.replace(r, ns, new, status)
-}
-
-fn patch_rv(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    v["metadata"]["resourceVersion"].as_str().map(String::from)
 }
 
 fn matches(obj: &Value, q: &HashMap<String, String>) -> bool {
@@ -252,7 +246,7 @@ fn list(store: &Shared, r: &Resource, ns: Option<&str>, q: &HashMap<String, Stri
 /// A watch: events after `resourceVersion` (or every current object as ADDED when none is
 /// given), then live ones, one JSON object per line, until `timeoutSeconds`.
 fn watch(store: Shared, r: &'static Resource, ns: Option<String>, q: HashMap<String, String>) -> Response {
-    let (backlog, rx) = {
+    let (backlog, rx, last_rv) = {
         let s = store.lock().unwrap();
         let rx = s.events.subscribe();
         let from: Option<u64> = q.get("resourceVersion").and_then(|v| v.parse().ok()).filter(|v| *v > 0);
@@ -269,10 +263,8 @@ fn watch(store: Shared, r: &'static Resource, ns: Option<String>, q: HashMap<Str
                 .map(|o| json!({"type": "ADDED", "object": o}))
                 .collect(),
         };
-        let last = s.resource_version();
-        (backlog, (rx, last))
+        (backlog, rx, s.resource_version())
     };
-    let (rx, last_rv) = rx;
     let keep = {
         let q = q.clone();
         let ns = ns.clone();

@@ -9,14 +9,20 @@ use super::resources::Resource;
 use super::store::{ApiError, ApiResult};
 use crate::api::{EtcdCluster, EtcdMember};
 
-fn schema_of(r: &Resource) -> Option<Value> {
-    let crd = match r.kind {
-        "EtcdCluster" => EtcdCluster::crd(),
-        "EtcdMember" => EtcdMember::crd(),
-        _ => return None,
-    };
-    let v = serde_json::to_value(crd).ok()?;
-    Some(v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
+/// The openAPIV3Schema of each custom resource, built once: every write is checked against it.
+fn schema_of(r: &Resource) -> Option<&'static Value> {
+    static SCHEMAS: std::sync::OnceLock<[(&str, Value); 2]> = std::sync::OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
+        let schema = |crd| {
+            let v = serde_json::to_value(crd).expect("a CRD serializes");
+            v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+        };
+        [
+            ("EtcdCluster", schema(EtcdCluster::crd())),
+            ("EtcdMember", schema(EtcdMember::crd())),
+        ]
+    });
+    schemas.iter().find(|(kind, _)| *kind == r.kind).map(|(_, s)| s)
 }
 
 pub fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
@@ -26,7 +32,7 @@ pub fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     let mut errors = Vec::new();
     // metadata is the API server's own business, not the CRD schema's.
     openapi(&schema["properties"]["spec"], &obj["spec"], "spec", &mut errors);
-    if let Err(e) = kube::core::cel::Validator::new().validate(&schema, obj, old) {
+    if let Err(e) = kube::core::cel::Validator::new().validate(schema, obj, old) {
         errors.extend(e.iter().map(|e| e.to_string()));
     }
     if errors.is_empty() {

@@ -61,10 +61,13 @@ pub fn install_crypto_provider() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Crd = cli.command {
-        print!("{}", crate::api::crds_yaml());
-        return ExitCode::SUCCESS;
-    }
+    let args = match cli.command {
+        Command::Host(args) => args,
+        Command::Crd => {
+            print!("{}", crate::api::crds_yaml());
+            return ExitCode::SUCCESS;
+        }
+    };
     init_tracing(cli.debug, cli.log_json);
     install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -72,12 +75,7 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Host(args) => host::run(args).await,
-            Command::Crd => unreachable!("handled before the runtime starts"),
-        }
-    });
+    let result = runtime.block_on(host::run(args));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -260,8 +260,11 @@ impl LabHost {
     /// The client URL of this host's member of cluster `etcd`: https unless it was made with
     /// --plain-http (as its member record says).
     pub fn client_url(&self) -> String {
-        let record = std::fs::read_to_string(self.path("/var/lib/runc-etcd/etcd/member.json")).unwrap_or_default();
-        let plain = record.contains("\"tls\": false");
+        let record: Option<crate::host::member::MemberRecord> =
+            std::fs::read(self.path("/var/lib/runc-etcd/etcd/member.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+        let plain = record.is_some_and(|r| !r.tls);
         format!("{}://{}:2379", if plain { "http" } else { "https" }, self.ip())
     }
 

@@ -1,8 +1,6 @@
 //! Helpers for the lab tests: a lab per test, the CLI on its hosts, and etcd clients that run
 //! inside the lab's LAN (the switch namespace), as a user's client on that network would.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::sync::Arc;
