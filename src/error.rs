@@ -30,6 +30,9 @@ pub enum Error {
     Image { reference: String, message: String },
     #[error("`{command}` failed: {message}")]
     Command { command: String, message: String },
+    /// The Kubernetes API refused or did not answer; retried with backoff.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

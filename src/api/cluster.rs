@@ -347,12 +347,15 @@ pub struct MemberStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
-    /// AddMember, PromoteMember, RemoveMember, ReplaceMember, Upgrade, Restore, Defragment.
+    /// BootstrapMember (the seed of a new cluster), AddLearner, PromoteMember, RemoveMember.
     #[serde(rename = "type")]
     pub kind: String,
     /// The member it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The node the member is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Pending, InProgress, Succeeded, Failed.
     pub state: String,
     /// What happened, or why it failed.

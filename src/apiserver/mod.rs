@@ -26,20 +26,36 @@ pub use store::ApiError;
 /// A running test API server; stops when dropped.
 pub struct ApiServer {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ApiServer {
     /// Starts on a free loopback port.
     pub async fn start() -> std::io::Result<ApiServer> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::serve(vec![listener])
+    }
+
+    /// Serves one store on every listener (e.g. loopback for the tests and a lab address for
+    /// the operator and agents; a listener keeps the network namespace it was bound in). The
+    /// first listener is the server's address.
+    pub fn serve(listeners: Vec<std::net::TcpListener>) -> std::io::Result<ApiServer> {
         let store = Arc::new(Mutex::new(store::Store::new()));
         let app = axum::Router::new().fallback(http::handle).with_state(store);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(ApiServer { addr, task })
+        let addr = listeners
+            .first()
+            .ok_or_else(|| std::io::Error::other("no listener"))?
+            .local_addr()?;
+        let mut tasks = Vec::new();
+        for l in listeners {
+            l.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(l)?;
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }));
+        }
+        Ok(ApiServer { addr, tasks })
     }
 
     pub fn url(&self) -> String {
@@ -55,6 +71,8 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

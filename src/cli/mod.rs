@@ -1,6 +1,7 @@
 //! The `runc-etcd` command line. Subcommands map one to one onto library calls.
 
 mod host;
+mod kube;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Manage the etcd member of this host by hand, with no Kubernetes (the runc-etcd.sh actions).
     Host(host::HostArgs),
+    /// Run the controller: EtcdClusters → agents, members, Services (leader-elected).
+    Operator(kube::OperatorArgs),
+    /// Run the host agent of one node for one cluster: makes its EtcdMembers real.
+    Agent(kube::AgentArgs),
     /// Print the CustomResourceDefinitions (EtcdCluster, EtcdMember) as YAML.
     Crd,
 }
@@ -61,13 +66,6 @@ pub fn install_crypto_provider() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Command::Host(args) => args,
-        Command::Crd => {
-            print!("{}", crate::api::crds_yaml());
-            return ExitCode::SUCCESS;
-        }
-    };
     init_tracing(cli.debug, cli.log_json);
     install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -75,7 +73,17 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    let result = runtime.block_on(host::run(args));
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Host(args) => host::run(args).await,
+            Command::Operator(args) => kube::operator(args).await,
+            Command::Agent(args) => kube::agent(args).await,
+            Command::Crd => {
+                print!("{}", crate::api::crds_yaml());
+                Ok(())
+            }
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

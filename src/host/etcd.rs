@@ -32,6 +32,7 @@ impl MemberInfo {
 pub struct EndpointStatus {
     pub endpoint: String,
     pub member_id: u64,
+    pub cluster_id: u64,
     pub version: String,
     pub db_size: i64,
     pub leader: u64,
@@ -84,6 +85,7 @@ impl Access {
         Ok(EndpointStatus {
             endpoint: endpoint.into(),
             member_id: s.header().map(|h| h.member_id()).unwrap_or(0),
+            cluster_id: s.header().map(|h| h.cluster_id()).unwrap_or(0),
             version: s.version().into(),
             db_size: s.db_size(),
             leader: s.leader(),

@@ -48,9 +48,9 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
-/// Everything a member needs, PEM.
+/// Everything a member needs, PEM (the CA certificate, not its key).
 pub struct MemberCerts {
-    pub ca: Ca,
+    pub ca_cert: String,
     pub server: (String, String),
     pub peer: (String, String),
     pub client: (String, String),
@@ -59,7 +59,7 @@ pub struct MemberCerts {
 impl MemberCerts {
     pub fn client_tls(&self) -> ClientTls {
         ClientTls {
-            ca: self.ca.cert.clone(),
+            ca: self.ca_cert.clone(),
             cert: self.client.0.clone(),
             key: self.client.1.clone(),
         }
@@ -147,36 +147,52 @@ pub fn issue(ca: &Ca, name: &MemberName, ip: IpAddr) -> Result<MemberCerts> {
         ]
     };
     Ok(MemberCerts {
-        ca: ca.clone(),
+        ca_cert: ca.cert.clone(),
         server: leaf(ca, &format!("{name} server"), sans(), vec![ServerAuth])?,
         peer: leaf(ca, &format!("{name} peer"), sans(), vec![ServerAuth, ClientAuth])?,
         client: leaf(ca, &format!("{name} runc-etcd client"), vec![], vec![ClientAuth])?,
     })
 }
 
-/// Writes the files: `pki/` (mounted into the container), `client/` and `ca/` (not mounted).
-/// Keys are 0600, their folders 0700.
-pub fn write(paths: &MemberPaths, certs: &MemberCerts) -> Result<()> {
+/// A client identity (for the controller and for users) issued by the cluster CA.
+pub fn issue_client(ca: &Ca, cn: &str) -> Result<ClientTls> {
+    let (cert, key) = leaf(ca, cn, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+    Ok(ClientTls {
+        ca: ca.cert.clone(),
+        cert,
+        key,
+    })
+}
+
+/// Writes the files: `pki/` (mounted into the container), `client/` and, given the CA (the host
+/// CLI keeps it so later members can join from this host; the agent never has it), `ca/` (not
+/// mounted). Keys are 0600, their folders 0700.
+pub fn write(paths: &MemberPaths, certs: &MemberCerts, ca: Option<&Ca>) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    for dir in [paths.pki(), paths.client(), paths.ca()] {
+    let dirs = [paths.pki(), paths.client()].into_iter().chain(ca.map(|_| paths.ca()));
+    for dir in dirs {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .ctx("creating a TLS folder", &dir)?;
     }
-    let files = [
-        (paths.pki().join("ca.crt"), &certs.ca.cert),
+    let mut files = vec![
+        (paths.pki().join("ca.crt"), &certs.ca_cert),
         (paths.pki().join("server.crt"), &certs.server.0),
         (paths.pki().join("server.key"), &certs.server.1),
         (paths.pki().join("peer.crt"), &certs.peer.0),
         (paths.pki().join("peer.key"), &certs.peer.1),
-        (paths.client().join("ca.crt"), &certs.ca.cert),
+        (paths.client().join("ca.crt"), &certs.ca_cert),
         (paths.client().join("client.crt"), &certs.client.0),
         (paths.client().join("client.key"), &certs.client.1),
-        (paths.ca().join("ca.crt"), &certs.ca.cert),
-        (paths.ca().join("ca.key"), &certs.ca.key),
     ];
+    if let Some(ca) = ca {
+        files.extend([
+            (paths.ca().join("ca.crt"), &ca.cert),
+            (paths.ca().join("ca.key"), &ca.key),
+        ]);
+    }
     for (path, pem) in files {
         write_atomic(&path, pem.as_bytes(), 0o600)?;
     }

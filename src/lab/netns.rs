@@ -35,3 +35,18 @@ where
 {
     spawn_in(ns, f).join().expect("the netns thread does not panic")
 }
+
+/// Binds a TCP listener inside `ns`; it keeps that namespace whichever thread serves it.
+pub fn bind_in(ns: &str, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)?;
+        // SAFETY: setns on a namespace fd we own, for this short-lived thread only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::net::TcpListener::bind(addr)
+    })
+    .join()
+    .expect("the bind thread does not panic")
+}

@@ -1,4 +1,97 @@
-//! The operator: turns EtcdClusters into members on nodes. So far: the membership planner, the
-//! pure middle of the reconcile pipeline (observe → plan → act → record).
+//! The operator (`runc-etcd operator`): turns EtcdClusters into members on nodes.
+//!
+//! - [`plan`]: the membership planner, the pure middle of the pipeline;
+//! - [`observe`]: what a reconcile looks at (EtcdMembers, nodes, etcd's view);
+//! - [`reconcile`]: the pipeline (observe → resume or plan → record → act → report);
+//! - [`status`]: the status and conditions reported (pure);
+//! - [`children`]: the objects made per cluster (DaemonSet, Service, EndpointSlice, Secrets,
+//!   EtcdMembers);
+//! - [`lease`]: leader election and heartbeats.
 
+pub mod children;
+pub mod lease;
+pub mod observe;
 pub mod plan;
+pub mod reconcile;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::runtime::controller::{Config, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+use crate::api::{EtcdCluster, EtcdMember};
+use crate::error::Result;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Namespace of the leader-election Lease.
+    pub namespace: String,
+    /// This instance's identity in the Lease (the pod name).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub agent: children::AgentImage,
+}
+
+/// Waits for leadership, then reconciles every EtcdCluster until leadership is lost (then it
+/// returns an error: the process exits and its restart competes again).
+pub async fn run(client: kube::Client, config: OperatorConfig) -> Result<()> {
+    let election = lease::Election {
+        api: Api::namespaced(client.clone(), &config.namespace),
+        name: "runc-etcd-operator".into(),
+        identity: config.identity.clone(),
+        duration: config.lease_duration,
+    };
+    tracing::info!("waiting to lead (lease {}/{})", config.namespace, election.name);
+    election.acquire().await;
+    tracing::info!("leading as {}", config.identity);
+
+    let ctx = Arc::new(reconcile::Ctx {
+        client: client.clone(),
+        agent: config.agent.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "runc-etcd-operator".into(),
+                instance: Some(config.identity.clone()),
+            },
+        ),
+    });
+    let clusters: Api<EtcdCluster> = Api::all(client.clone());
+    let controller = Controller::new(clusters, watcher::Config::default());
+    let store = controller.store();
+    let controller = controller
+        .owns(Api::<EtcdMember>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+        // A node coming, going or changing readiness concerns every cluster.
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |_node: Node| {
+                store
+                    .state()
+                    .into_iter()
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(Config::default().debounce(Duration::from_millis(300)))
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!("reconcile: {e}");
+            }
+        });
+    tokio::select! {
+        () = controller => Ok(()),
+        () = election.hold() => Err(crate::error::Error::Refused("leadership lost; exiting so a restart competes again".into())),
+    }
+}

@@ -1,5 +1,9 @@
 //! Helpers for the lab tests: a lab per test, the CLI on its hosts, and etcd clients that run
 //! inside the lab's LAN (the switch namespace), as a user's client on that network would.
+//! Each test crate uses a part of them.
+#![allow(dead_code)]
+
+pub mod plane;
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -90,7 +94,7 @@ pub fn cluster3(lab: &Lab, version: &str) {
     join(lab, 3, 1, version);
 }
 
-async fn connect(endpoints: Vec<String>, tls: Option<TlsOptions>) -> Client {
+pub async fn connect(endpoints: Vec<String>, tls: Option<TlsOptions>) -> Client {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
@@ -186,9 +190,12 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(lab: &Lab, endpoints: Vec<String>) -> Writer {
+        Self::start_with(lab, endpoints, identity(lab))
+    }
+
+    pub fn start_with(lab: &Lab, endpoints: Vec<String>, tls: Option<TlsOptions>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let tls = identity(lab);
         let handle = netns::spawn_in(&lab.client_ns(), move || async move {
             let mut c = connect(endpoints, tls).await;
             let mut acked = Vec::new();

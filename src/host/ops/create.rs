@@ -89,12 +89,13 @@ async fn install_and_start(
     engine: &Engine,
     record: &MemberRecord,
     certs: Option<&MemberCerts>,
+    ca: Option<&pki::Ca>,
     rootfs: &std::path::Path,
 ) -> Result<()> {
     let started = async {
         engine.install_unit().await?;
         if let Some(certs) = certs {
-            pki::write(&engine.paths(&record.instance), certs)?;
+            pki::write(&engine.paths(&record.instance), certs, ca)?;
         }
         engine.write_member_files(record, rootfs)?;
         tracing::info!("starting {}", systemd::unit_name(&record.instance));
@@ -128,7 +129,7 @@ pub async fn create(engine: &Engine, m: NewMember) -> Result<MemberRecord> {
     let certs = m.certs()?;
     let img = image::ensure(&engine.layout.images_dir(), &m.image, &engine.pull).await?;
     let record = m.record(img.record, vec![(m.name.clone(), m.peer_url())], ClusterState::New);
-    install_and_start(engine, &record, certs.as_ref(), &img.rootfs).await?;
+    install_and_start(engine, &record, certs.as_ref(), m.ca.as_ref(), &img.rootfs).await?;
     if let Err(e) = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await {
         rollback(engine, &m.instance).await;
         return Err(e);
@@ -222,7 +223,7 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
     initial_cluster.push((m.name.clone(), peer_url.clone()));
     let record = m.record(img.record, initial_cluster, ClusterState::Existing);
     let joined = async {
-        install_and_start(engine, &record, certs.as_ref(), &img.rootfs).await?;
+        install_and_start(engine, &record, certs.as_ref(), m.ca.as_ref(), &img.rootfs).await?;
         tracing::info!("waiting for learner {id:x} to catch up, then promoting it");
         etcd::promote(&client, id, PROMOTE_TIMEOUT).await?;
         engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await

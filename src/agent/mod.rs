@@ -1,0 +1,217 @@
+//! The host agent (`runc-etcd agent`): one per node and cluster (a DaemonSet pod, or a process
+//! on the host). It watches the EtcdMembers of its node, makes them real with the host engine,
+//! reports their status, renews a heartbeat Lease per member, and on deletion stops and archives
+//! the member before letting the object go (finalizer).
+//!
+//! It makes no etcd membership calls: the controller does. It only converges its host.
+
+mod wanted;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::api::{EtcdMember, EtcdMemberStatus};
+use crate::error::{Error, Result};
+use crate::host::{self, Engine, systemd};
+use crate::names::{InstanceName, MemberName};
+use crate::operator::children::{self, CLUSTER_LABEL, MEMBER_FINALIZER, NODE_LABEL};
+use crate::operator::lease;
+
+pub use wanted::wanted_member;
+
+/// How often a member's status and heartbeat are refreshed.
+const RESYNC: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub namespace: String,
+    pub cluster: String,
+    pub node: String,
+}
+
+struct Ctx {
+    client: kube::Client,
+    engine: Engine,
+    config: AgentConfig,
+    instance: InstanceName,
+}
+
+pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> Result<()> {
+    let instance = InstanceName::new(format!("{}.{}", config.namespace, config.cluster))?;
+    let members: Api<EtcdMember> = Api::namespaced(client.clone(), &config.namespace);
+    let selector = format!("{CLUSTER_LABEL}={},{NODE_LABEL}={}", config.cluster, config.node);
+    tracing::info!(
+        "agent for {} on node {} watching EtcdMembers {selector}",
+        instance,
+        config.node
+    );
+    let ctx = Arc::new(Ctx {
+        client,
+        engine,
+        config,
+        instance,
+    });
+    Controller::new(members, watcher::Config::default().labels(&selector))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!("reconcile: {e}");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(m: Arc<EtcdMember>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("{}: {e}", m.name_any());
+    Action::requeue(if e.is_user_error() {
+        RESYNC * 3
+    } else {
+        Duration::from_secs(3)
+    })
+}
+
+impl Ctx {
+    fn members(&self) -> Api<EtcdMember> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    /// Writes the status when it changed (every write wakes the controller).
+    async fn report(&self, m: &EtcdMember, status: EtcdMemberStatus) -> Result<()> {
+        if m.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        self.members()
+            .patch_status(
+                &m.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
+    let name = MemberName::new(m.spec.member_name.clone())?;
+    if m.metadata.deletion_timestamp.is_some() {
+        return retire(&m, &ctx, &name).await;
+    }
+    let base = EtcdMemberStatus {
+        observed_generation: m.metadata.generation,
+        ..m.status.clone().unwrap_or_default()
+    };
+    let certs = match &m.spec.tls_secret {
+        None => None,
+        Some(secret) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+            let s = secrets.get_opt(secret).await?;
+            match s.as_ref().and_then(children::read_member_certs) {
+                Some(c) => Some(c),
+                None => {
+                    let message = format!("waiting for Secret {secret} with the member's certificates");
+                    ctx.report(&m, phase(base, "Pending", message)).await?;
+                    return Ok(Action::requeue(Duration::from_secs(2)));
+                }
+            }
+        }
+    };
+    let wanted = match wanted_member(&ctx.instance, &m.spec, certs) {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if ctx.engine.load(&ctx.instance)?.is_none_or(|r| r.name != name) {
+        ctx.report(&m, phase(base.clone(), "Pulling", format!("pulling {}", m.spec.image)))
+            .await?;
+    }
+    let record = match host::place_member(&ctx.engine, wanted).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
+            return Err(e);
+        }
+    };
+    let unit = systemd::show(&ctx.instance).await?;
+    let mut status = EtcdMemberStatus {
+        unit_state: Some(format!("{}/{}", unit.active_state, unit.sub_state)),
+        restart_count: unit.n_restarts as i32,
+        ..base
+    };
+    let etcd = match ctx.engine.access(&record) {
+        Ok(access) => tokio::time::timeout(Duration::from_secs(4), access.status(&record.client_url()))
+            .await
+            .map_err(|_| Error::transient("etcd status", "timed out"))
+            .and_then(|r| r),
+        Err(e) => Err(e),
+    };
+    status = match etcd {
+        Ok(s) => EtcdMemberStatus {
+            member_id: Some(format!("{:x}", s.member_id)),
+            version: Some(s.version),
+            ..phase(
+                status,
+                "Running",
+                if s.is_learner { "learner" } else { "voting member" }.into(),
+            )
+        },
+        Err(e) if unit.active_state == "failed" => phase(status, "Failed", e.to_string()),
+        Err(e) => phase(status, "Starting", format!("etcd does not answer yet: {e}")),
+    };
+    ctx.report(&m, status).await?;
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    lease::heartbeat(&leases, &m.name_any(), &ctx.config.node, RESYNC * 4).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+fn phase(status: EtcdMemberStatus, phase: &str, message: String) -> EtcdMemberStatus {
+    EtcdMemberStatus {
+        phase: Some(phase.into()),
+        message: Some(message),
+        ..status
+    }
+}
+
+/// Stops and archives the member, then lets the object go.
+async fn retire(m: &EtcdMember, ctx: &Ctx, name: &MemberName) -> Result<Action> {
+    if !m.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let status = phase(
+        m.status.clone().unwrap_or_default(),
+        "Stopping",
+        "stopping and archiving".into(),
+    );
+    ctx.report(m, status).await?;
+    let archived = host::retire_member(&ctx.engine, &ctx.instance, name).await?;
+    if let Some(dir) = &archived {
+        tracing::info!("{name}: retired; data archived in {}", dir.display());
+    }
+    let finalizers: Vec<String> = m
+        .finalizers()
+        .iter()
+        .filter(|f| *f != MEMBER_FINALIZER)
+        .cloned()
+        .collect();
+    ctx.members()
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}})),
+        )
+        .await?;
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let _ = leases.delete(&m.name_any(), &Default::default()).await;
+    Ok(Action::await_change())
+}

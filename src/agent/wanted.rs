@@ -1,0 +1,119 @@
+//! From an EtcdMember spec to what the engine installs. Everything in the spec is checked here
+//! (names, address, ports, URLs) before it can reach a file, a path or a unit.
+
+use std::net::SocketAddr;
+
+use crate::api::{EtcdMemberSpec, InitialClusterState};
+use crate::error::{Error, Result};
+use crate::host::WantedMember;
+use crate::host::member::ClusterState;
+use crate::host::pki::MemberCerts;
+use crate::names::{InstanceName, MemberName, check_member_ip, parse_ip};
+
+fn port(field: &'static str, p: i32) -> Result<u16> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::invalid(field, format!("{p} is not a port"), "use 1-65535"))
+}
+
+/// `name=scheme://ip:port`, as etcd's initial-cluster wants it.
+fn peer_entry(entry: &str) -> Result<(MemberName, String)> {
+    let fix = "write name=https://IP:PORT (or http:// for a plain cluster)";
+    let (name, url) = entry
+        .split_once('=')
+        .ok_or_else(|| Error::invalid("spec.initialCluster", format!("{entry:?} has no '='"), fix))?;
+    let addr = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| Error::invalid("spec.initialCluster", format!("{url:?} is not an http(s) URL"), fix))?;
+    addr.parse::<SocketAddr>()
+        .map_err(|e| Error::invalid("spec.initialCluster", format!("{url:?}: {e}"), fix))?;
+    Ok((MemberName::new(name)?, url.to_string()))
+}
+
+/// The member the spec asks for, checked.
+pub fn wanted_member(
+    instance: &InstanceName,
+    spec: &EtcdMemberSpec,
+    certs: Option<MemberCerts>,
+) -> Result<WantedMember> {
+    let ip = check_member_ip(parse_ip(&spec.ip)?)?;
+    let initial_cluster = spec
+        .initial_cluster
+        .iter()
+        .map(|e| peer_entry(e))
+        .collect::<Result<Vec<_>>>()?;
+    let image = spec.image.trim();
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(
+            "spec.image",
+            format!("{:?} is not an image reference", spec.image),
+            "use REGISTRY/REPOSITORY:TAG or @sha256:DIGEST",
+        ));
+    }
+    Ok(WantedMember {
+        instance: instance.clone(),
+        name: MemberName::new(spec.member_name.clone())?,
+        ip,
+        client_port: port("spec.clientPort", spec.client_port)?,
+        peer_port: port("spec.peerPort", spec.peer_port)?,
+        image: image.to_string(),
+        initial_cluster,
+        state: match spec.initial_cluster_state {
+            InitialClusterState::New => ClusterState::New,
+            InitialClusterState::Existing => ClusterState::Existing,
+        },
+        certs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> EtcdMemberSpec {
+        EtcdMemberSpec {
+            cluster: "main".into(),
+            member_name: "main-0a1b2".into(),
+            node_name: "n1".into(),
+            ip: "10.0.0.1".into(),
+            client_port: 2379,
+            peer_port: 2380,
+            initial_cluster: vec!["main-0a1b2=https://10.0.0.1:2380".into()],
+            initial_cluster_state: InitialClusterState::New,
+            image: "registry.local/etcd:v3.5.16".into(),
+            tls_secret: None,
+            restore_from: None,
+        }
+    }
+
+    #[test]
+    fn a_good_spec_becomes_a_member() {
+        let w = wanted_member(&InstanceName::new("prod.main").unwrap(), &spec(), None).unwrap();
+        assert_eq!(w.initial_cluster[0].1, "https://10.0.0.1:2380");
+        assert_eq!(w.state, ClusterState::New);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let inst = InstanceName::new("prod.main").unwrap();
+        type Breaker = fn(&mut EtcdMemberSpec);
+        let cases: [(Breaker, &str); 5] = [
+            (|s| s.member_name = "../x".into(), "name"),
+            (|s| s.ip = "10.0.0.1; rm -rf /".into(), "ip"),
+            (
+                |s| s.initial_cluster = vec!["a=https://10.0.0.1:2380\nx: y".into()],
+                "spec.initialCluster",
+            ),
+            (|s| s.client_port = 70000, "spec.clientPort"),
+            (|s| s.image = "etcd:v3 --privileged".into(), "spec.image"),
+        ];
+        for (break_it, field) in cases {
+            let mut s = spec();
+            break_it(&mut s);
+            let e = wanted_member(&inst, &s, None).err().expect("refused").to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}

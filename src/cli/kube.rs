@@ -1,0 +1,98 @@
+//! `runc-etcd operator` and `runc-etcd agent`: the two long-running parts. Both find the API
+//! server as kubectl does (in-cluster service account, or $KUBECONFIG / ~/.kube/config).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::host::image::PullOptions;
+use crate::host::layout::Layout;
+use crate::host::{Engine, find_runc};
+use crate::operator::children::AgentImage;
+
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "runc-etcd")]
+    namespace: String,
+    /// This instance's name in the Lease. Default: the host name and process ID.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader holds the Lease without renewing it; a standby takes over after that.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_seconds: u64,
+    /// The image the agent DaemonSets run (this operator's own image, normally).
+    #[arg(long, env = "RUNC_ETCD_AGENT_IMAGE", default_value = concat!("ghcr.io/runc-etcd/runc-etcd:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
+    /// The service account of the agent pods (made by the Helm chart, with its RBAC).
+    #[arg(long, env = "RUNC_ETCD_AGENT_SERVICE_ACCOUNT", default_value = "runc-etcd-agent")]
+    agent_service_account: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Namespace of the EtcdCluster this agent serves.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Name of the EtcdCluster this agent serves.
+    #[arg(long)]
+    cluster: String,
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The runc binary the units run. Default: /opt/runc-etcd/bin/runc if present, else runc in PATH.
+    #[arg(long, env = "RUNC_ETCD_RUNC")]
+    runc: Option<PathBuf>,
+    /// A registry (host:port) to reach over plain HTTP instead of HTTPS. Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "RUNC_ETCD_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+}
+
+async fn client() -> Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        Error::invalid(
+            "kubeconfig",
+            format!("no Kubernetes API server found: {e}"),
+            "run in a pod with a service account, or set KUBECONFIG",
+        )
+    })
+}
+
+pub async fn operator(args: OperatorArgs) -> Result<()> {
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let config = crate::operator::OperatorConfig {
+        namespace: args.namespace,
+        identity,
+        lease_duration: Duration::from_secs(args.lease_seconds),
+        agent: AgentImage {
+            image: args.agent_image,
+            service_account: args.agent_service_account,
+        },
+    };
+    crate::operator::run(client().await?, config).await
+}
+
+pub async fn agent(args: AgentArgs) -> Result<()> {
+    let engine = Engine {
+        layout: Layout::default(),
+        runc: find_runc(args.runc.as_deref())?,
+        pull: PullOptions {
+            insecure_registries: args.insecure_registries,
+        },
+    };
+    let config = crate::agent::AgentConfig {
+        namespace: args.namespace,
+        cluster: args.cluster,
+        node: args.node,
+    };
+    crate::agent::run(client().await?, engine, config).await
+}

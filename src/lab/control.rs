@@ -1,0 +1,347 @@
+//! The lab's control plane (ARCHITECTURE.md §7, tier 3): a Kubernetes API (the in-process test
+//! server, or a real cluster named by `RUNC_ETCD_TEST_KUBECONFIG`), a Node object per lab host,
+//! operator processes in the lab's LAN, and a stand-in kubelet that plays each agent DaemonSet's
+//! pods by running `runc-etcd agent` as a systemd service inside every matching host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::{Lab, LabHost, netns};
+use crate::apiserver::ApiServer;
+use crate::operator::observe;
+
+/// Where hosts find the API server.
+const HOST_KUBECONFIG: &str = "/etc/runc-etcd-lab/kubeconfig";
+/// The env var naming a real cluster to run the control-plane tests against.
+pub const REAL_CLUSTER_ENV: &str = "RUNC_ETCD_TEST_KUBECONFIG";
+
+pub struct ControlPlane {
+    /// The in-process API server (None against a real cluster).
+    pub server: Option<ApiServer>,
+    pub client: kube::Client,
+    /// Kubeconfig for the lab's LAN (operator, agents), and for this machine (kubectl).
+    pub lab_kubeconfig: PathBuf,
+    pub local_kubeconfig: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+    switch_ns: String,
+    hosts: Vec<LabHost>,
+    lab_id: u8,
+    operators: Vec<Child>,
+    kubelet: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: default\ncurrent-context: lab\n"
+    )
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> crate::Error + '_ {
+    move |e| crate::Error::transient(what, e)
+}
+
+impl ControlPlane {
+    /// Starts the API (in-process unless `RUNC_ETCD_TEST_KUBECONFIG` is set), registers a Node
+    /// per host and starts the stand-in kubelet. Call inside a multi-threaded tokio runtime.
+    pub async fn start(lab: &Lab, bin: &Path) -> crate::Result<ControlPlane> {
+        let dir = lab.dir.clone();
+        let (server, client, lab_kubeconfig, local_kubeconfig) = match std::env::var_os(REAL_CLUSTER_ENV) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let config =
+                    kube::config::Kubeconfig::read_from(&path).map_err(|e| crate::Error::transient("kubeconfig", e))?;
+                let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+                    .await
+                    .map_err(|e| crate::Error::transient("kubeconfig", e))?;
+                let client = kube::Client::try_from(config)?;
+                install_crds(&client).await?;
+                (None, client, path.clone(), path)
+            }
+            None => {
+                let local = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding the API server"))?;
+                let gateway = lab.net.gateway();
+                let on_lan =
+                    netns::bind_in(&lab.client_ns(), (gateway, 0).into()).map_err(io("binding on the lab LAN"))?;
+                let lan_addr = on_lan.local_addr().map_err(io("lab address"))?;
+                let server = ApiServer::serve(vec![local, on_lan]).map_err(io("starting the API server"))?;
+                let lab_kc = dir.join("kubeconfig-lan");
+                let local_kc = dir.join("kubeconfig");
+                std::fs::write(&lab_kc, kubeconfig(&format!("http://{lan_addr}"))).map_err(io("kubeconfig"))?;
+                std::fs::write(&local_kc, kubeconfig(&server.url())).map_err(io("kubeconfig"))?;
+                let client = server.client();
+                (Some(server), client, lab_kc, local_kc)
+            }
+        };
+        let text = std::fs::read_to_string(&lab_kubeconfig).map_err(io("reading the kubeconfig"))?;
+        for h in &lab.hosts {
+            let path = h.path(HOST_KUBECONFIG);
+            std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io("kubeconfig dir"))?;
+            std::fs::write(&path, &text).map_err(io("host kubeconfig"))?;
+        }
+        let mut cp = ControlPlane {
+            server,
+            client,
+            lab_kubeconfig,
+            local_kubeconfig,
+            dir,
+            bin: bin.to_path_buf(),
+            switch_ns: lab.client_ns(),
+            hosts: lab.hosts.clone(),
+            lab_id: lab.id,
+            operators: Vec::new(),
+            kubelet: None,
+        };
+        for h in &lab.hosts {
+            cp.register_node(h, &BTreeMap::new()).await?;
+        }
+        let kubelet = Kubelet {
+            client: cp.client.clone(),
+            hosts: lab.hosts.clone(),
+            node_names: lab.hosts.iter().map(|h| cp.node_name(h)).collect(),
+        };
+        cp.kubelet = Some(tokio::spawn(kubelet.run()));
+        Ok(cp)
+    }
+
+    /// The Node name of a lab host (unique per lab, so labs can share a real cluster).
+    pub fn node_name(&self, h: &LabHost) -> String {
+        format!("lab{}-{}", self.lab_id, h.name())
+    }
+
+    /// Creates (or relabels) the host's Node: Ready, with its address as InternalIP.
+    pub async fn register_node(&self, h: &LabHost, labels: &BTreeMap<String, String>) -> crate::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let name = self.node_name(h);
+        let mut all = labels.clone();
+        all.insert("kubernetes.io/hostname".into(), name.clone());
+        all.insert("runc-etcd.io/lab".into(), self.lab_id.to_string());
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": all},
+            "spec": {},
+        });
+        nodes
+            .patch(
+                &name,
+                &PatchParams::apply("runc-etcd-lab").force(),
+                &Patch::Apply(&node),
+            )
+            .await?;
+        let status = json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": h.ip().to_string()}, {"type": "Hostname", "address": name}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "LabHostRunning", "message": "a simulated host"}],
+        }});
+        nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts an operator in the lab's LAN; `env` adds variables (e.g. a failpoint). Returns its index.
+    pub fn start_operator(&mut self, env: &[(&str, &str)]) -> crate::Result<usize> {
+        let i = self.operators.len();
+        let log = std::fs::File::create(self.dir.join(format!("operator-{i}.log"))).map_err(io("operator log"))?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.switch_ns))
+            .arg("--")
+            .arg(self.bin.join("runc-etcd"))
+            .args(["operator", "--namespace", "runc-etcd", "--lease-seconds", "4"])
+            .args(["--identity", &format!("operator-{i}")])
+            .env("KUBECONFIG", &self.lab_kubeconfig)
+            .env("RUNC_ETCD_LOG", "runc_etcd=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("operator log"))?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.operators.push(cmd.spawn().map_err(io("starting the operator"))?);
+        Ok(i)
+    }
+
+    /// Kills operator `i` with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill_operator(&mut self, i: usize) {
+        let child = &mut self.operators[i];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether operator `i` has exited, with its exit code.
+    pub fn operator_exit(&mut self, i: usize) -> Option<i32> {
+        self.operators[i]
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    pub fn operator_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("operator-{i}.log"))).unwrap_or_default()
+    }
+
+    /// The journal of the agent units on every host (for test failure messages).
+    pub fn agent_logs(&self, lines: u32) -> String {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let out = h
+                    .exec(&[
+                        "sh",
+                        "-c",
+                        &format!("journalctl -u 'runc-etcd-agent-*' --no-pager -n {lines} -o cat"),
+                    ])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                format!("--- {}\n{out}", h.name())
+            })
+            .collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for i in 0..self.operators.len() {
+            self.kill_operator(i);
+        }
+        if let Some(k) = self.kubelet.take() {
+            k.abort();
+        }
+    }
+}
+
+async fn install_crds(client: &kube::Client) -> crate::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [crate::api::EtcdCluster::crd(), crate::api::EtcdMember::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply("runc-etcd-lab").force(), &Patch::Apply(&crd))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Plays the pods of agent DaemonSets: for each DaemonSet and each Node it selects, a
+/// `runc-etcd agent` service runs in that host with the pod's arguments.
+struct Kubelet {
+    client: kube::Client,
+    hosts: Vec<LabHost>,
+    node_names: Vec<String>,
+}
+
+fn unit_for(ds: &DaemonSet) -> String {
+    format!(
+        "runc-etcd-agent-{}-{}",
+        ds.metadata.namespace.as_deref().unwrap_or("default"),
+        ds.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Kubelet {
+    async fn run(self) {
+        let mut running: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+        let mut tick = 0u32;
+        loop {
+            if let Err(e) = self.sync(&mut running, tick.is_multiple_of(20)).await {
+                tracing::debug!("lab kubelet: {e}");
+            }
+            tick += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn sync(&self, running: &mut BTreeMap<(String, usize), Vec<String>>, recheck: bool) -> crate::Result<()> {
+        let sets = Api::<DaemonSet>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let mut want: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+        for ds in &sets {
+            let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
+                continue;
+            };
+            let selector = pod.node_selector.clone().unwrap_or_default();
+            let tolerations = pod.tolerations.clone().unwrap_or_default();
+            for (i, name) in self.node_names.iter().enumerate() {
+                let Some(node) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name)) else {
+                    continue;
+                };
+                if !observe::placeable(&selector, &tolerations, node) {
+                    continue;
+                }
+                let args = pod.containers[0].args.clone().unwrap_or_default();
+                let args = args.iter().map(|a| a.replace("$(NODE_NAME)", name)).collect();
+                want.insert((unit_for(ds), i), args);
+            }
+        }
+        for (key, args) in &want {
+            if running.get(key) != Some(args) || recheck {
+                let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
+                let args = args.clone();
+                let node = self.node_names[key.1].clone();
+                tokio::task::spawn_blocking(move || start_agent(&h, &unit, &node, &args))
+                    .await
+                    .expect("agent start does not panic")?;
+                running.insert(key.clone(), want[key].clone());
+            }
+        }
+        let gone: Vec<_> = running.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+        for key in gone {
+            let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
+            tokio::task::spawn_blocking(move || h.exec(&["systemctl", "stop", &unit]))
+                .await
+                .expect("agent stop does not panic")
+                .map_err(|e| crate::Error::transient("stopping an agent", e))?;
+            running.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+fn start_agent(h: &LabHost, unit: &str, node: &str, args: &[String]) -> crate::Result<()> {
+    let active = h
+        .exec(&["systemctl", "is-active", "--quiet", unit])
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if active {
+        return Ok(());
+    }
+    let _ = h.exec(&["systemctl", "reset-failed", unit]);
+    let mut cmd: Vec<String> = [
+        "systemd-run",
+        "--unit",
+        unit,
+        "-p",
+        "Restart=always",
+        "-p",
+        "RestartSec=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    for env in [
+        format!("KUBECONFIG={HOST_KUBECONFIG}"),
+        format!("NODE_NAME={node}"),
+        format!("RUNC_ETCD_INSECURE_REGISTRIES={}", h.insecure_registries),
+        "RUNC_ETCD_LOG=runc_etcd=debug,info".into(),
+    ] {
+        cmd.push(format!("--setenv={env}"));
+    }
+    cmd.push("/opt/lab/bin/runc-etcd".into());
+    cmd.extend(args.iter().cloned());
+    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    h.check(&refs)
+        .map_err(|e| crate::Error::transient("starting an agent", e))?;
+    Ok(())
+}

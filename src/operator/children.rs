@@ -1,0 +1,444 @@
+//! The objects the controller makes for a cluster, built as plain values (pure, unit-tested) and
+//! written with server-side apply: the agent DaemonSet, the client Service and its EndpointSlice,
+//! the TLS Secrets and the EtcdMembers. All are owned by the EtcdCluster and carry its label.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Secret,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::api::{EtcdCluster, EtcdMember, EtcdMemberSpec, InitialClusterState};
+use crate::host::pki::{ClientTls, MemberCerts};
+
+/// Label on every object the controller makes for a cluster (value: the cluster's name).
+pub const CLUSTER_LABEL: &str = "runc-etcd.io/cluster";
+/// Label on EtcdMembers: the node that runs them (agents select on it; CRDs have no field selectors).
+pub const NODE_LABEL: &str = "runc-etcd.io/node";
+/// The controller's finalizer on EtcdClusters: members retired and hosts clean before it goes.
+pub const CLUSTER_FINALIZER: &str = "runc-etcd.io/cluster";
+/// The agent's finalizer on EtcdMembers, set by the controller at creation so no member can be
+/// deleted before its host has stopped and archived it.
+pub const MEMBER_FINALIZER: &str = "runc-etcd.io/agent";
+/// The field manager of the controller's server-side applies.
+pub const MANAGER: &str = "runc-etcd-operator";
+
+/// What the DaemonSet runs; set by the operator's flags (its own image, by default).
+#[derive(Debug, Clone)]
+pub struct AgentImage {
+    pub image: String,
+    pub service_account: String,
+}
+
+fn owner(c: &EtcdCluster) -> OwnerReference {
+    c.controller_owner_ref(&())
+        .expect("an EtcdCluster from the API server has a uid")
+}
+
+fn meta(c: &EtcdCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: c.meta().namespace.clone(),
+        labels: Some(BTreeMap::from([
+            (CLUSTER_LABEL.to_string(), c.name()),
+            ("app.kubernetes.io/managed-by".to_string(), "runc-etcd".to_string()),
+        ])),
+        owner_references: Some(vec![owner(c)]),
+        ..Default::default()
+    }
+}
+
+pub trait ClusterNames {
+    fn name(&self) -> String;
+    fn ns(&self) -> String;
+    fn agent_name(&self) -> String {
+        format!("{}-agent", self.name())
+    }
+    fn client_service(&self) -> String {
+        format!("{}-client", self.name())
+    }
+    fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name())
+    }
+    fn client_secret(&self) -> String {
+        format!("{}-client-tls", self.name())
+    }
+    /// The host engine's instance: `<namespace>.<cluster>` (unit runc-etcd@<instance>.service).
+    fn instance(&self) -> String {
+        format!("{}.{}", self.ns(), self.name())
+    }
+}
+
+impl ClusterNames for EtcdCluster {
+    fn name(&self) -> String {
+        self.meta().name.clone().unwrap_or_default()
+    }
+    fn ns(&self) -> String {
+        self.meta().namespace.clone().unwrap_or_else(|| "default".into())
+    }
+}
+
+pub fn member_secret(member: &str) -> String {
+    format!("{member}-tls")
+}
+
+/// Host paths the agent works in (ARCHITECTURE.md §5), mounted at the same place in its pod.
+const HOST_PATHS: [(&str, &str); 7] = [
+    ("state", "/var/lib/runc-etcd"),
+    ("units", "/etc/systemd/system"),
+    ("systemd", "/run/systemd"),
+    ("dbus", "/run/dbus"),
+    ("runc-root", "/run/runc-etcd"),
+    ("locks", "/run/lock/runc-etcd"),
+    ("runc-bin", "/opt/runc-etcd"),
+];
+
+/// The agent DaemonSet: one privileged pod per eligible node (the cluster's node selector and
+/// tolerations), talking to the host's systemd.
+pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "runc-etcd-agent".to_string()),
+        (CLUSTER_LABEL.to_string(), c.name()),
+    ]);
+    let env_node = EnvVar {
+        name: "NODE_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "spec.nodeName".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "agent".into(),
+        image: Some(agent.image.clone()),
+        args: Some(
+            [
+                "agent",
+                "--namespace",
+                &c.ns(),
+                "--cluster",
+                &c.name(),
+                "--node",
+                "$(NODE_NAME)",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: Some(vec![env_node]),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        volume_mounts: Some(
+            HOST_PATHS
+                .iter()
+                .map(|(name, path)| VolumeMount {
+                    name: (*name).into(),
+                    mount_path: (*path).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let volumes = HOST_PATHS
+        .iter()
+        .map(|(name, path)| Volume {
+            name: (*name).into(),
+            host_path: Some(HostPathVolumeSource {
+                path: (*path).into(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let spec = &c.spec;
+    DaemonSet {
+        metadata: meta(c, c.agent_name()),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            // An agent restart never touches etcd (systemd runs it), so one node at a time is
+            // only about not losing every agent at once.
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    ..Default::default()
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(agent.service_account.clone()),
+                    host_network: Some(true),
+                    host_pid: Some(true),
+                    node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    priority_class_name: Some("system-node-critical".into()),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The client Service: no selector (members are not pods); its EndpointSlice lists the members.
+pub fn client_service(c: &EtcdCluster) -> Service {
+    Service {
+        metadata: meta(c, c.client_service()),
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some("client".into()),
+                port: c.spec.ports.client,
+                target_port: Some(IntOrString::Int(c.spec.ports.client)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service's endpoints: every member address, ready when that member is healthy.
+pub fn client_endpoints(c: &EtcdCluster, members: &[(String, String, bool)]) -> EndpointSlice {
+    let mut m = meta(c, c.client_service());
+    m.labels
+        .get_or_insert_default()
+        .insert("kubernetes.io/service-name".into(), c.client_service());
+    m.labels
+        .get_or_insert_default()
+        .insert("endpointslice.kubernetes.io/managed-by".into(), "runc-etcd.io".into());
+    EndpointSlice {
+        metadata: m,
+        address_type: "IPv4".into(),
+        endpoints: members
+            .iter()
+            .map(|(ip, node, ready)| Endpoint {
+                addresses: vec![ip.clone()],
+                node_name: Some(node.clone()),
+                conditions: Some(EndpointConditions {
+                    ready: Some(*ready),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("client".into()),
+            port: Some(c.spec.ports.client),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn secret(c: &EtcdCluster, name: String, files: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: meta(c, name),
+        type_: Some("Opaque".into()),
+        data: Some(
+            files
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+pub fn ca_secret(c: &EtcdCluster, ca: &crate::host::pki::Ca) -> Secret {
+    secret(c, c.ca_secret(), &[("ca.crt", &ca.cert), ("ca.key", &ca.key)])
+}
+
+/// A client identity for users and the controller (`tls.crt`/`tls.key`, as kubernetes.io/tls).
+pub fn client_secret(c: &EtcdCluster, tls: &ClientTls) -> Secret {
+    secret(
+        c,
+        c.client_secret(),
+        &[("ca.crt", &tls.ca), ("tls.crt", &tls.cert), ("tls.key", &tls.key)],
+    )
+}
+
+pub fn member_tls_secret(c: &EtcdCluster, member: &str, certs: &MemberCerts) -> Secret {
+    secret(
+        c,
+        member_secret(member),
+        &[
+            ("ca.crt", &certs.ca_cert),
+            ("server.crt", &certs.server.0),
+            ("server.key", &certs.server.1),
+            ("peer.crt", &certs.peer.0),
+            ("peer.key", &certs.peer.1),
+            ("client.crt", &certs.client.0),
+            ("client.key", &certs.client.1),
+        ],
+    )
+}
+
+fn file(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+pub fn read_ca(s: &Secret) -> Option<crate::host::pki::Ca> {
+    Some(crate::host::pki::Ca {
+        cert: file(s, "ca.crt")?,
+        key: file(s, "ca.key")?,
+    })
+}
+
+pub fn read_client(s: &Secret) -> Option<ClientTls> {
+    Some(ClientTls {
+        ca: file(s, "ca.crt")?,
+        cert: file(s, "tls.crt")?,
+        key: file(s, "tls.key")?,
+    })
+}
+
+pub fn read_member_certs(s: &Secret) -> Option<MemberCerts> {
+    Some(MemberCerts {
+        ca_cert: file(s, "ca.crt")?,
+        server: (file(s, "server.crt")?, file(s, "server.key")?),
+        peer: (file(s, "peer.crt")?, file(s, "peer.key")?),
+        client: (file(s, "client.crt")?, file(s, "client.key")?),
+    })
+}
+
+/// A member as the controller plans it.
+#[derive(Debug, Clone)]
+pub struct PlannedMember {
+    pub name: String,
+    pub node: String,
+    pub ip: String,
+    pub initial_cluster: Vec<String>,
+    pub state: InitialClusterState,
+}
+
+pub fn scheme(c: &EtcdCluster) -> &'static str {
+    if c.spec.tls.enabled { "https" } else { "http" }
+}
+
+pub fn peer_url(c: &EtcdCluster, ip: &str) -> String {
+    format!("{}://{ip}:{}", scheme(c), c.spec.ports.peer)
+}
+
+pub fn client_url(c: &EtcdCluster, ip: &str) -> String {
+    format!("{}://{ip}:{}", scheme(c), c.spec.ports.client)
+}
+
+/// The image the members run: `image` as given, else `<repository>:v<version>`.
+pub fn image(c: &EtcdCluster) -> String {
+    match (&c.spec.image, &c.spec.repository) {
+        (Some(image), _) => image.clone(),
+        (None, Some(repo)) => format!("{repo}:v{}", c.spec.version),
+        (None, None) => format!("gcr.io/etcd-development/etcd:v{}", c.spec.version),
+    }
+}
+
+pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
+    let mut m = EtcdMember::new(
+        &p.name,
+        EtcdMemberSpec {
+            cluster: c.name(),
+            member_name: p.name.clone(),
+            node_name: p.node.clone(),
+            ip: p.ip.clone(),
+            client_port: c.spec.ports.client,
+            peer_port: c.spec.ports.peer,
+            initial_cluster: p.initial_cluster.clone(),
+            initial_cluster_state: p.state,
+            image: image(c),
+            tls_secret: c.spec.tls.enabled.then(|| member_secret(&p.name)),
+            restore_from: None,
+        },
+    );
+    let mut md = meta(c, p.name.clone());
+    md.labels
+        .get_or_insert_default()
+        .insert(NODE_LABEL.into(), p.node.clone());
+    md.finalizers = Some(vec![MEMBER_FINALIZER.into()]);
+    m.metadata = md;
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> EtcdCluster {
+        let mut c: EtcdCluster = serde_saphyr::from_str(yaml).unwrap();
+        c.metadata.uid = Some("uid-1".into());
+        c.metadata.namespace = Some("prod".into());
+        c
+    }
+
+    const SPEC: &str = "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main}\nspec:\n  version: 3.5.16\n  repository: registry.local/etcd\n  nodeSelector: {etcd: \"yes\"}\n  tolerations: [{key: dedicated, operator: Exists, effect: NoSchedule}]\n";
+
+    #[test]
+    fn the_daemonset_follows_the_cluster_placement() {
+        let c = cluster(SPEC);
+        let agent = AgentImage {
+            image: "runc-etcd:1".into(),
+            service_account: "runc-etcd-agent".into(),
+        };
+        let ds = agent_daemonset(&c, &agent);
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["etcd"], "yes");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(args[..5], ["agent", "--namespace", "prod", "--cluster", "main"]);
+        assert_eq!(ds.metadata.owner_references.unwrap()[0].uid, "uid-1");
+    }
+
+    #[test]
+    fn members_carry_the_agent_finalizer_and_node_label() {
+        let c = cluster(SPEC);
+        let p = PlannedMember {
+            name: "main-abcde".into(),
+            node: "n1".into(),
+            ip: "10.0.0.1".into(),
+            initial_cluster: vec!["main-abcde=https://10.0.0.1:2380".into()],
+            state: InitialClusterState::New,
+        };
+        let m = etcd_member(&c, &p);
+        assert_eq!(m.metadata.finalizers.unwrap(), [MEMBER_FINALIZER]);
+        assert_eq!(m.metadata.labels.unwrap()[NODE_LABEL], "n1");
+        assert_eq!(m.spec.image, "registry.local/etcd:v3.5.16");
+        assert_eq!(m.spec.tls_secret.as_deref(), Some("main-abcde-tls"));
+        assert_eq!(peer_url(&c, "10.0.0.1"), "https://10.0.0.1:2380");
+    }
+
+    #[test]
+    fn secrets_round_trip() {
+        let c = cluster(SPEC);
+        let ca = crate::host::pki::new_ca("main").unwrap();
+        let certs = crate::host::pki::issue(&ca, &"m1".parse().unwrap(), "10.0.0.1".parse().unwrap()).unwrap();
+        let s = member_tls_secret(&c, "m1", &certs);
+        let back = read_member_certs(&s).unwrap();
+        assert_eq!(back.server, certs.server);
+        assert_eq!(read_ca(&ca_secret(&c, &ca)).unwrap().key, ca.key);
+    }
+}

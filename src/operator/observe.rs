@@ -1,0 +1,282 @@
+//! Observing a cluster: its EtcdMembers, the nodes it may use, and etcd's own view (member list,
+//! each member's status and health). Gathering is I/O; joining them into the planner's input is
+//! pure and unit-tested.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+
+use crate::api::{EtcdCluster, EtcdMember};
+use crate::host::etcd::{self, Access, EndpointStatus, MemberInfo};
+use crate::operator::children::{self, ClusterNames};
+use crate::operator::plan;
+
+/// A node as the controller sees it for one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ip: Option<String>,
+    pub eligible: bool,
+}
+
+/// etcd's view, from any member that answers.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdView {
+    pub members: Vec<MemberInfo>,
+    /// Status of each member that answered its health check, by member ID.
+    pub healthy: BTreeMap<u64, EndpointStatus>,
+    pub leader: u64,
+    pub cluster_id: u64,
+}
+
+/// Everything one reconcile looks at.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub members: Vec<EtcdMember>,
+    pub nodes: Vec<NodeInfo>,
+    /// None: no member answered (none started yet, or quorum lost).
+    pub etcd: Option<EtcdView>,
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match (t.key.as_deref(), t.operator.as_deref()) {
+            (None | Some(""), Some("Exists")) => true,
+            (Some(k), Some("Exists")) => k == taint.key,
+            (Some(k), _) => k == taint.key && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+            (None, _) => false,
+        };
+        effect_ok && key_ok
+    })
+}
+
+/// Whether a pod with this node selector and these tolerations may run on `node` (taints that
+/// keep pods off: NoSchedule and NoExecute).
+pub fn placeable(selector: &BTreeMap<String, String>, tolerations: &[Toleration], node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && taints
+            .iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .all(|t| tolerates(tolerations, t))
+}
+
+/// Whether a member of `c` may be placed on `node`: selector and taints allow it, and the node
+/// is schedulable, Ready and has an internal address.
+pub fn node_info(c: &EtcdCluster, node: &Node) -> NodeInfo {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let status = node.status.clone().unwrap_or_default();
+    let ip = status
+        .addresses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address);
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    NodeInfo {
+        eligible: placeable(&c.spec.node_selector, &c.spec.tolerations, node) && ready && schedulable && ip.is_some(),
+        name,
+        ip,
+    }
+}
+
+/// The EtcdMember whose peer URL is this etcd member's.
+pub fn object_of<'a>(c: &EtcdCluster, members: &'a [EtcdMember], m: &MemberInfo) -> Option<&'a EtcdMember> {
+    members
+        .iter()
+        .find(|o| m.peer_urls.contains(&children::peer_url(c, &o.spec.ip)))
+}
+
+/// Joins etcd's view with the EtcdMembers and nodes into the planner's input.
+pub fn planner_input(c: &EtcdCluster, view: &View) -> plan::Observed {
+    let members = match &view.etcd {
+        Some(etcd) => etcd
+            .members
+            .iter()
+            .map(|m| {
+                let obj = object_of(c, &view.members, m);
+                plan::Member {
+                    name: obj
+                        .map(|o| o.spec.member_name.clone())
+                        .unwrap_or_else(|| display_name(m)),
+                    node: obj.map(|o| o.spec.node_name.clone()).unwrap_or_default(),
+                    voter: !m.is_learner,
+                    started: m.started(),
+                    healthy: etcd.healthy.contains_key(&m.id),
+                    leader: m.id == etcd.leader,
+                }
+            })
+            .collect(),
+        // Nobody answers: every planned member counts as a voter that is down.
+        None => view
+            .members
+            .iter()
+            .map(|o| plan::Member {
+                name: o.spec.member_name.clone(),
+                node: o.spec.node_name.clone(),
+                voter: true,
+                started: false,
+                healthy: false,
+                leader: false,
+            })
+            .collect(),
+    };
+    plan::Observed {
+        size: c.spec.size.max(1) as usize,
+        members,
+        nodes: view
+            .nodes
+            .iter()
+            .map(|n| plan::Node {
+                name: n.name.clone(),
+                eligible: n.eligible,
+            })
+            .collect(),
+    }
+}
+
+/// etcd's name for a member, or its ID while it has not started.
+pub fn display_name(m: &MemberInfo) -> String {
+    if m.started() {
+        m.name.clone()
+    } else {
+        format!("{:x}", m.id)
+    }
+}
+
+/// Asks etcd through every planned member's client URL; None when none answers.
+pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access) -> Option<EtcdView> {
+    let endpoints: Vec<String> = members.iter().map(|m| children::client_url(c, &m.spec.ip)).collect();
+    if endpoints.is_empty() {
+        return None;
+    }
+    let list = async {
+        let client = access.connect(&endpoints).await?;
+        etcd::members(&client).await
+    };
+    let list = match tokio::time::timeout(Duration::from_secs(8), list).await {
+        Ok(Ok(list)) => list,
+        Ok(Err(e)) => {
+            tracing::debug!("{}: member list: {e}", c.instance());
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let checks = list.iter().filter(|m| m.started()).map(|m| async move {
+        let url = m.client_urls.first()?;
+        let status = tokio::time::timeout(Duration::from_secs(4), access.health(url))
+            .await
+            .ok()?
+            .ok()?;
+        Some((m.id, status))
+    });
+    let healthy: BTreeMap<u64, EndpointStatus> =
+        futures::future::join_all(checks).await.into_iter().flatten().collect();
+    let leader = healthy.values().map(|s| s.leader).find(|l| *l != 0).unwrap_or(0);
+    let cluster_id = healthy.values().map(|s| s.cluster_id).find(|l| *l != 0).unwrap_or(0);
+    Some(EtcdView {
+        members: list,
+        healthy,
+        leader,
+        cluster_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeSpec, NodeStatus};
+
+    fn cluster(extra: &str) -> EtcdCluster {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: main, namespace: prod, uid: u1}}\nspec:\n  version: 3.5.16\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn node(labels: &[(&str, &str)], taint: Option<&str>, ready: bool) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("n1".into());
+        n.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        n.spec = Some(NodeSpec {
+            taints: taint.map(|k| {
+                vec![Taint {
+                    key: k.into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        });
+        n.status = Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: "10.0.0.1".into(),
+            }]),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        n
+    }
+
+    #[test]
+    fn eligibility_follows_selector_taints_and_readiness() {
+        let plain = cluster("");
+        assert!(node_info(&plain, &node(&[], None, true)).eligible);
+        assert!(!node_info(&plain, &node(&[], None, false)).eligible, "not Ready");
+        assert!(
+            !node_info(&plain, &node(&[], Some("dedicated"), true)).eligible,
+            "tainted"
+        );
+        let selective =
+            cluster("  nodeSelector: {etcd: \"yes\"}\n  tolerations: [{key: dedicated, operator: Exists}]\n");
+        assert!(!node_info(&selective, &node(&[], None, true)).eligible, "not selected");
+        let ok = node_info(&selective, &node(&[("etcd", "yes")], Some("dedicated"), true));
+        assert!(ok.eligible);
+        assert_eq!(ok.ip.as_deref(), Some("10.0.0.1"));
+    }
+
+    #[test]
+    fn etcd_members_are_matched_to_objects_by_peer_url() {
+        let c = cluster("");
+        let p = children::PlannedMember {
+            name: "main-a".into(),
+            node: "n1".into(),
+            ip: "10.0.0.1".into(),
+            initial_cluster: vec![],
+            state: crate::api::InitialClusterState::Existing,
+        };
+        let obj = children::etcd_member(&c, &p);
+        let learner = MemberInfo {
+            id: 0xab,
+            name: String::new(),
+            peer_urls: vec!["https://10.0.0.1:2380".into()],
+            client_urls: vec![],
+            is_learner: true,
+        };
+        let view = View {
+            members: vec![obj],
+            nodes: vec![],
+            etcd: Some(EtcdView {
+                members: vec![learner],
+                ..Default::default()
+            }),
+        };
+        let input = planner_input(&c, &view);
+        assert_eq!(input.members[0].name, "main-a");
+        assert_eq!(input.members[0].node, "n1");
+        assert!(!input.members[0].voter && !input.members[0].started);
+    }
+}

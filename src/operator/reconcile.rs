@@ -1,0 +1,627 @@
+//! The reconcile pipeline for one EtcdCluster:
+//!
+//! 1. deleting? retire every member through its agent, then the cluster's objects (finalizer);
+//! 2. ensure the cluster's objects: finalizer, TLS Secrets, agent DaemonSet, client Service;
+//! 3. observe: EtcdMembers, nodes, etcd's view;
+//! 4. a change recorded in `status.lastOperation` and not finished is carried on (every change is
+//!    idempotent, so this also resumes one a crashed controller left half-done);
+//! 5. otherwise plan (pure, `plan::next`) and, for a change, record it in status *before* making
+//!    it; the next pass makes it;
+//! 6. write status (pure, `status::build`), the EndpointSlice, and an Event per step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{EtcdCluster, EtcdMember, InitialClusterState, Operation};
+use crate::error::{Error, Result};
+use crate::host::etcd::{self, Access};
+use crate::host::pki;
+use crate::names::{InstanceName, MemberName};
+use crate::operator::children::{self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER};
+use crate::operator::observe::{self, View};
+use crate::operator::plan::{self, Step};
+use crate::operator::status;
+
+pub struct Ctx {
+    pub client: kube::Client,
+    pub agent: AgentImage,
+    pub recorder: Recorder,
+}
+
+/// The result of carrying out (part of) a recorded change.
+#[derive(Debug)]
+enum Outcome {
+    Done(String),
+    /// Not possible yet; the change stays recorded and is tried again.
+    NotYet(String),
+    /// It cannot be done as recorded (e.g. its node went away before anything was changed).
+    Failed(String),
+}
+
+/// Test hook: `RUNC_ETCD_FAILPOINT=after-add-learner` makes the process die right after etcd
+/// registered a learner, before its EtcdMember exists: the worst moment for a crash.
+fn failpoint(name: &str) {
+    if std::env::var("RUNC_ETCD_FAILPOINT").is_ok_and(|f| f == name) {
+        tracing::error!("failpoint {name}: exiting");
+        std::process::exit(86);
+    }
+}
+
+fn apply() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+fn selector(c: &EtcdCluster) -> ListParams {
+    ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", c.name()))
+}
+
+impl Ctx {
+    fn api<K>(&self, c: &EtcdCluster) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &c.ns())
+    }
+
+    async fn event(&self, c: &EtcdCluster, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &c.object_ref(&())).await {
+            tracing::warn!("{}: publishing an event: {e}", c.instance());
+        }
+    }
+
+    async fn patch_status(&self, c: &EtcdCluster, status: serde_json::Value) -> Result<()> {
+        let api: Api<EtcdCluster> = self.api(c);
+        api.patch_status(
+            &c.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record(&self, c: &EtcdCluster, op: &Operation) -> Result<()> {
+        self.patch_status(c, json!({ "lastOperation": op })).await
+    }
+}
+
+/// The whole status as a merge patch: fields that are now empty are cleared, not left stale.
+fn status_patch(s: &crate::api::EtcdClusterStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("status serializes");
+    let obj = v.as_object_mut().expect("status is an object");
+    for key in [
+        "phase",
+        "conditions",
+        "members",
+        "clientEndpoints",
+        "currentVersion",
+        "clusterId",
+    ] {
+        obj.entry(key).or_insert(serde_json::Value::Null);
+    }
+    obj.remove("lastOperation"); // written only by `record`
+    v
+}
+
+pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
+    if c.metadata.deletion_timestamp.is_some() {
+        return finalize(&c, &ctx).await;
+    }
+    if !c.finalizers().iter().any(|f| f == CLUSTER_FINALIZER) {
+        let api: Api<EtcdCluster> = ctx.api(&c);
+        let mut finalizers = c.finalizers().to_vec();
+        finalizers.push(CLUSTER_FINALIZER.into());
+        api.patch(
+            &c.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.resource_version()}})),
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    if let Err(e) = InstanceName::new(c.instance()) {
+        let msg = format!(
+            "namespace and name together are too long or invalid for a host instance ({}): {e}",
+            c.instance()
+        );
+        ctx.event(&c, EventType::Warning, "InvalidSpec", msg.clone()).await;
+        ctx.patch_status(&c, json!({"phase": "Failed", "conditions": [{"type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": msg, "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now())}]}))
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let access = ensure_tls(&c, &ctx).await?;
+    let ds: Api<DaemonSet> = ctx.api(&c);
+    ds.patch(
+        &c.agent_name(),
+        &apply(),
+        &Patch::Apply(&children::agent_daemonset(&c, &ctx.agent)),
+    )
+    .await?;
+    let svc: Api<Service> = ctx.api(&c);
+    svc.patch(
+        &c.client_service(),
+        &apply(),
+        &Patch::Apply(&children::client_service(&c)),
+    )
+    .await?;
+
+    let view = observe_all(&c, &ctx, &access).await?;
+    let in_flight = c
+        .status
+        .as_ref()
+        .and_then(|s| s.last_operation.clone())
+        .filter(|op| op.state == "InProgress");
+    let (step, requeue) = if let Some(mut op) = in_flight {
+        let outcome = match act(&c, &ctx, &view, &access, &op).await {
+            Ok(o) => o,
+            Err(e) if e.is_user_error() => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::NotYet(e.to_string()),
+        };
+        tracing::info!("{}: {} {:?}: {outcome:?}", c.instance(), op.kind, op.member);
+        let (state, type_, msg) = match outcome {
+            Outcome::NotYet(why) => {
+                return finish(&c, &ctx, &view, Step::Wait { reason: why }, Duration::from_secs(2)).await;
+            }
+            Outcome::Done(msg) => ("Succeeded", EventType::Normal, msg),
+            Outcome::Failed(msg) => ("Failed", EventType::Warning, msg),
+        };
+        op.state = state.into();
+        op.message = Some(msg.clone());
+        ctx.record(&c, &op).await?;
+        ctx.event(&c, type_, &format!("{}{state}", op.kind), msg).await;
+        let reason = format!("{} {state}", op.kind);
+        (Step::Wait { reason }, Duration::from_millis(200))
+    } else if c.spec.paused {
+        (
+            Step::Wait {
+                reason: "paused: spec.paused is true".into(),
+            },
+            Duration::from_secs(30),
+        )
+    } else {
+        let step = plan::next(&observe::planner_input(&c, &view));
+        match operation(&c, &view, &step) {
+            Some(op) => {
+                // Recorded before it is made: the next pass (or the next leader) makes it.
+                ctx.record(&c, &op).await?;
+                ctx.event(
+                    &c,
+                    EventType::Normal,
+                    &format!("{}Started", op.kind),
+                    format!(
+                        "{} {} on node {}",
+                        op.kind,
+                        op.member.clone().unwrap_or_default(),
+                        op.node.clone().unwrap_or_default()
+                    ),
+                )
+                .await;
+                (step, Duration::ZERO)
+            }
+            None => {
+                let requeue = match &step {
+                    Step::Converged => Duration::from_secs(30),
+                    Step::Wait { reason } => {
+                        if status::is_impossible(reason) {
+                            ctx.event(&c, EventType::Warning, "InsufficientNodes", reason.clone())
+                                .await;
+                        }
+                        Duration::from_secs(3)
+                    }
+                    _ => Duration::from_secs(1),
+                };
+                (step, requeue)
+            }
+        }
+    };
+    finish(&c, &ctx, &view, step, requeue).await
+}
+
+/// Reports what was seen and chosen: status and the Service's endpoints.
+async fn finish(c: &EtcdCluster, ctx: &Ctx, view: &View, step: Step, requeue: Duration) -> Result<Action> {
+    let report = status::build(c, view, &step);
+    ctx.patch_status(c, status_patch(&report)).await?;
+    write_endpoints(c, ctx, view).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// The change a step stands for, with the member it will create named now (so a resumed change
+/// creates the same one).
+fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
+    let (kind, member, node) = match step {
+        Step::Bootstrap { node } => ("BootstrapMember", new_member_name(c, view), node.clone()),
+        Step::AddLearner { node } => ("AddLearner", new_member_name(c, view), node.clone()),
+        Step::Promote { member } => ("PromoteMember", member.clone(), node_of(view, member)),
+        Step::Remove { member } => ("RemoveMember", member.clone(), node_of(view, member)),
+        Step::Wait { .. } | Step::Converged => return None,
+    };
+    Some(Operation {
+        kind: kind.into(),
+        member: Some(member),
+        node: Some(node),
+        state: "InProgress".into(),
+        message: None,
+        started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+    })
+}
+
+fn node_of(view: &View, member: &str) -> String {
+    view.members
+        .iter()
+        .find(|m| m.spec.member_name == member)
+        .map(|m| m.spec.node_name.clone())
+        .unwrap_or_default()
+}
+
+/// `<cluster>-<5 hex digits>`, not used by any member of the cluster.
+fn new_member_name(c: &EtcdCluster, view: &View) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        let name = format!("{}-{:05x}", c.name(), h.finish() & 0xfffff);
+        if !view.members.iter().any(|m| m.spec.member_name == name) {
+            return name;
+        }
+    }
+}
+
+async fn observe_all(c: &EtcdCluster, ctx: &Ctx, access: &Access) -> Result<View> {
+    let members: Api<EtcdMember> = ctx.api(c);
+    let members = members.list(&selector(c)).await?.items;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let nodes = nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|n| observe::node_info(c, n))
+        .collect();
+    let etcd = observe::etcd_view(c, &members, access).await;
+    Ok(View { members, nodes, etcd })
+}
+
+/// The cluster CA and the controller's client identity, created once and kept in Secrets.
+async fn ensure_tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
+    if !c.spec.tls.enabled {
+        return Ok(Access::plain());
+    }
+    let secrets: Api<Secret> = ctx.api(c);
+    let ca = match secrets
+        .get_opt(&c.ca_secret())
+        .await?
+        .and_then(|s| children::read_ca(&s))
+    {
+        Some(ca) => ca,
+        None => {
+            let ca = pki::new_ca(&c.instance())?;
+            create_or_keep(&secrets, &children::ca_secret(c, &ca)).await?;
+            // Another pass may have won the race: use what is stored.
+            let stored = secrets.get(&c.ca_secret()).await?;
+            children::read_ca(&stored).ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?
+        }
+    };
+    if let Some(tls) = secrets
+        .get_opt(&c.client_secret())
+        .await?
+        .and_then(|s| children::read_client(&s))
+    {
+        return Ok(Access::tls(tls));
+    }
+    let tls = pki::issue_client(&ca, &format!("{} client", c.instance()))?;
+    create_or_keep(&secrets, &children::client_secret(c, &tls)).await?;
+    let stored = secrets.get(&c.client_secret()).await?;
+    Ok(Access::tls(children::read_client(&stored).unwrap_or(tls)))
+}
+
+async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_endpoints(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
+    let healthy = |o: &EtcdMember| {
+        view.etcd.as_ref().is_some_and(|e| {
+            e.members.iter().any(|m| {
+                !m.is_learner
+                    && e.healthy.contains_key(&m.id)
+                    && observe::object_of(c, std::slice::from_ref(o), m).is_some()
+            })
+        })
+    };
+    let members: Vec<(String, String, bool)> = view
+        .members
+        .iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .map(|o| (o.spec.ip.clone(), o.spec.node_name.clone(), healthy(o)))
+        .collect();
+    let slices: Api<EndpointSlice> = ctx.api(c);
+    slices
+        .patch(
+            &c.client_service(),
+            &apply(),
+            &Patch::Apply(&children::client_endpoints(c, &members)),
+        )
+        .await?;
+    Ok(())
+}
+
+fn node_ip(view: &View, node: &str) -> Option<String> {
+    view.nodes.iter().find(|n| n.name == node && n.eligible)?.ip.clone()
+}
+
+/// Carries out a recorded change. Every branch is idempotent: it checks what is already done.
+async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Operation) -> Result<Outcome> {
+    let name = op.member.clone().unwrap_or_default();
+    let node = op.node.clone().unwrap_or_default();
+    let members: Api<EtcdMember> = ctx.api(c);
+    let existing = view.members.iter().find(|m| m.spec.member_name == name);
+    match op.kind.as_str() {
+        "BootstrapMember" | "AddLearner" => {
+            let ip = match (existing, node_ip(view, &node)) {
+                (Some(m), _) => m.spec.ip.clone(),
+                (None, Some(ip)) => ip,
+                (None, None) => return Ok(Outcome::Failed(format!("node {node} is no longer eligible"))),
+            };
+            MemberName::new(name.clone())?;
+            let peer = children::peer_url(c, &ip);
+            ensure_member_secret(c, ctx, &name, &ip).await?;
+            let state = if op.kind == "AddLearner" {
+                let Some(etcd_view) = &view.etcd else {
+                    return Ok(Outcome::NotYet(
+                        "no member answers; a learner is added only to a serving cluster".into(),
+                    ));
+                };
+                if !etcd_view.members.iter().any(|m| m.peer_urls.contains(&peer)) {
+                    let endpoints: Vec<String> = etcd_view
+                        .members
+                        .iter()
+                        .filter_map(|m| m.client_urls.first().cloned())
+                        .collect();
+                    let client = access.connect(&endpoints).await?;
+                    match etcd::add_learner(&client, &peer, Duration::from_secs(5)).await {
+                        Ok(id) => tracing::info!("{}: learner {id:x} ({peer}) registered", c.instance()),
+                        Err(e) => return Ok(Outcome::NotYet(format!("etcd did not add the learner yet: {e}"))),
+                    }
+                    failpoint("after-add-learner");
+                }
+                InitialClusterState::Existing
+            } else {
+                InitialClusterState::New
+            };
+            if existing.is_none() {
+                let mut initial: Vec<String> = view
+                    .etcd
+                    .iter()
+                    .flat_map(|e| e.members.iter())
+                    .filter(|m| m.started())
+                    .filter_map(|m| Some(format!("{}={}", m.name, m.peer_urls.first()?)))
+                    .collect();
+                initial.push(format!("{name}={peer}"));
+                let planned = children::PlannedMember {
+                    name: name.clone(),
+                    node: node.clone(),
+                    ip,
+                    initial_cluster: initial,
+                    state,
+                };
+                create_or_keep(&members, &children::etcd_member(c, &planned)).await?;
+            }
+            Ok(Outcome::Done(format!("{name} placed on node {node} ({peer})")))
+        }
+        "PromoteMember" => {
+            let (Some(etcd_view), Some(obj)) = (&view.etcd, existing) else {
+                return Ok(Outcome::NotYet("waiting for etcd and the member to answer".into()));
+            };
+            let peer = children::peer_url(c, &obj.spec.ip);
+            let Some(m) = etcd_view.members.iter().find(|m| m.peer_urls.contains(&peer)) else {
+                return Ok(Outcome::Failed(format!("{name} is not a member of etcd")));
+            };
+            if !m.is_learner {
+                return Ok(Outcome::Done(format!("{name} is a voting member")));
+            }
+            let endpoints: Vec<String> = etcd_view
+                .members
+                .iter()
+                .filter(|x| !x.is_learner)
+                .filter_map(|x| x.client_urls.first().cloned())
+                .collect();
+            let client = access.connect(&endpoints).await?;
+            match etcd::promote(&client, m.id, Duration::from_secs(3)).await {
+                Ok(()) => Ok(Outcome::Done(format!("{name} promoted to a voting member"))),
+                Err(e) => Ok(Outcome::NotYet(format!("learner {name} is catching up: {e}"))),
+            }
+        }
+        "RemoveMember" => remove(c, ctx, view, access, &name).await,
+        other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
+    }
+}
+
+async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: &str) -> Result<Outcome> {
+    let members: Api<EtcdMember> = ctx.api(c);
+    let obj = view.members.iter().find(|m| m.spec.member_name == name);
+    if let Some(etcd_view) = &view.etcd {
+        let target = etcd_view.members.iter().find(|m| match obj {
+            Some(o) => m.peer_urls.contains(&children::peer_url(c, &o.spec.ip)),
+            None => observe::display_name(m) == name,
+        });
+        if let Some(m) = target {
+            let voters: Vec<_> = etcd_view.members.iter().filter(|x| !x.is_learner).collect();
+            if !m.is_learner {
+                let healthy_after = voters
+                    .iter()
+                    .filter(|x| x.id != m.id && etcd_view.healthy.contains_key(&x.id))
+                    .count();
+                if !plan::has_quorum(voters.len() - 1, healthy_after) {
+                    return Ok(Outcome::NotYet(format!("removing {name} now would lose quorum")));
+                }
+            }
+            if m.id == etcd_view.leader {
+                let Some(to) = voters
+                    .iter()
+                    .find(|x| x.id != m.id && etcd_view.healthy.contains_key(&x.id))
+                else {
+                    return Ok(Outcome::NotYet("no healthy member to hand leadership to".into()));
+                };
+                let url = m.client_urls.first().cloned().unwrap_or_default();
+                let mut client = access.connect(&[url]).await?;
+                client
+                    .move_leader(to.id)
+                    .await
+                    .map_err(|e| Error::transient("moving leadership", e))?;
+                return Ok(Outcome::NotYet(format!("leadership moved from {name}")));
+            }
+            let endpoints: Vec<String> = voters
+                .iter()
+                .filter(|x| x.id != m.id)
+                .filter_map(|x| x.client_urls.first().cloned())
+                .collect();
+            let client = access.connect(&endpoints).await?;
+            if let Err(e) = etcd::remove(&client, m.id, Duration::from_secs(5)).await {
+                return Ok(Outcome::NotYet(format!("etcd did not remove {name} yet: {e}")));
+            }
+            tracing::info!("{}: {name} ({:x}) removed from etcd", c.instance(), m.id);
+        }
+    } else if obj.is_some() {
+        return Ok(Outcome::NotYet(format!(
+            "no member answers; {name} is removed from etcd first"
+        )));
+    }
+    if let Some(o) = obj {
+        if o.metadata.deletion_timestamp.is_none() {
+            members.delete(&o.name_any(), &DeleteParams::default()).await?;
+        }
+        return Ok(Outcome::NotYet(format!(
+            "waiting for the agent on node {} to stop and archive {name}",
+            o.spec.node_name
+        )));
+    }
+    let secrets: Api<Secret> = ctx.api(c);
+    let _ = secrets
+        .delete(&children::member_secret(name), &DeleteParams::default())
+        .await;
+    Ok(Outcome::Done(format!("{name} removed, stopped and archived")))
+}
+
+async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) -> Result<()> {
+    if !c.spec.tls.enabled {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = ctx.api(c);
+    if secrets.get_opt(&children::member_secret(name)).await?.is_some() {
+        return Ok(());
+    }
+    let ca_secret = secrets.get(&c.ca_secret()).await?;
+    let ca =
+        children::read_ca(&ca_secret).ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
+    let ip = crate::names::parse_ip(ip)?;
+    let certs = pki::issue(&ca, &MemberName::new(name)?, ip)?;
+    create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await
+}
+
+/// Deletion: every member is retired by its agent (unit stopped, data archived) before the
+/// DaemonSet goes, then the cluster's objects, then the finalizer.
+async fn finalize(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
+    if !c.finalizers().iter().any(|f| f == CLUSTER_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let members: Api<EtcdMember> = ctx.api(c);
+    let left = members.list(&selector(c)).await?.items;
+    if !left.is_empty() {
+        for m in left.iter().filter(|m| m.metadata.deletion_timestamp.is_none()) {
+            members.delete(&m.name_any(), &DeleteParams::default()).await?;
+            ctx.event(
+                c,
+                EventType::Normal,
+                "RetireMember",
+                format!("{} on node {}", m.name_any(), m.spec.node_name),
+            )
+            .await;
+        }
+        ctx.patch_status(c, json!({"phase": "Deleting"})).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let ns = c.ns();
+    let client = ctx.client.clone();
+    let dp = DeleteParams::default();
+    let ignore_missing = |r: std::result::Result<_, kube::Error>| match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    };
+    ignore_missing(
+        Api::<DaemonSet>::namespaced(client.clone(), &ns)
+            .delete(&c.agent_name(), &dp)
+            .await
+            .map(drop),
+    )?;
+    ignore_missing(
+        Api::<EndpointSlice>::namespaced(client.clone(), &ns)
+            .delete(&c.client_service(), &dp)
+            .await
+            .map(drop),
+    )?;
+    ignore_missing(
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .delete(&c.client_service(), &dp)
+            .await
+            .map(drop),
+    )?;
+    let secrets: Api<Secret> = ctx.api(c);
+    for s in secrets.list(&selector(c)).await?.items {
+        ignore_missing(secrets.delete(&s.name_any(), &dp).await.map(drop))?;
+    }
+    let api: Api<EtcdCluster> = ctx.api(c);
+    let finalizers: Vec<String> = c
+        .finalizers()
+        .iter()
+        .filter(|f| *f != CLUSTER_FINALIZER)
+        .cloned()
+        .collect();
+    api.patch(
+        &c.name(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.resource_version()}})),
+    )
+    .await?;
+    tracing::info!("{}: deleted; every member archived on its host", c.instance());
+    Ok(Action::await_change())
+}
+
+/// Requeue policy for errors: a bad spec waits for a change; anything else is retried.
+pub fn error_policy(c: Arc<EtcdCluster>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("{}: {e}", c.instance());
+    if e.is_user_error() {
+        Action::requeue(Duration::from_secs(60))
+    } else {
+        Action::requeue(Duration::from_secs(3))
+    }
+}

@@ -1,0 +1,178 @@
+//! The EtcdCluster status the controller reports, computed from what it observed and the step it
+//! chose (pure). Conditions keep their lastTransitionTime while their status stays the same.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{EtcdCluster, EtcdClusterStatus, MemberStatus};
+use crate::operator::children;
+use crate::operator::observe::{self, View};
+use crate::operator::plan::{self, Step};
+
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// Why the cluster is not where the spec wants it, when the reason is the spec or the nodes
+/// rather than a change in flight.
+pub fn is_impossible(reason: &str) -> bool {
+    reason.starts_with("fewer eligible nodes") || reason.starts_with("no eligible node")
+}
+
+fn members(c: &EtcdCluster, view: &View) -> Vec<MemberStatus> {
+    let Some(etcd) = &view.etcd else {
+        return view
+            .members
+            .iter()
+            .map(|o| MemberStatus {
+                name: o.spec.member_name.clone(),
+                node: o.spec.node_name.clone(),
+                peer_url: children::peer_url(c, &o.spec.ip),
+                client_url: children::client_url(c, &o.spec.ip),
+                healthy: false,
+                ..Default::default()
+            })
+            .collect();
+    };
+    etcd.members
+        .iter()
+        .map(|m| {
+            let obj = observe::object_of(c, &view.members, m);
+            let status = etcd.healthy.get(&m.id);
+            let role = if m.is_learner {
+                "learner"
+            } else if m.id == etcd.leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            MemberStatus {
+                name: obj
+                    .map(|o| o.spec.member_name.clone())
+                    .unwrap_or_else(|| observe::display_name(m)),
+                node: obj.map(|o| o.spec.node_name.clone()).unwrap_or_default(),
+                member_id: Some(format!("{:x}", m.id)),
+                peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
+                client_url: m.client_urls.first().cloned().unwrap_or_default(),
+                version: status.map(|s| s.version.clone()),
+                role: Some(role.into()),
+                healthy: status.is_some(),
+                db_size_bytes: status.map(|s| s.db_size),
+            }
+        })
+        .collect()
+}
+
+fn condition(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String, generation: i64) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    let since = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: since,
+    }
+}
+
+/// The status after observing `view` and choosing `step`.
+pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
+    let prev = c.status.clone().unwrap_or_default();
+    let generation = c.metadata.generation.unwrap_or(0);
+    let members = members(c, view);
+    let voters = members.iter().filter(|m| m.role.as_deref() != Some("learner")).count();
+    let ready = members
+        .iter()
+        .filter(|m| m.healthy && m.role.as_deref() != Some("learner"))
+        .count();
+    let size = c.spec.size.max(1) as usize;
+    let quorum = plan::has_quorum(voters, ready);
+    let versions: std::collections::BTreeSet<&str> = members.iter().filter_map(|m| m.version.as_deref()).collect();
+    let unhealthy: Vec<&str> = members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect();
+
+    let (progressing, progress_reason, progress_msg) = match step {
+        Step::Converged => (false, "Converged", format!("{ready} of {size} members ready")),
+        Step::Wait { reason } => (true, "Waiting", reason.clone()),
+        other => (true, "Changing", format!("{other:?}")),
+    };
+    let impossible = matches!(step, Step::Wait { reason } if is_impossible(reason));
+    let degraded = impossible || !unhealthy.is_empty() || (voters > 0 && !quorum);
+    let degraded_reason = if voters > 0 && !quorum {
+        "QuorumLost"
+    } else if impossible {
+        "InsufficientNodes"
+    } else if !unhealthy.is_empty() {
+        "MembersUnhealthy"
+    } else {
+        "AllHealthy"
+    };
+    let degraded_msg = match step {
+        Step::Wait { reason } if impossible => reason.clone(),
+        _ if unhealthy.is_empty() => "every member is healthy".into(),
+        _ => format!("unhealthy: {}", unhealthy.join(", ")),
+    };
+    let phase = if c.metadata.deletion_timestamp.is_some() {
+        "Deleting"
+    } else if voters > 0 && !quorum && view.etcd.is_some() {
+        "QuorumLost"
+    } else if ready == 0 {
+        "Creating"
+    } else if degraded {
+        "Degraded"
+    } else if progressing {
+        "Scaling"
+    } else {
+        "Running"
+    };
+    let available_msg = format!("{ready} of {voters} voting members healthy");
+    EtcdClusterStatus {
+        phase: Some(phase.into()),
+        conditions: vec![
+            condition(
+                &prev.conditions,
+                AVAILABLE,
+                quorum,
+                if quorum { "Quorum" } else { "NoQuorum" },
+                available_msg,
+                generation,
+            ),
+            condition(
+                &prev.conditions,
+                PROGRESSING,
+                progressing,
+                progress_reason,
+                progress_msg,
+                generation,
+            ),
+            condition(
+                &prev.conditions,
+                DEGRADED,
+                degraded,
+                degraded_reason,
+                degraded_msg,
+                generation,
+            ),
+        ],
+        observed_generation: Some(generation),
+        ready_members: ready as i32,
+        client_endpoints: members
+            .iter()
+            .filter(|m| m.healthy && m.role.as_deref() != Some("learner"))
+            .map(|m| m.client_url.clone())
+            .collect(),
+        current_version: (versions.len() == 1).then(|| versions.first().unwrap().to_string()),
+        target_version: Some(c.spec.version.clone()),
+        cluster_id: view
+            .etcd
+            .as_ref()
+            .filter(|e| e.cluster_id != 0)
+            .map(|e| format!("{:x}", e.cluster_id)),
+        members,
+        last_backup: prev.last_backup,
+        last_operation: prev.last_operation,
+    }
+}

@@ -1,0 +1,196 @@
+//! The control-plane tier: a lab, its API (in-process, or the real cluster named by
+//! RUNC_ETCD_TEST_KUBECONFIG), Nodes for its hosts, agents played from the DaemonSets, and
+//! operator processes. Tests read what a user would: EtcdCluster status, objects, Events, etcd.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Identity, TlsOptions};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use runc_etcd::api::EtcdCluster;
+use runc_etcd::lab::Lab;
+use runc_etcd::lab::control::ControlPlane;
+
+pub const NS: &str = "default";
+
+pub struct Plane {
+    pub cp: ControlPlane,
+    pub rt: tokio::runtime::Runtime,
+    pub lab: Lab,
+}
+
+pub fn bin_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_runc-etcd"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+impl Plane {
+    /// A lab of `hosts` hosts with a control plane and one operator running.
+    pub fn up(hosts: u8) -> Plane {
+        let lab = super::lab(hosts);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runc_etcd::cli::install_crypto_provider();
+        let mut cp = rt
+            .block_on(ControlPlane::start(&lab, &bin_dir()))
+            .unwrap_or_else(|e| panic!("control plane: {e}"));
+        cp.start_operator(&[]).unwrap();
+        Plane { cp, rt, lab }
+    }
+
+    pub fn clusters(&self) -> Api<EtcdCluster> {
+        Api::namespaced(self.cp.client.clone(), NS)
+    }
+
+    /// `kubectl apply` of an EtcdCluster (server-side apply).
+    pub fn apply(&self, yaml: &str) -> Result<EtcdCluster, kube::Error> {
+        let obj: serde_json::Value = serde_saphyr::from_str(yaml).expect("test YAML parses");
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        self.rt.block_on(
+            self.clusters()
+                .patch(&name, &PatchParams::apply("kubectl").force(), &Patch::Apply(&obj)),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<EtcdCluster> {
+        self.rt.block_on(self.clusters().get_opt(name)).unwrap()
+    }
+
+    pub fn delete(&self, name: &str) {
+        self.rt
+            .block_on(self.clusters().delete(name, &DeleteParams::default()))
+            .unwrap();
+    }
+
+    /// Waits until the cluster satisfies `cond`, or panics with its status and the logs.
+    pub fn wait(&self, name: &str, what: &str, secs: u64, cond: impl Fn(&EtcdCluster) -> bool) -> EtcdCluster {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(c) = self.get(name)
+                && cond(&c)
+            {
+                return c;
+            }
+            if Instant::now() > deadline {
+                let status = self.get(name).map(|c| serde_json::to_string_pretty(&c.status).unwrap());
+                panic!(
+                    "timed out after {secs}s waiting for {name} to be {what}\nstatus: {status:?}\noperator log (tail):\n{}\nagents:\n{}",
+                    tail(&self.cp.operator_log(self.cp_operators() - 1), 40),
+                    self.cp.agent_logs(15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn cp_operators(&self) -> usize {
+        (0..16)
+            .take_while(|i| !self.cp.operator_log(*i).is_empty())
+            .count()
+            .max(1)
+    }
+
+    /// Available with `n` ready voting members, converged.
+    pub fn wait_ready(&self, name: &str, n: i32, secs: u64) -> EtcdCluster {
+        self.wait(name, &format!("Available with {n} members"), secs, |c| {
+            let s = c.status.clone().unwrap_or_default();
+            s.ready_members == n
+                && s.members.len() == n as usize
+                && condition(c, "Available") == Some("True")
+                && condition(c, "Progressing") == Some("False")
+        })
+    }
+
+    fn secret(&self, name: &str) -> Option<Secret> {
+        let api: Api<Secret> = Api::namespaced(self.cp.client.clone(), NS);
+        self.rt.block_on(api.get_opt(name)).unwrap()
+    }
+
+    /// The client identity the operator made for users (Secret `<cluster>-client-tls`).
+    pub fn client_tls(&self, cluster: &str) -> Option<TlsOptions> {
+        let s = self.secret(&format!("{cluster}-client-tls"))?;
+        let data = s.data.unwrap();
+        let f = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+        Some(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(f("ca.crt")))
+                .identity(Identity::from_pem(f("tls.crt"), f("tls.key"))),
+        )
+    }
+
+    /// Client URLs from the Service's EndpointSlice (ready endpoints), as a client would find them.
+    pub fn service_endpoints(&self, cluster: &str, scheme: &str) -> Vec<String> {
+        let api: Api<EndpointSlice> = Api::namespaced(self.cp.client.clone(), NS);
+        let slice = self.rt.block_on(api.get(&format!("{cluster}-client"))).unwrap();
+        let port = slice.ports.unwrap()[0].port.unwrap();
+        slice
+            .endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .map(|e| format!("{scheme}://{}:{port}", e.addresses[0]))
+            .collect()
+    }
+
+    /// Reasons of the Events about the cluster.
+    pub fn event_reasons(&self, cluster: &str) -> Vec<String> {
+        let api: Api<Event> = Api::namespaced(self.cp.client.clone(), NS);
+        let events = self.rt.block_on(api.list(&ListParams::default())).unwrap().items;
+        events
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// Names of the objects of `kind` labelled with the cluster.
+    pub fn owned<K>(&self, cluster: &str) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.cp.client.clone(), NS);
+        let lp = ListParams::default().labels(&format!("runc-etcd.io/cluster={cluster}"));
+        let list = self.rt.block_on(api.list(&lp)).unwrap();
+        list.items
+            .iter()
+            .map(|o| o.meta().name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    pub fn label_node(&self, n: u8, labels: &[(&str, &str)]) {
+        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.rt
+            .block_on(self.cp.register_node(self.lab.host(n), &labels))
+            .unwrap();
+    }
+}
+
+pub fn condition<'a>(c: &'a EtcdCluster, type_: &str) -> Option<&'a str> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| x.status.as_str())
+}
+
+pub fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn cluster_yaml(name: &str, size: u32, image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  size: {size}\n  version: 3.5.16\n  image: {image}\n{extra}"
+    )
+}

@@ -1,0 +1,161 @@
+//! The operator end to end: EtcdClusters applied to an API server, the controller in the lab's
+//! LAN, agents on simulated hosts (played from the agent DaemonSet), real etcd under systemd.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::plane::*;
+use common::*;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use runc_etcd::api::EtcdMember;
+use runc_etcd::lab::netns;
+
+const UNIT: &str = "runc-etcd@default.main.service";
+const STATE: &str = "/var/lib/runc-etcd/default.main";
+
+fn unit_active(p: &Plane, n: u8) -> bool {
+    p.lab
+        .host(n)
+        .exec(&["systemctl", "is-active", "--quiet", UNIT])
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Polls etcd's member list until stopped; returns the most learners ever seen at once.
+struct Observer {
+    stop: Arc<AtomicBool>,
+    max_learners: Arc<AtomicUsize>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Observer {
+    fn start(p: &Plane, endpoints: Vec<String>) -> Observer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_learners = Arc::new(AtomicUsize::new(0));
+        let (flag, max) = (stop.clone(), max_learners.clone());
+        let tls = p.client_tls("main");
+        let handle = netns::spawn_in(&p.lab.client_ns(), move || async move {
+            let mut c = connect(endpoints, tls).await;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(list) = c.member_list().await {
+                    let learners = list.members().iter().filter(|m| m.is_learner()).count();
+                    max.fetch_max(learners, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Observer {
+            stop,
+            max_learners,
+            handle,
+        }
+    }
+
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap();
+        self.max_learners.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_cluster_is_created_resized_under_load_and_deleted() {
+    let p = Plane::up(5);
+    let image = p.lab.image(V_MID);
+    p.apply(&cluster_yaml("main", 3, &image, "")).unwrap();
+    let c = p.wait_ready("main", 3, 180);
+
+    // status.members: IDs, roles and versions, on three different nodes.
+    let s = c.status.clone().unwrap();
+    let nodes: std::collections::BTreeSet<_> = s.members.iter().map(|m| m.node.clone()).collect();
+    assert_eq!(nodes.len(), 3, "{:?}", s.members);
+    assert!(s.members.iter().all(|m| m.member_id.is_some() && m.healthy));
+    assert!(s.members.iter().all(|m| m.version.as_deref() == Some(V_MID)));
+    let roles: Vec<_> = s.members.iter().filter_map(|m| m.role.clone()).collect();
+    assert_eq!(roles.iter().filter(|r| *r == "leader").count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| *r == "follower").count(), 2, "{roles:?}");
+    assert_eq!(s.current_version.as_deref(), Some(V_MID));
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+
+    // A client that finds the members through the Service's endpoints, with the client
+    // certificate from the cluster's Secret, reads and writes.
+    let endpoints = p.service_endpoints("main", "https");
+    assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+    let tls = p.client_tls("main");
+    let got = netns::run_in(&p.lab.client_ns(), {
+        let (endpoints, tls) = (endpoints.clone(), tls.clone());
+        move || async move {
+            let mut c = connect(endpoints, tls).await;
+            c.put("hello", "world", None).await.expect("put");
+            let r = c.get("hello", None).await.expect("get");
+            r.kvs()[0].value_str().unwrap().to_string()
+        }
+    });
+    assert_eq!(got, "world");
+
+    // Resize 3 → 5 → 3 under a writer: nothing acknowledged is lost, one change at a time.
+    let writer = Writer::start_with(&p.lab, endpoints.clone(), tls.clone());
+    let observer = Observer::start(&p, endpoints.clone());
+    p.apply(&cluster_yaml("main", 5, &image, "")).unwrap();
+    p.wait_ready("main", 5, 240);
+    p.apply(&cluster_yaml("main", 3, &image, "")).unwrap();
+    let c = p.wait_ready("main", 3, 240);
+    let max_learners = observer.stop();
+    let acked = writer.stop();
+    assert!(acked.len() > 50, "the writer made progress: {}", acked.len());
+    assert!(max_learners <= 1, "{max_learners} learners at once");
+    let survivors: Vec<String> = c.status.unwrap().client_endpoints;
+    let tls2 = tls.clone();
+    let have = netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut c = connect(survivors, tls2).await;
+        let r = c
+            .get(
+                "w/",
+                Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .expect("get");
+        r.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    let lost: Vec<_> = acked.iter().filter(|k| !have.contains(*k)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+    let reasons = p.event_reasons("main");
+    for r in ["AddLearnerSucceeded", "PromoteMemberSucceeded", "RemoveMemberSucceeded"] {
+        assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
+    }
+    // Removed members were stopped and archived on their hosts.
+    let running: Vec<u8> = (1..=5).filter(|n| unit_active(&p, *n)).collect();
+    assert_eq!(running.len(), 3, "units active on {running:?}");
+
+    // Delete: units gone everywhere, data archived, nothing left behind.
+    p.delete("main");
+    eventually("the cluster to be deleted", 120, || p.get("main").is_none());
+    for n in 1..=5 {
+        assert!(!unit_active(&p, n), "h{n} still runs {UNIT}");
+        let h = p.lab.host(n);
+        assert!(
+            !h.path(&format!("{STATE}/member.json")).exists(),
+            "h{n} still has a member record"
+        );
+    }
+    let archived: usize = (1..=5)
+        .filter(|n| {
+            std::fs::read_dir(p.lab.host(*n).path(&format!("{STATE}/archive")))
+                .map(|d| d.flatten().any(|e| e.path().join("data/member").is_dir()))
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(archived, 5, "every host that ran a member keeps its data in archive/");
+    assert!(p.owned::<EtcdMember>("main").is_empty());
+    assert!(p.owned::<Secret>("main").is_empty());
+    assert!(p.owned::<Service>("main").is_empty());
+    assert!(p.owned::<DaemonSet>("main").is_empty());
+}
