@@ -159,3 +159,121 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     assert!(p.owned::<Service>("main").is_empty());
     assert!(p.owned::<DaemonSet>("main").is_empty());
 }
+
+/// (id, is_learner, started) of every member, through `endpoints`.
+fn member_list(p: &Plane, endpoints: Vec<String>) -> Vec<(u64, bool, bool)> {
+    let tls = p.client_tls("main");
+    netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut c = connect(endpoints, tls).await;
+        let list = c.member_list().await.expect("member list");
+        list.members()
+            .iter()
+            .map(|m| (m.id(), m.is_learner(), !m.name().is_empty()))
+            .collect()
+    })
+}
+
+#[test]
+fn a_new_leader_finishes_the_scale_up_its_predecessor_died_in() {
+    // Operator 0 dies right after etcd registered a learner, before anything else happened.
+    let mut p = Plane::up_with(2, &[("RUNC_ETCD_FAILPOINT", "after-add-learner")]);
+    let image = p.lab.image(V_MID);
+    p.apply(&cluster_yaml("main", 1, &image, "")).unwrap();
+    let c = p.wait_ready("main", 1, 120);
+    let seed = c.status.unwrap().client_endpoints;
+    p.apply(&cluster_yaml("main", 2, &image, "")).unwrap();
+    eventually("operator 0 to die at the failpoint", 60, || {
+        p.cp.operator_exit(0).is_some()
+    });
+    assert_eq!(p.cp.operator_exit(0), Some(86), "{}", p.cp.operator_log(0));
+
+    // Mid-change: a learner registered in etcd but never started; the change is in status.
+    let before = member_list(&p, seed.clone());
+    let learners: Vec<_> = before.iter().filter(|m| m.1).collect();
+    assert_eq!(learners.len(), 1, "{before:?}");
+    assert!(!learners[0].2, "the learner has not started: {before:?}");
+    let op = p.get("main").unwrap().status.unwrap().last_operation.unwrap();
+    assert_eq!((op.kind.as_str(), op.state.as_str()), ("AddLearner", "InProgress"));
+
+    // A new operator takes the lease once it expires and finishes that same change.
+    p.cp.start_operator(&[]).unwrap();
+    let c = p.wait_ready("main", 2, 180);
+    let after = member_list(&p, c.status.clone().unwrap().client_endpoints);
+    assert_eq!(after.len(), 2, "no second learner was added: {after:?}");
+    assert!(after.iter().all(|m| !m.1 && m.2), "{after:?}");
+    assert!(
+        after.iter().any(|m| m.0 == learners[0].0),
+        "the same learner was promoted"
+    );
+    let op = c.status.unwrap().last_operation.unwrap();
+    assert_eq!(op.state, "Succeeded", "{op:?}");
+    assert!(p.cp.operator_log(1).contains("leading as operator-1"));
+}
+
+#[test]
+fn bad_specs_are_refused_and_impossible_ones_reported() {
+    let p = Plane::up(3);
+    let image = p.lab.image(V_MID);
+    // Refused by the API server at apply, with a message that names the field; nothing created.
+    for (spec, says) in [
+        (cluster_yaml("bad", 0, &image, ""), "spec.size"),
+        (
+            cluster_yaml("bad", 3, &image, "").replace("version: 3.5.16", "version: latest"),
+            "spec.version",
+        ),
+        (
+            cluster_yaml("bad", 3, &image, "  ports: {client: 2379, peer: 2379}\n"),
+            "must all differ",
+        ),
+    ] {
+        let err = p.apply(&spec).expect_err("refused");
+        let msg = match err {
+            kube::Error::Api(e) => {
+                assert_eq!(e.code, 422, "{e:?}");
+                e.message
+            }
+            other => panic!("not an API refusal: {other}"),
+        };
+        assert!(msg.contains(says), "{msg:?} does not mention {says}");
+        assert!(p.get("bad").is_none());
+    }
+
+    // Valid but impossible: 3 members wanted, 2 eligible nodes. Reported, nothing torn down.
+    p.label_node(1, &[("etcd", "yes")]);
+    p.label_node(2, &[("etcd", "yes")]);
+    p.apply(&cluster_yaml("main", 3, &image, "  nodeSelector: {etcd: \"yes\"}\n"))
+        .unwrap();
+    let c = p.wait("main", "short of nodes", 180, |c| {
+        let s = c.status.clone().unwrap_or_default();
+        s.ready_members == 2
+            && s.conditions
+                .iter()
+                .any(|x| x.type_ == "Degraded" && x.status == "True" && x.reason == "InsufficientNodes")
+    });
+    let s = c.status.unwrap();
+    assert_eq!(condition_of(&s, "Available"), "True");
+    assert!(
+        s.conditions
+            .iter()
+            .any(|x| x.message.contains("fewer eligible nodes than size")),
+        "{:?}",
+        s.conditions
+    );
+    eventually("an InsufficientNodes event", 30, || {
+        p.event_reasons("main").iter().any(|r| r == "InsufficientNodes")
+    });
+    assert!(unit_active(&p, 1) && unit_active(&p, 2) && !unit_active(&p, 3));
+
+    // A third node becomes eligible: the cluster grows to its size by itself.
+    p.label_node(3, &[("etcd", "yes")]);
+    p.wait_ready("main", 3, 180);
+    assert!(unit_active(&p, 3));
+}
+
+fn condition_of<'a>(s: &'a runc_etcd::api::EtcdClusterStatus, type_: &str) -> &'a str {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+        .unwrap_or("")
+}

@@ -32,6 +32,11 @@ pub fn bin_dir() -> std::path::PathBuf {
 impl Plane {
     /// A lab of `hosts` hosts with a control plane and one operator running.
     pub fn up(hosts: u8) -> Plane {
+        Self::up_with(hosts, &[])
+    }
+
+    /// As `up`, the operator started with extra environment (e.g. a failpoint).
+    pub fn up_with(hosts: u8, operator_env: &[(&str, &str)]) -> Plane {
         let lab = super::lab(hosts);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -42,7 +47,7 @@ impl Plane {
         let mut cp = rt
             .block_on(ControlPlane::start(&lab, &bin_dir()))
             .unwrap_or_else(|e| panic!("control plane: {e}"));
-        cp.start_operator(&[]).unwrap();
+        cp.start_operator(operator_env).unwrap();
         Plane { cp, rt, lab }
     }
 
