@@ -169,10 +169,16 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         Err(e) if unit.active_state == "failed" => phase(status, "Failed", e.to_string()),
         Err(e) => phase(status, "Starting", format!("etcd does not answer yet: {e}")),
     };
+    // Until etcd answers, look again soon: the controller waits on this status.
+    let next = if status.phase.as_deref() == Some("Running") {
+        RESYNC
+    } else {
+        Duration::from_secs(2)
+    };
     ctx.report(&m, status).await?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     lease::heartbeat(&leases, &m.name_any(), &ctx.config.node, RESYNC * 4).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(next))
 }
 
 fn phase(status: EtcdMemberStatus, phase: &str, message: String) -> EtcdMemberStatus {

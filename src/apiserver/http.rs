@@ -70,6 +70,11 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET
+        && let Some(doc) = super::discovery::document(uri.path())
+    {
+        return json_response(StatusCode::OK, &doc);
+    }
     let Some(route) = parse(uri.path()) else {
         return error(ApiError::new(
             404,
@@ -90,8 +95,11 @@ pub async fn handle(
         (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             return watch(store, r, route.namespace, q);
         }
-        (&Method::GET, None) => list(&store, r, route.namespace.as_deref(), &q),
-        (&Method::GET, Some(name)) => store.lock().unwrap().get(r, &ns, name),
+        (&Method::GET, None) => list(&store, r, route.namespace.as_deref(), &q).map(|l| as_table(&headers, r, l)),
+        (&Method::GET, Some(name)) => store.lock().unwrap().get(r, &ns, name).map(|o| {
+            let rv = o["metadata"]["resourceVersion"].clone();
+            as_table(&headers, r, json!({"items": [o], "metadata": {"resourceVersion": rv}}))
+        }),
         (&Method::POST, None) => parse_body(&body).and_then(|obj| {
             validate::check(r, &obj, None)?;
             store.lock().unwrap().create(r, &ns, obj)
@@ -230,6 +238,24 @@ fn split_terms(sel: &str) -> Vec<String> {
     }
     terms.push(cur);
     terms
+}
+
+/// A list (or one object, as a list of one) as a Table when the client asks for one; else the
+/// list, or the object itself.
+fn as_table(headers: &HeaderMap, r: &Resource, list: Value) -> Value {
+    let wants_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    if wants_table {
+        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0");
+        super::table::table(r, &items, rv)
+    } else if list.get("kind").is_none() {
+        items.into_iter().next().unwrap_or_default()
+    } else {
+        list
+    }
 }
 
 fn list(store: &Shared, r: &Resource, ns: Option<&str>, q: &HashMap<String, String>) -> ApiResult<Value> {

@@ -8,14 +8,17 @@
 //! - finalizers and deletionTimestamp;
 //! - ownerReference garbage collection;
 //! - merge, JSON and apply patches (apply and strategic merge act as JSON merge patches);
-//! - schema and CEL validation of the project's custom resources.
+//! - schema and CEL validation of the project's custom resources;
+//! - discovery, a minimal OpenAPI v3 and Tables, so kubectl get/apply/delete work against it.
 //!
-//! Not kept: field managers, discovery and OpenAPI for kubectl, admission, defaulting from the
-//! schema (the Rust types default on read), bookmarks.
+//! Not kept: field managers, admission, defaulting from the schema (the Rust types default on
+//! read), bookmarks, Tables in watches.
 
+mod discovery;
 mod http;
 mod resources;
 mod store;
+mod table;
 mod validate;
 
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use runc_etcd::lab::control::ControlPlane;
 use runc_etcd::lab::{self, Lab};
 
 #[derive(Parser)]
@@ -27,6 +28,11 @@ enum Cmd {
         /// Only boot the hosts.
         #[arg(long)]
         no_cluster: bool,
+        /// Instead of a hand-made cluster, run a Kubernetes API server (in-process) and the
+        /// operator, with a Node per host: `kubectl apply` EtcdClusters against it. Runs in the
+        /// foreground until Ctrl-C, then tears the lab down.
+        #[arg(long, conflicts_with = "no_cluster")]
+        operator: bool,
     },
     /// Run a command on a host of a kept lab, e.g. `exec 1 h2 -- runc-etcd host status`.
     Exec {
@@ -44,7 +50,14 @@ fn main() -> ExitCode {
         Cmd::Up {
             hosts,
             version,
+            operator: true,
+            ..
+        } => up_operator(hosts, &version),
+        Cmd::Up {
+            hosts,
+            version,
             no_cluster,
+            ..
         } => up(hosts, &version, no_cluster),
         Cmd::Exec { lab, host, command } => {
             let Some(h) = lab::kept_hosts(lab).into_iter().find(|h| h.name() == host) else {
@@ -67,12 +80,7 @@ fn main() -> ExitCode {
 }
 
 fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
-    let bin_dir = std::env::current_exe()
-        .expect("own path")
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
-    let mut lab = match Lab::up(hosts, &bin_dir) {
+    let mut lab = match Lab::up(hosts, &bin_dir()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lab: {e}");
@@ -123,4 +131,54 @@ fn up(hosts: u8, version: &str, no_cluster: bool) -> ExitCode {
     );
     println!("  runc-etcd-lab down");
     ExitCode::SUCCESS
+}
+
+fn bin_dir() -> std::path::PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+/// The lab with a control plane: API server, Nodes, operator, agents played from DaemonSets.
+fn up_operator(hosts: u8, version: &str) -> ExitCode {
+    let lab = match Lab::up(hosts, &bin_dir()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runc_etcd::cli::install_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async {
+        let mut cp = match ControlPlane::start(&lab, &bin_dir()).await {
+            Ok(cp) => cp,
+            Err(e) => {
+                eprintln!("control plane: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = cp.start_operator(&[]) {
+            eprintln!("operator: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("lab {}: {} hosts, registry {}", lab.id, hosts, lab.registry_address());
+        println!("API server: {}", cp.server.as_ref().map(|s| s.url()).unwrap_or_default());
+        println!("operator log: {}", lab.dir.join("operator-0.log").display());
+        println!("\nTry:");
+        println!("  export KUBECONFIG={}", cp.local_kubeconfig.display());
+        println!("  kubectl get nodes");
+        println!(
+            "  printf 'apiVersion: runc-etcd.io/v1alpha1\\nkind: EtcdCluster\\nmetadata: {{name: main}}\\nspec: {{size: 3, version: {version}, image: {}}}\\n' | kubectl apply -f -",
+            lab.image(version)
+        );
+        println!("  kubectl get etcdclusters -w");
+        println!("  kubectl delete etcdcluster main");
+        println!("\nCtrl-C stops everything.");
+        let _ = tokio::signal::ctrl_c().await;
+        drop(cp);
+        ExitCode::SUCCESS
+    })
 }
