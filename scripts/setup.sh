@@ -34,6 +34,14 @@ for p in etcd-server etcd-client; do
     ls "${p}_$(echo "$v" | sed 's/:/%3a/')"_*.deb >/dev/null 2>&1 || apt-get "${APT[@]}" download "$p=$v" >/dev/null
   done
 done
+# kubectl (a static binary) for the tests that drive the test API server the way a user does
+if ! command -v kubectl >/dev/null; then
+  mkdir -p "$A/tools" && cd "$A/tools"
+  ls kubectl_1.32*.deb >/dev/null 2>&1 || apt-get "${APT[@]}" download "kubectl/trixie" >/dev/null
+  dpkg-deb --fsys-tarfile kubectl_1.32*.deb | tar -xO ./usr/bin/kubectl > /usr/local/bin/kubectl
+  chmod 755 /usr/local/bin/kubectl
+  cd "$A/debs"
+fi
 # one directory per upstream etcd version holding etcd, etcdctl and (3.5+) etcdutl
 for deb in "$A"/debs/*.deb; do
   ver=$(dpkg-deb -f "$deb" Version); up=${ver#*:}; up=${up%%[-+]*}; up=${up%%~*}

@@ -277,3 +277,68 @@ fn condition_of<'a>(s: &'a runc_etcd::api::EtcdClusterStatus, type_: &str) -> &'
         .map(|c| c.status.as_str())
         .unwrap_or("")
 }
+
+/// `kubectl <args>` against the control plane (the kubeconfig a person would export).
+fn kubectl(p: &Plane, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", &p.cp.local_kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs (scripts/setup.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn kubectl_applies_lists_and_deletes_etcdclusters() {
+    let p = Plane::up(1);
+    let yaml = cluster_yaml("main", 1, &p.lab.image(V_MID), "");
+    let out = kubectl(&p, &["apply", "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("etcdcluster.runc-etcd.io/main created"));
+
+    // `kubectl get` prints the printer columns: NAME SIZE READY VERSION PHASE AGE.
+    eventually("kubectl get to show the cluster running", 120, || {
+        let out = kubectl(&p, &["get", "etcd", "main", "--no-headers"], None);
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.get(..5) == Some(&["main", "1", "1", V_MID, "Running"][..])
+    });
+    let out = kubectl(&p, &["get", "etcdclusters"], None);
+    let header = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "SIZE", "READY", "VERSION", "PHASE", "AGE"]
+    );
+
+    // A bad spec is refused with the API server's message, and changes nothing.
+    let out = kubectl(&p, &["apply", "-f", "-"], Some(&yaml.replace("size: 1", "size: 10")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.size") && err.contains("less than or equal to 9"),
+        "{err}"
+    );
+    assert_eq!(p.get("main").unwrap().spec.size, 1);
+
+    // `kubectl delete` returns once the finalizer ran: the member is retired, nothing is left.
+    let out = kubectl(&p, &["delete", "etcdcluster", "main", "--timeout=120s"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(p.get("main").is_none());
+    assert!(!unit_active(&p, 1));
+    let out = kubectl(&p, &["get", "etcdmembers", "-o", "name"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+}

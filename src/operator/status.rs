@@ -176,3 +176,115 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         last_operation: prev.last_operation,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::etcd::{EndpointStatus, MemberInfo};
+    use crate::operator::observe::EtcdView;
+
+    fn cluster() -> EtcdCluster {
+        serde_saphyr::from_str(
+            "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: prod, generation: 4}\nspec: {size: 3, version: 3.5.16}\n",
+        )
+        .unwrap()
+    }
+
+    /// A view of `n` voters, the first the leader, `healthy` of them answering.
+    fn view(n: u64, healthy: u64) -> View {
+        let members = (1..=n)
+            .map(|id| MemberInfo {
+                id,
+                name: format!("m{id}"),
+                peer_urls: vec![format!("https://10.0.0.{id}:2380")],
+                client_urls: vec![format!("https://10.0.0.{id}:2379")],
+                is_learner: false,
+            })
+            .collect();
+        let healthy = (1..=healthy)
+            .map(|id| {
+                let s = EndpointStatus {
+                    endpoint: String::new(),
+                    member_id: id,
+                    cluster_id: 0xc1,
+                    version: "3.5.16".into(),
+                    db_size: 4096,
+                    leader: 1,
+                    raft_index: 9,
+                    is_learner: false,
+                    errors: vec![],
+                };
+                (id, s)
+            })
+            .collect();
+        View {
+            members: vec![],
+            nodes: vec![],
+            etcd: Some(EtcdView {
+                members,
+                healthy,
+                leader: 1,
+                cluster_id: 0xc1,
+            }),
+        }
+    }
+
+    fn cond<'a>(s: &'a crate::api::EtcdClusterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_converged_healthy_cluster_is_running_and_available() {
+        let s = build(&cluster(), &view(3, 3), &Step::Converged);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(s.ready_members, 3);
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(cond(&s, AVAILABLE).observed_generation, Some(4));
+        assert_eq!(s.current_version.as_deref(), Some("3.5.16"));
+        assert_eq!(s.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(s.members[0].role.as_deref(), Some("leader"));
+        assert_eq!(s.client_endpoints.len(), 3);
+    }
+
+    #[test]
+    fn too_few_nodes_is_degraded_but_available() {
+        let step = Step::Wait {
+            reason: "fewer eligible nodes than size: 3 members wanted, 2 eligible nodes".into(),
+        };
+        let s = build(&cluster(), &view(2, 2), &step);
+        assert_eq!(cond(&s, DEGRADED).reason, "InsufficientNodes");
+        assert!(cond(&s, DEGRADED).message.contains("2 eligible nodes"));
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn lost_quorum_is_reported() {
+        let s = build(
+            &cluster(),
+            &view(3, 1),
+            &Step::Wait {
+                reason: "quorum lost".into(),
+            },
+        );
+        assert_eq!(s.phase.as_deref(), Some("QuorumLost"));
+        assert_eq!(cond(&s, AVAILABLE).status, "False");
+        assert_eq!(cond(&s, DEGRADED).reason, "QuorumLost");
+        assert!(s.current_version.is_some(), "one member still reports its version");
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_it_holds() {
+        let mut c = cluster();
+        let first = build(&c, &view(3, 3), &Step::Converged);
+        let since = cond(&first, AVAILABLE).last_transition_time.clone();
+        c.status = Some(first);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = build(&c, &view(3, 3), &Step::Converged);
+        assert_eq!(cond(&again, AVAILABLE).last_transition_time, since);
+        let lost = build(&c, &view(3, 1), &Step::Converged);
+        assert_ne!(cond(&lost, AVAILABLE).last_transition_time, since);
+    }
+}
