@@ -274,3 +274,27 @@ async fn watches_see_every_change_in_order() {
         vec!["apply main-0 None", "apply main-0 Some(\"Running\")", "delete main-0"]
     );
 }
+
+#[tokio::test]
+async fn a_write_that_changes_nothing_is_not_an_event() {
+    // Controllers apply their children on every pass: a no-op must not wake their watchers,
+    // or a controller that owns what it applies would reconcile in a loop.
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
+    let apply = PatchParams::apply("test").force();
+    let first = api.patch("c", &apply, &Patch::Apply(&cm)).await.unwrap();
+    let again = api.patch("c", &apply, &Patch::Apply(&cm)).await.unwrap();
+    assert_eq!(first.metadata.resource_version, again.metadata.resource_version);
+    let merged = api
+        .patch("c", &PatchParams::default(), &Patch::Merge(json!({"data": {"a": "1"}})))
+        .await
+        .unwrap();
+    assert_eq!(first.metadata.resource_version, merged.metadata.resource_version);
+    let changed = api
+        .patch("c", &PatchParams::default(), &Patch::Merge(json!({"data": {"a": "2"}})))
+        .await
+        .unwrap();
+    assert_ne!(first.metadata.resource_version, changed.metadata.resource_version);
+}

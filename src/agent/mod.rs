@@ -173,7 +173,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
     let next = if status.phase.as_deref() == Some("Running") {
         RESYNC
     } else {
-        Duration::from_secs(2)
+        Duration::from_millis(500)
     };
     ctx.report(&m, status).await?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);

@@ -183,6 +183,10 @@ impl Store {
                 ),
             ));
         }
+        // A write that names no resourceVersion is not compared, and leaves it to the server.
+        if meta(&new).get("resourceVersion").is_none() {
+            new["metadata"]["resourceVersion"] = meta(&old)["resourceVersion"].clone();
+        }
         if status_only {
             let status = new["status"].take();
             new = old.clone();

@@ -36,7 +36,9 @@ pub enum Command {
     Crd,
 }
 
-pub fn init_tracing(debug: bool, json: bool) {
+/// Logs to stderr. `timed`: with timestamps (the long-running operator and agent); a person
+/// running a host command reads them without.
+pub fn init_tracing(debug: bool, json: bool, timed: bool) {
     let filter = if debug {
         "runc_etcd=debug,info"
     } else {
@@ -50,11 +52,12 @@ pub fn init_tracing(debug: bool, json: bool) {
         builder.json().init();
     } else {
         use std::io::IsTerminal;
-        builder
-            .without_time()
-            .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
+        let builder = builder.with_target(false).with_ansi(std::io::stderr().is_terminal());
+        if timed {
+            builder.init();
+        } else {
+            builder.without_time().init();
+        }
     }
 }
 
@@ -66,7 +69,8 @@ pub fn install_crypto_provider() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.debug, cli.log_json);
+    let timed = matches!(cli.command, Command::Operator(_) | Command::Agent(_));
+    init_tracing(cli.debug, cli.log_json, timed);
     install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

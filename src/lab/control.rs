@@ -174,6 +174,11 @@ impl ControlPlane {
         let _ = child.wait();
     }
 
+    /// The process ID of operator `i` (nsenter executes the operator in its own process).
+    pub fn operator_pid(&self, i: usize) -> u32 {
+        self.operators[i].id()
+    }
+
     /// Whether operator `i` has exited, with its exit code.
     pub fn operator_exit(&mut self, i: usize) -> Option<i32> {
         self.operators[i]

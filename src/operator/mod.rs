@@ -83,7 +83,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig) -> Result<()> {
                     .collect::<Vec<_>>()
             },
         )
-        .with_config(Config::default().debounce(Duration::from_millis(300)))
+        .with_config(Config::default().debounce(Duration::from_millis(100)))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {

@@ -177,7 +177,7 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
         tracing::info!("{}: {} {:?}: {outcome:?}", c.instance(), op.kind, op.member);
         let (state, type_, msg) = match outcome {
             Outcome::NotYet(why) => {
-                return finish(&c, &ctx, &view, Step::Wait { reason: why }, Duration::from_secs(2)).await;
+                return finish(&c, &ctx, &view, Step::Wait { reason: why }, Duration::from_secs(1)).await;
             }
             Outcome::Done(msg) => ("Succeeded", EventType::Normal, msg),
             Outcome::Failed(msg) => ("Failed", EventType::Warning, msg),
@@ -218,13 +218,14 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
             None => {
                 let requeue = match &step {
                     Step::Converged => Duration::from_secs(30),
-                    Step::Wait { reason } => {
-                        if status::is_impossible(reason) {
-                            ctx.event(&c, EventType::Warning, "InsufficientNodes", reason.clone())
-                                .await;
-                        }
-                        Duration::from_secs(3)
+                    // Too few nodes waits for a Node event (or a slow resync); anything else is
+                    // etcd or an agent catching up, worth a quick look.
+                    Step::Wait { reason } if status::is_impossible(reason) => {
+                        ctx.event(&c, EventType::Warning, "InsufficientNodes", reason.clone())
+                            .await;
+                        Duration::from_secs(15)
                     }
+                    Step::Wait { .. } => Duration::from_secs(1),
                     _ => Duration::from_secs(1),
                 };
                 (step, requeue)

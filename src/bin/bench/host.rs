@@ -1,26 +1,13 @@
-//! `runc-etcd-bench`: prints how long runc-etcd takes to bring up a 3-member cluster (create +
+//! `runc-etcd-bench host`: how long the host CLI takes to bring up a 3-member cluster (create +
 //! 2 joins → healthy) on simulated hosts, next to the same three etcd members started by hand as
-//! plain processes in the same lab, measured in one run. A command that prints figures, not a test.
+//! plain processes in the same lab, measured in one run.
 
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use runc_etcd::lab::{Lab, LabHost, images, netns};
 
-#[derive(Parser)]
-#[command(
-    name = "runc-etcd-bench",
-    about = "Time to a healthy 3-member cluster: runc-etcd vs plain etcd processes"
-)]
-struct Args {
-    /// etcd version (image tag / Debian build) to use.
-    #[arg(long, default_value = "3.5.16")]
-    version: String,
-    /// How many times to repeat the warm (image already unpacked) runc-etcd run.
-    #[arg(long, default_value_t = 3)]
-    rounds: u32,
-}
+use super::{bin_dir, secs};
 
 /// create on the first host, join the other two; returns the time of each step. Plain HTTP,
 /// so the comparison with plain etcd processes is like for like.
@@ -96,35 +83,20 @@ fn plain_cluster(lab: &Lab, hosts: [&LabHost; 3], version: &str) -> (Duration, V
     (t.elapsed(), children)
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}
-
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let bin = std::env::current_exe()
-        .expect("own path")
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
+pub fn run(version: &str, rounds: u32) -> ExitCode {
     let t = Instant::now();
-    let lab = match Lab::up(6, &bin) {
+    let lab = match Lab::up(6, &bin_dir()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lab: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "lab {}: 6 hosts up in {} (etcd {})",
-        lab.id,
-        secs(t.elapsed()),
-        args.version
-    );
+    println!("lab {}: 6 hosts up in {} (etcd {})", lab.id, secs(t.elapsed()), version);
     let ours = [1, 2, 3];
     let plain = [lab.host(4), lab.host(5), lab.host(6)];
 
-    let cold = runc_etcd_cluster(&lab, ours, &args.version);
+    let cold = runc_etcd_cluster(&lab, ours, version);
     let fmt = |steps: &[Duration]| {
         format!(
             "create {} + join {} + join {} = {}",
@@ -136,13 +108,13 @@ fn main() -> ExitCode {
     };
     println!("runc-etcd, images pulled from the registry:   {}", fmt(&cold));
     let mut warm_totals = Vec::new();
-    for _ in 0..args.rounds {
+    for _ in 0..rounds {
         teardown(&lab, ours);
-        let warm = runc_etcd_cluster(&lab, ours, &args.version);
+        let warm = runc_etcd_cluster(&lab, ours, version);
         println!("runc-etcd, images already unpacked:           {}", fmt(&warm));
         warm_totals.push(warm.iter().sum::<Duration>());
     }
-    let (plain_time, mut children) = plain_cluster(&lab, plain, &args.version);
+    let (plain_time, mut children) = plain_cluster(&lab, plain, version);
     println!(
         "plain etcd processes, static bootstrap:       3 started at once → 3 healthy in {}",
         secs(plain_time)
