@@ -136,13 +136,11 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
         .await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    if let Err(e) = InstanceName::new(c.instance()) {
-        let msg = format!(
-            "namespace and name together are too long or invalid for a host instance ({}): {e}",
-            c.instance()
-        );
+    if let Err(msg) = check_names(&c) {
         ctx.event(&c, EventType::Warning, "InvalidSpec", msg.clone()).await;
-        ctx.patch_status(&c, json!({"phase": "Failed", "conditions": [{"type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": msg, "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now())}]}))
+        let degraded = json!({"type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": msg,
+            "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now())});
+        ctx.patch_status(&c, json!({"phase": "Failed", "conditions": [degraded]}))
             .await?;
         return Ok(Action::await_change());
     }
@@ -196,7 +194,13 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
             Duration::from_secs(30),
         )
     } else {
-        let step = plan::next(&observe::planner_input(&c, &view));
+        let step = if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
+            Step::Wait {
+                reason: "waiting for the first member to start".into(),
+            }
+        } else {
+            plan::next(&observe::planner_input(&c, &view))
+        };
         match operation(&c, &view, &step) {
             Some(op) => {
                 // Recorded before it is made: the next pass (or the next leader) makes it.
@@ -243,6 +247,21 @@ async fn finish(c: &EtcdCluster, ctx: &Ctx, view: &View, step: Step, requeue: Du
     Ok(Action::requeue(requeue))
 }
 
+/// The names derived from the cluster's must be valid on the hosts: the instance
+/// `<namespace>.<cluster>` (unit, folder) and member names `<cluster>-xxxxx` (DNS labels).
+fn check_names(c: &EtcdCluster) -> std::result::Result<(), String> {
+    InstanceName::new(c.instance()).map_err(|e| {
+        format!(
+            "namespace and name together are too long for a host instance {}: {e}",
+            c.instance()
+        )
+    })?;
+    MemberName::new(format!("{}-00000", c.name())).map_err(|e| {
+        format!("the name is too long for its members' names (<name>-xxxxx, at most 63 characters): {e}")
+    })?;
+    Ok(())
+}
+
 /// The change a step stands for, with the member it will create named now (so a resumed change
 /// creates the same one).
 fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
@@ -261,6 +280,11 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         message: None,
         started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
     })
+}
+
+/// Whether the member's agent ever saw etcd answer (it then has an etcd member ID).
+fn ever_ran(m: &EtcdMember) -> bool {
+    m.status.as_ref().is_some_and(|s| s.member_id.is_some())
 }
 
 fn node_of(view: &View, member: &str) -> String {
@@ -624,5 +648,41 @@ pub fn error_policy(c: Arc<EtcdCluster>, e: &Error, _ctx: Arc<Ctx>) -> Action {
         Action::requeue(Duration::from_secs(60))
     } else {
         Action::requeue(Duration::from_secs(3))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(ns: &str, name: &str) -> EtcdCluster {
+        let mut c = EtcdCluster::new(name, serde_json::from_value(json!({"version": "3.5.16"})).unwrap());
+        c.metadata.namespace = Some(ns.into());
+        c
+    }
+
+    #[test]
+    fn names_that_do_not_fit_on_the_hosts_are_refused() {
+        assert!(check_names(&cluster("prod", "main")).is_ok());
+        let long = "a".repeat(58);
+        let e = check_names(&cluster("p", &long)).unwrap_err();
+        assert!(e.contains("members' names"), "{e}");
+        let e = check_names(&cluster(&"n".repeat(40), &"c".repeat(30))).unwrap_err();
+        assert!(e.contains("host instance"), "{e}");
+    }
+
+    #[test]
+    fn the_status_patch_clears_what_is_gone_and_leaves_the_operation_alone() {
+        let s = crate::api::EtcdClusterStatus {
+            last_operation: Some(Operation::default()),
+            ..Default::default()
+        };
+        let patch = status_patch(&s);
+        assert!(patch["currentVersion"].is_null() && patch.get("currentVersion").is_some());
+        assert!(patch["members"].is_null());
+        assert!(
+            patch.get("lastOperation").is_none(),
+            "written only when a change is recorded"
+        );
     }
 }
