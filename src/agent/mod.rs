@@ -204,18 +204,9 @@ async fn retire(m: &EtcdMember, ctx: &Ctx, name: &MemberName) -> Result<Action> 
     if let Some(dir) = &archived {
         tracing::info!("{name}: retired; data archived in {}", dir.display());
     }
-    let finalizers: Vec<String> = m
-        .finalizers()
-        .iter()
-        .filter(|f| *f != MEMBER_FINALIZER)
-        .cloned()
-        .collect();
+    let patch = children::finalizers_patch(m, None, Some(MEMBER_FINALIZER));
     ctx.members()
-        .patch(
-            &m.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}})),
-        )
+        .patch(&m.name_any(), &PatchParams::default(), &patch)
         .await?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let _ = leases.delete(&m.name_any(), &Default::default()).await;

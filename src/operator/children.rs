@@ -30,6 +30,28 @@ pub const MEMBER_FINALIZER: &str = "runc-etcd.io/agent";
 /// The field manager of the controller's server-side applies.
 pub const MANAGER: &str = "runc-etcd-operator";
 
+/// A merge patch that sets `obj`'s finalizers to its current ones with `add` added or `remove`
+/// taken out. It carries the object's resourceVersion: written against a stale copy, it is a
+/// 409, never a lost finalizer.
+pub fn finalizers_patch<K: kube::ResourceExt>(
+    obj: &K,
+    add: Option<&str>,
+    remove: Option<&str>,
+) -> kube::api::Patch<serde_json::Value> {
+    let mut finalizers: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| Some(f.as_str()) != remove)
+        .cloned()
+        .collect();
+    if let Some(f) = add.filter(|f| !finalizers.iter().any(|x| x == f)) {
+        finalizers.push(f.to_string());
+    }
+    kube::api::Patch::Merge(serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
+    }))
+}
+
 /// What the DaemonSet runs; set by the operator's flags (its own image, by default).
 #[derive(Debug, Clone)]
 pub struct AgentImage {
@@ -429,6 +451,26 @@ mod tests {
         assert_eq!(m.spec.image, "registry.local/etcd:v3.5.16");
         assert_eq!(m.spec.tls_secret.as_deref(), Some("main-abcde-tls"));
         assert_eq!(peer_url(&c, "10.0.0.1"), "https://10.0.0.1:2380");
+    }
+
+    #[test]
+    fn finalizer_patches_keep_the_others_and_name_the_version() {
+        let mut c = cluster(SPEC);
+        c.metadata.finalizers = Some(vec!["other".into()]);
+        c.metadata.resource_version = Some("42".into());
+        let kube::api::Patch::Merge(add) = finalizers_patch(&c, Some(CLUSTER_FINALIZER), None) else {
+            panic!("a merge patch")
+        };
+        assert_eq!(
+            add["metadata"]["finalizers"],
+            serde_json::json!(["other", CLUSTER_FINALIZER])
+        );
+        assert_eq!(add["metadata"]["resourceVersion"], "42");
+        c.metadata.finalizers = Some(vec!["other".into(), CLUSTER_FINALIZER.into()]);
+        let kube::api::Patch::Merge(remove) = finalizers_patch(&c, None, Some(CLUSTER_FINALIZER)) else {
+            panic!("a merge patch")
+        };
+        assert_eq!(remove["metadata"]["finalizers"], serde_json::json!(["other"]));
     }
 
     #[test]

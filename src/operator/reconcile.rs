@@ -126,14 +126,8 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
     }
     if !c.finalizers().iter().any(|f| f == CLUSTER_FINALIZER) {
         let api: Api<EtcdCluster> = ctx.api(&c);
-        let mut finalizers = c.finalizers().to_vec();
-        finalizers.push(CLUSTER_FINALIZER.into());
-        api.patch(
-            &c.name(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.resource_version()}})),
-        )
-        .await?;
+        let patch = children::finalizers_patch(&*c, Some(CLUSTER_FINALIZER), None);
+        api.patch(&c.name(), &PatchParams::default(), &patch).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     if let Err(msg) = check_names(&c) {
@@ -594,51 +588,29 @@ async fn finalize(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
         ctx.patch_status(c, json!({"phase": "Deleting"})).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    let ns = c.ns();
-    let client = ctx.client.clone();
-    let dp = DeleteParams::default();
-    let ignore_missing = |r: std::result::Result<_, kube::Error>| match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    };
-    ignore_missing(
-        Api::<DaemonSet>::namespaced(client.clone(), &ns)
-            .delete(&c.agent_name(), &dp)
-            .await
-            .map(drop),
-    )?;
-    ignore_missing(
-        Api::<EndpointSlice>::namespaced(client.clone(), &ns)
-            .delete(&c.client_service(), &dp)
-            .await
-            .map(drop),
-    )?;
-    ignore_missing(
-        Api::<Service>::namespaced(client.clone(), &ns)
-            .delete(&c.client_service(), &dp)
-            .await
-            .map(drop),
-    )?;
+    delete_if_present(&ctx.api::<DaemonSet>(c), &c.agent_name()).await?;
+    delete_if_present(&ctx.api::<EndpointSlice>(c), &c.client_service()).await?;
+    delete_if_present(&ctx.api::<Service>(c), &c.client_service()).await?;
     let secrets: Api<Secret> = ctx.api(c);
     for s in secrets.list(&selector(c)).await?.items {
-        ignore_missing(secrets.delete(&s.name_any(), &dp).await.map(drop))?;
+        delete_if_present(&secrets, &s.name_any()).await?;
     }
     let api: Api<EtcdCluster> = ctx.api(c);
-    let finalizers: Vec<String> = c
-        .finalizers()
-        .iter()
-        .filter(|f| *f != CLUSTER_FINALIZER)
-        .cloned()
-        .collect();
-    api.patch(
-        &c.name(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.resource_version()}})),
-    )
-    .await?;
+    let patch = children::finalizers_patch(c, None, Some(CLUSTER_FINALIZER));
+    api.patch(&c.name(), &PatchParams::default(), &patch).await?;
     tracing::info!("{}: deleted; every member archived on its host", c.instance());
     Ok(Action::await_change())
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Requeue policy for errors: a bad spec waits for a change; anything else is retried.

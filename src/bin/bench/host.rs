@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use runc_etcd::lab::{Lab, LabHost, images, netns};
 
-use super::{bin_dir, secs};
+use super::{lab_up, secs};
 
 /// create on the first host, join the other two; returns the time of each step. Plain HTTP,
 /// so the comparison with plain etcd processes is like for like.
@@ -84,15 +84,9 @@ fn plain_cluster(lab: &Lab, hosts: [&LabHost; 3], version: &str) -> (Duration, V
 }
 
 pub fn run(version: &str, rounds: u32) -> ExitCode {
-    let t = Instant::now();
-    let lab = match Lab::up(6, &bin_dir()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("lab: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(lab) = lab_up(6, version) else {
+        return ExitCode::FAILURE;
     };
-    println!("lab {}: 6 hosts up in {} (etcd {})", lab.id, secs(t.elapsed()), version);
     let ours = [1, 2, 3];
     let plain = [lab.host(4), lab.host(5), lab.host(6)];
 

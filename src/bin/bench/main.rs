@@ -49,6 +49,25 @@ pub fn bin_dir() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// A lab of `hosts` hosts, saying how long it took to boot; None (after saying why) when it fails.
+pub fn lab_up(hosts: u8, version: &str) -> Option<runc_etcd::lab::Lab> {
+    let t = std::time::Instant::now();
+    match runc_etcd::lab::Lab::up(hosts, &bin_dir()) {
+        Ok(lab) => {
+            println!(
+                "lab {}: {hosts} hosts up in {} (etcd {version})",
+                lab.id,
+                secs(t.elapsed())
+            );
+            Some(lab)
+        }
+        Err(e) => {
+            eprintln!("lab: {e}");
+            None
+        }
+    }
+}
+
 pub fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use runc_etcd::api::EtcdCluster;
-use runc_etcd::lab::Lab;
 use runc_etcd::lab::control::ControlPlane;
 
-use super::{bin_dir, secs};
+use super::{bin_dir, lab_up, secs};
 
 fn spec(name: &str, size: u32, image: &str, version: &str, base_port: u32) -> serde_json::Value {
     serde_json::json!({
@@ -68,15 +67,9 @@ fn cpu(pid: u32) -> f64 {
 }
 
 pub fn run(version: &str, rounds: u32, clusters: u32) -> ExitCode {
-    let t = Instant::now();
-    let lab = match Lab::up(3, &bin_dir()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("lab: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(lab) = lab_up(3, version) else {
+        return ExitCode::FAILURE;
     };
-    println!("lab {}: 3 hosts up in {} (etcd {version})", lab.id, secs(t.elapsed()));
     runc_etcd::cli::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let image = lab.image(version);
