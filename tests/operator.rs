@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -96,6 +97,22 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
             assert_eq!(holder.as_deref(), Some(m.spec.node_name.as_str()));
         }
     });
+
+    // The agents put each member's certificates on its host, keys readable by root only.
+    for n in 1..=5u8 {
+        let pki = p.lab.host(n).path(&format!("{STATE}/pki"));
+        if !pki.exists() {
+            continue;
+        }
+        for key in ["pki/server.key", "pki/peer.key", "client/client.key"] {
+            let meta = std::fs::metadata(p.lab.host(n).path(&format!("{STATE}/{key}"))).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "h{n} {key}");
+        }
+        assert!(
+            !p.lab.host(n).path(&format!("{STATE}/ca")).exists(),
+            "h{n}: the CA key stays in its Secret"
+        );
+    }
 
     // A client that finds the members through the Service's endpoints, with the client
     // certificate from the cluster's Secret, reads and writes.
@@ -191,7 +208,7 @@ fn member_list(p: &Plane, endpoints: Vec<String>) -> Vec<(u64, bool, bool)> {
 #[test]
 fn a_new_leader_finishes_the_scale_up_its_predecessor_died_in() {
     // Operator 0 dies right after etcd registered a learner, before anything else happened.
-    let mut p = Plane::up_with(2, &[("RUNC_ETCD_FAILPOINT", "after-add-learner")]);
+    let mut p = Plane::up_with(3, &[("RUNC_ETCD_FAILPOINT", "after-add-learner")]);
     let image = p.lab.image(V_MID);
     p.apply(&cluster_yaml("main", 1, &image, "")).unwrap();
     let c = p.wait_ready("main", 1, 120);
@@ -220,9 +237,25 @@ fn a_new_leader_finishes_the_scale_up_its_predecessor_died_in() {
         after.iter().any(|m| m.0 == learners[0].0),
         "the same learner was promoted"
     );
-    let op = c.status.unwrap().last_operation.unwrap();
+    let op = c.status.clone().unwrap().last_operation.unwrap();
     assert_eq!(op.state, "Succeeded", "{op:?}");
     assert!(p.cp.operator_log(1).contains("leading as operator-1"));
+
+    // Kill the leader with SIGKILL at arbitrary moments of the next scale-up, three times: each
+    // successor resumes from status, and the change still goes one learner at a time.
+    let observer = Observer::start(&p, c.status.clone().unwrap().client_endpoints);
+    p.apply(&cluster_yaml("main", 3, &image, "")).unwrap();
+    let mut leader = 1;
+    for pause_ms in [1500, 2300, 3100] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        p.cp.kill_operator(leader);
+        leader = p.cp.start_operator(&[]).unwrap();
+    }
+    let c = p.wait_ready("main", 3, 240);
+    assert!(observer.stop() <= 1, "more than one learner at once");
+    let after = member_list(&p, c.status.unwrap().client_endpoints);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().all(|m| !m.1 && m.2), "{after:?}");
 }
 
 #[test]
@@ -316,7 +349,8 @@ fn kubectl(p: &Plane, args: &[&str], stdin: Option<&str>) -> std::process::Outpu
 #[test]
 fn kubectl_applies_lists_and_deletes_etcdclusters() {
     let p = Plane::up(1);
-    let yaml = cluster_yaml("main", 1, &p.lab.image(V_MID), "");
+    // Plain HTTP, as the spec asks: no TLS Secrets, http:// endpoints.
+    let yaml = cluster_yaml("main", 1, &p.lab.image(V_MID), "  tls: {enabled: false}\n");
     let out = kubectl(&p, &["apply", "-f", "-"], Some(&yaml));
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("etcdcluster.runc-etcd.io/main created"));
@@ -328,6 +362,20 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         cols.get(..5) == Some(&["main", "1", "1", V_MID, "Running"][..])
     });
+    let endpoints = p.service_endpoints("main", "http");
+    let value = netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut c = connect(endpoints, None).await;
+        c.put("k", "plain", None).await.expect("put over http");
+        c.get("k", None).await.expect("get").kvs()[0]
+            .value_str()
+            .unwrap()
+            .to_string()
+    });
+    assert_eq!(value, "plain");
+    assert!(
+        p.owned::<Secret>("main").is_empty(),
+        "no TLS Secrets for a plain cluster"
+    );
     let out = kubectl(&p, &["get", "etcdclusters"], None);
     let header = String::from_utf8_lossy(&out.stdout)
         .lines()
