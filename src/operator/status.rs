@@ -100,11 +100,25 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         other => (true, "Changing", format!("{other:?}")),
     };
     let impossible = matches!(step, Step::Wait { reason } if is_impossible(reason));
-    let degraded = impossible || !unhealthy.is_empty() || (voters > 0 && !quorum);
+    // What an agent could not do (a port taken on its node, an image it cannot pull, …).
+    let failed: Vec<String> = view
+        .members
+        .iter()
+        .filter_map(|m| {
+            let s = m.status.as_ref()?;
+            (s.phase.as_deref() == Some("Failed")).then(|| {
+                let why = s.message.clone().unwrap_or_default();
+                format!("{} on node {}: {why}", m.spec.member_name, m.spec.node_name)
+            })
+        })
+        .collect();
+    let degraded = impossible || !unhealthy.is_empty() || !failed.is_empty() || (voters > 0 && !quorum);
     let degraded_reason = if voters > 0 && !quorum {
         "QuorumLost"
     } else if impossible {
         "InsufficientNodes"
+    } else if !failed.is_empty() {
+        "MemberFailed"
     } else if !unhealthy.is_empty() {
         "MembersUnhealthy"
     } else {
@@ -112,6 +126,7 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
     };
     let degraded_msg = match step {
         Step::Wait { reason } if impossible => reason.clone(),
+        _ if !failed.is_empty() => failed.join("; "),
         _ if unhealthy.is_empty() => "every member is healthy".into(),
         _ => format!("unhealthy: {}", unhealthy.join(", ")),
     };
@@ -258,6 +273,39 @@ mod tests {
         assert!(cond(&s, DEGRADED).message.contains("2 eligible nodes"));
         assert_eq!(cond(&s, AVAILABLE).status, "True");
         assert_eq!(s.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn what_an_agent_could_not_do_is_reported() {
+        let c = cluster();
+        let mut v = view(1, 1);
+        let mut m = crate::api::EtcdMember::new(
+            "main-a",
+            serde_json::from_value(serde_json::json!({
+                "cluster": "main", "memberName": "main-a", "nodeName": "n2", "ip": "10.0.0.2",
+                "clientPort": 2379, "peerPort": 2380, "initialCluster": [], "initialClusterState": "existing",
+                "image": "etcd:v3.5.16"}))
+            .unwrap(),
+        );
+        m.status = Some(crate::api::EtcdMemberStatus {
+            phase: Some("Failed".into()),
+            message: Some("10.0.0.2:2379 is already in use".into()),
+            ..Default::default()
+        });
+        v.members.push(m);
+        let s = build(
+            &c,
+            &v,
+            &Step::Wait {
+                reason: "learner main-a is catching up".into(),
+            },
+        );
+        assert_eq!(cond(&s, DEGRADED).reason, "MemberFailed");
+        assert!(
+            cond(&s, DEGRADED)
+                .message
+                .contains("main-a on node n2: 10.0.0.2:2379 is already in use")
+        );
     }
 
     #[test]
