@@ -405,3 +405,107 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
     let out = kubectl(&p, &["get", "etcdmembers", "-o", "name"], None);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
 }
+
+/// The lab host number of a node name (`lab<N>-h<K>`).
+fn host_of(node: &str) -> u8 {
+    node.rsplit_once("-h").unwrap().1.parse().unwrap()
+}
+
+fn follower_nodes(c: &runc_etcd::api::EtcdCluster) -> Vec<String> {
+    let s = c.status.clone().unwrap();
+    s.members
+        .iter()
+        .filter(|m| m.role.as_deref() == Some("follower"))
+        .map(|m| m.node.clone())
+        .collect()
+}
+
+fn read_key(p: &Plane, c: &runc_etcd::api::EtcdCluster, key: &str) -> Option<String> {
+    let (endpoints, tls, key) = (
+        c.status.clone().unwrap().client_endpoints,
+        p.client_tls("main"),
+        key.to_string(),
+    );
+    netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut client = connect(endpoints, tls).await;
+        let r = client.get(key, None).await.expect("get");
+        r.kvs().first().map(|kv| kv.value_str().unwrap().to_string())
+    })
+}
+
+fn members_on(c: &runc_etcd::api::EtcdCluster) -> Vec<(String, String)> {
+    let s = c.status.clone().unwrap();
+    s.members.iter().map(|m| (m.name.clone(), m.node.clone())).collect()
+}
+
+#[test]
+fn failed_members_are_replaced_on_their_node_or_another() {
+    let p = Plane::up(4);
+    let image = p.lab.image(V_MID);
+    let spec = cluster_yaml("main", 3, &image, "  recovery: {memberUnhealthyTimeout: 10s}\n");
+    p.apply(&spec).unwrap();
+    let c = p.wait_ready("main", 3, 180);
+    let endpoints = c.status.clone().unwrap().client_endpoints;
+    let tls = p.client_tls("main");
+    netns::run_in(&p.lab.client_ns(), move || async move {
+        connect(endpoints, tls)
+            .await
+            .put("before", "failures", None)
+            .await
+            .expect("put");
+    });
+
+    // 1. A member whose etcd crash-loops (its database destroyed) on a healthy node: replaced on
+    //    the same node, its broken data archived there.
+    let node = follower_nodes(&c)[0].clone();
+    let (old_name, _) = members_on(&c).into_iter().find(|(_, n)| *n == node).unwrap();
+    let h = p.lab.host(host_of(&node));
+    h.check(&[
+        "sh",
+        "-c",
+        &format!("systemctl kill -s KILL {UNIT}; echo garbage > {STATE}/data/member/snap/db"),
+    ])
+    .unwrap();
+    let c = p.wait("main", "the broken member replaced on its node", 240, |c| {
+        let on = members_on(c);
+        available_with(c, 3) && on.iter().any(|(n, at)| *at == node && *n != old_name)
+    });
+    assert!(!members_on(&c).iter().any(|(n, _)| *n == old_name));
+    assert_eq!(read_key(&p, &c, "before").as_deref(), Some("failures"));
+    let archive = h.path(&format!("{STATE}/archive"));
+    let kept = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path().join("data/member/snap/db")).is_ok_and(|db| db == b"garbage\n"));
+    assert!(kept, "the broken data is archived on its host, not deleted");
+    assert!(p.event_reasons("main").iter().any(|r| r == "ReplaceMemberSucceeded"));
+
+    // 2. A member whose host is lost (power cut, Node NotReady): replaced on the spare node.
+    let lost_node = follower_nodes(&c)[0].clone();
+    let lost = p.lab.host(host_of(&lost_node));
+    lost.power_off(false);
+    p.rt.block_on(p.cp.set_node_ready(lost, false)).unwrap();
+    let c = p.wait("main", "the lost member replaced elsewhere", 240, |c| {
+        available_with(c, 3) && !members_on(c).iter().any(|(_, at)| *at == lost_node)
+    });
+    assert_eq!(read_key(&p, &c, "before").as_deref(), Some("failures"));
+    assert!(p.event_reasons("main").iter().any(|r| r == "MemberHostLost"));
+
+    // The lost host comes back: its agent finds a member nobody wants and archives it.
+    lost.boot(true).unwrap();
+    p.rt.block_on(p.cp.set_node_ready(lost, true)).unwrap();
+    eventually("the returned host's stale member to be archived", 120, || {
+        !lost.path(&format!("{STATE}/member.json")).exists()
+    });
+    assert!(!unit_active(&p, host_of(&lost_node)));
+    let c = p.wait_ready("main", 3, 60);
+    assert!(
+        !members_on(&c).iter().any(|(_, at)| *at == lost_node),
+        "the cluster stays as it was"
+    );
+}
+
+fn available_with(c: &runc_etcd::api::EtcdCluster, n: i32) -> bool {
+    let s = c.status.clone().unwrap_or_default();
+    s.ready_members == n && s.members.len() == n as usize && condition(c, "Available") == Some("True")
+}

@@ -60,6 +60,7 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> R
         config,
         instance,
     });
+    let sweeper = tokio::spawn(sweep_orphans(ctx.clone(), selector.clone()));
     Controller::new(members, watcher::Config::default().labels(&selector))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -68,6 +69,41 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> R
             }
         })
         .await;
+    sweeper.abort();
+    Ok(())
+}
+
+/// A member installed on this host whose EtcdMember is gone was removed while this agent could
+/// not act on it (its host was down, and the controller released the finalizer): stop it and
+/// archive it, at start and then every few resyncs.
+async fn sweep_orphans(ctx: Arc<Ctx>, selector: String) {
+    loop {
+        if let Err(e) = sweep_once(&ctx, &selector).await {
+            tracing::warn!("looking for orphaned members: {e}");
+        }
+        tokio::time::sleep(RESYNC * 3).await;
+    }
+}
+
+async fn sweep_once(ctx: &Ctx, selector: &str) -> Result<()> {
+    // The record is read before the list: a member placed after this read is not looked at,
+    // and one placed before it had its EtcdMember before the list was taken.
+    let Some(record) = ctx.engine.load(&ctx.instance)? else {
+        return Ok(());
+    };
+    let wanted = ctx
+        .members()
+        .list(&kube::api::ListParams::default().labels(selector))
+        .await?
+        .items;
+    if wanted.iter().any(|m| m.spec.member_name == record.name.as_str()) {
+        return Ok(());
+    }
+    tracing::warn!(
+        "{} runs here but has no EtcdMember any more: stopping and archiving it",
+        record.name
+    );
+    host::retire_member(&ctx.engine, &ctx.instance, &record.name).await?;
     Ok(())
 }
 

@@ -249,7 +249,8 @@ pub enum QuorumLossPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Recovery {
-    /// How long a member may be unhealthy (while quorum holds) before it is replaced, e.g. "5m".
+    /// How long a member may be unhealthy (while quorum holds) before it is replaced, e.g. "5m"
+    /// (at least 10s: a member restarting must not be replaced).
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     #[serde(default = "default_member_timeout")]
     pub member_unhealthy_timeout: String,
@@ -264,6 +265,28 @@ pub struct Recovery {
 
 fn default_member_timeout() -> String {
     "5m".into()
+}
+
+/// "90s", "5m", "1h" (the schema's pattern) as a duration.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
+}
+
+impl Recovery {
+    /// The member-unhealthy timeout, at least 10 s (5 min if unreadable, which the schema prevents).
+    pub fn member_timeout(&self) -> std::time::Duration {
+        parse_duration(&self.member_unhealthy_timeout)
+            .unwrap_or(std::time::Duration::from_secs(300))
+            .max(std::time::Duration::from_secs(10))
+    }
 }
 
 impl Default for Recovery {
@@ -341,6 +364,10 @@ pub struct MemberStatus {
     /// Size of its backend database file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_size_bytes: Option<i64>,
+    /// Since when it has been unhealthy (absent while healthy); past
+    /// `spec.recovery.memberUnhealthyTimeout` the member is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<Time>,
 }
 
 /// A membership or maintenance step.

@@ -31,6 +31,24 @@ mod tests {
         "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main}\nspec: {version: 3.5.16}\n";
 
     #[test]
+    fn recovery_timeouts_parse_with_a_floor() {
+        assert_eq!(parse_duration("90s"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Some(std::time::Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(parse_duration("5"), None);
+        let r = |t: &str| Recovery {
+            member_unhealthy_timeout: t.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            r("1s").member_timeout(),
+            std::time::Duration::from_secs(10),
+            "never below 10s"
+        );
+        assert_eq!(r("3m").member_timeout(), std::time::Duration::from_secs(180));
+    }
+
+    #[test]
     fn committed_crds_match_the_code() {
         // CI fails when crd/ is stale: `runc-etcd crd > crd/runc-etcd.io.yaml` (or UPDATE_GOLDEN=1).
         crate::testutil::golden_at("crd/runc-etcd.io.yaml", &crds_yaml());

@@ -135,9 +135,22 @@ impl ControlPlane {
                 &Patch::Apply(&node),
             )
             .await?;
+        self.set_node_ready(h, true).await
+    }
+
+    /// Sets the Node's Ready condition, as a kubelet (True) or the node lifecycle controller
+    /// (False, for a host that stopped answering) would.
+    pub async fn set_node_ready(&self, h: &LabHost, ready: bool) -> crate::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let name = self.node_name(h);
+        let (status, reason) = if ready {
+            ("True", "LabHostRunning")
+        } else {
+            ("False", "NodeStatusUnknown")
+        };
         let status = json!({"status": {
             "addresses": [{"type": "InternalIP", "address": h.ip().to_string()}, {"type": "Hostname", "address": name}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "LabHostRunning", "message": "a simulated host"}],
+            "conditions": [{"type": "Ready", "status": status, "reason": reason, "message": "a simulated host"}],
         }});
         nodes
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))

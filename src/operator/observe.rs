@@ -18,6 +18,8 @@ pub struct NodeInfo {
     pub name: String,
     pub ip: Option<String>,
     pub eligible: bool,
+    /// Its kubelet reports Ready (else its host may be gone, and its agent with it).
+    pub ready: bool,
 }
 
 /// etcd's view, from any member that answers.
@@ -83,6 +85,7 @@ pub fn node_info(c: &EtcdCluster, node: &Node) -> NodeInfo {
     let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
     NodeInfo {
         eligible: placeable(&c.spec.node_selector, &c.spec.tolerations, node) && ready && schedulable && ip.is_some(),
+        ready,
         name,
         ip,
     }
@@ -95,23 +98,35 @@ pub fn object_of<'a>(c: &EtcdCluster, members: &'a [EtcdMember], m: &MemberInfo)
         .find(|o| m.peer_urls.contains(&children::peer_url(c, &o.spec.ip)))
 }
 
-/// Joins etcd's view with the EtcdMembers and nodes into the planner's input.
-pub fn planner_input(c: &EtcdCluster, view: &View) -> plan::Observed {
+/// Since when the last status saw member `name` unhealthy.
+fn unhealthy_since(c: &EtcdCluster, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    let status = c.status.as_ref()?;
+    let m = status.members.iter().find(|m| m.name == name)?;
+    m.unhealthy_since.as_ref().map(|t| t.0)
+}
+
+/// Joins etcd's view with the EtcdMembers and nodes into the planner's input, as of `now`.
+pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Timestamp) -> plan::Observed {
+    let timeout = k8s_openapi::jiff::SignedDuration::try_from(c.spec.recovery.member_timeout()).unwrap_or_default();
     let members = match &view.etcd {
         Some(etcd) => etcd
             .members
             .iter()
             .map(|m| {
                 let obj = object_of(c, &view.members, m);
+                let name = obj
+                    .map(|o| o.spec.member_name.clone())
+                    .unwrap_or_else(|| display_name(m));
+                let healthy = etcd.healthy.contains_key(&m.id);
+                let overdue = !healthy && unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now);
                 plan::Member {
-                    name: obj
-                        .map(|o| o.spec.member_name.clone())
-                        .unwrap_or_else(|| display_name(m)),
                     node: obj.map(|o| o.spec.node_name.clone()).unwrap_or_default(),
                     voter: !m.is_learner,
                     started: m.started(),
-                    healthy: etcd.healthy.contains_key(&m.id),
+                    healthy,
                     leader: m.id == etcd.leader,
+                    overdue,
+                    name,
                 }
             })
             .collect(),
@@ -126,9 +141,17 @@ pub fn planner_input(c: &EtcdCluster, view: &View) -> plan::Observed {
                 started: false,
                 healthy: false,
                 leader: false,
+                overdue: false,
             })
             .collect(),
     };
+    // The node of a member just replaced gets its successor, if it is still eligible.
+    let prefer_node = c
+        .status
+        .as_ref()
+        .and_then(|s| s.last_operation.as_ref())
+        .filter(|op| op.kind == "ReplaceMember" && op.state == "Succeeded")
+        .and_then(|op| op.node.clone());
     plan::Observed {
         size: c.spec.size.max(1) as usize,
         members,
@@ -140,6 +163,7 @@ pub fn planner_input(c: &EtcdCluster, view: &View) -> plan::Observed {
                 eligible: n.eligible,
             })
             .collect(),
+        prefer_node,
     }
 }
 
@@ -274,9 +298,48 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let input = planner_input(&c, &view);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let input = planner_input(&c, &view, now);
         assert_eq!(input.members[0].name, "main-a");
         assert_eq!(input.members[0].node, "n1");
         assert!(!input.members[0].voter && !input.members[0].started);
+        assert!(!input.members[0].overdue, "no recovery clock yet");
+    }
+
+    #[test]
+    fn a_member_is_overdue_once_unhealthy_past_the_timeout() {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let mut c = cluster("  recovery: {memberUnhealthyTimeout: 30s}\n");
+        let sick = MemberInfo {
+            id: 7,
+            name: "main-b".into(),
+            peer_urls: vec!["https://10.0.0.2:2380".into()],
+            client_urls: vec!["https://10.0.0.2:2379".into()],
+            is_learner: false,
+        };
+        let view = View {
+            members: vec![],
+            nodes: vec![],
+            etcd: Some(EtcdView {
+                members: vec![sick],
+                ..Default::default()
+            }),
+        };
+        let now = Timestamp::now();
+        let since = |secs: i64| {
+            let mut status = crate::api::EtcdClusterStatus::default();
+            status.members.push(crate::api::MemberStatus {
+                name: "main-b".into(),
+                unhealthy_since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    now - SignedDuration::from_secs(secs),
+                )),
+                ..Default::default()
+            });
+            Some(status)
+        };
+        c.status = since(20);
+        assert!(!planner_input(&c, &view, now).members[0].overdue);
+        c.status = since(31);
+        assert!(planner_input(&c, &view, now).members[0].overdue);
     }
 }

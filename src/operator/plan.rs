@@ -11,6 +11,10 @@
 //!   recovery is a separate rule), and nothing is done without quorum;
 //! - scale down removes an unhealthy voter first, else a follower, never the leader, never below
 //!   one member, and only when the rest keep quorum;
+//! - member recovery: a voter unhealthy past the recovery timeout, or a learner that never caught
+//!   up, is replaced (removed, then added again like any new member), one at a time and only
+//!   while the rest keep quorum; the replacement goes to the replaced member's node when that
+//!   node is still eligible;
 //! - too few eligible nodes is reported and waited out; nothing is torn down for it.
 
 /// A member as the controller sees it (etcd's member list joined with the agents' reports).
@@ -24,6 +28,8 @@ pub struct Member {
     /// It answers, and a voter serves quorum reads.
     pub healthy: bool,
     pub leader: bool,
+    /// Unhealthy (or, for a learner, not caught up) for longer than the recovery timeout.
+    pub overdue: bool,
 }
 
 /// A node that may host a member (matches the selector, tolerates the taints, is Ready).
@@ -38,6 +44,9 @@ pub struct Observed {
     pub size: usize,
     pub members: Vec<Member>,
     pub nodes: Vec<Node>,
+    /// Where a new member goes first if it is free and eligible (the node of a member just
+    /// replaced: its host is fine, only its etcd was not).
+    pub prefer_node: Option<String>,
 }
 
 /// The one next step.
@@ -51,6 +60,8 @@ pub enum Step {
     Promote { member: String },
     /// Deregister `member`, then stop it and archive its data.
     Remove { member: String },
+    /// Deregister a failed `member`, stop it and archive its data; a new member takes its place.
+    Replace { member: String },
     /// Not yet: requeue, and say why in status.
     Wait { reason: String },
     /// The membership matches the spec.
@@ -104,7 +115,28 @@ pub fn next(obs: &Observed) -> Step {
                 member: learner.name.clone(),
             };
         }
+        if learner.overdue {
+            // It never caught up; it holds no vote, so dropping it is safe.
+            return Step::Replace {
+                member: learner.name.clone(),
+            };
+        }
         return wait(format!("learner {} is catching up", learner.name));
+    }
+    if let Some(failed) = voters
+        .iter()
+        .filter(|m| !m.healthy && m.overdue && !m.leader)
+        .min_by_key(|m| m.name.clone())
+    {
+        if !has_quorum(voters.len() - 1, healthy_voters) {
+            return wait(format!(
+                "replacing {} would leave the voters without quorum",
+                failed.name
+            ));
+        }
+        return Step::Replace {
+            member: failed.name.clone(),
+        };
     }
     if voters.len() < size {
         if healthy_voters < voters.len() {
@@ -140,7 +172,8 @@ pub fn next(obs: &Observed) -> Step {
     Step::Converged
 }
 
-/// Eligible nodes that host no member yet, in name order (deterministic placement).
+/// Eligible nodes that host no member yet: the preferred one first, then in name order
+/// (deterministic placement).
 fn free_nodes(obs: &Observed) -> Vec<String> {
     let mut free: Vec<String> = obs
         .nodes
@@ -148,7 +181,7 @@ fn free_nodes(obs: &Observed) -> Vec<String> {
         .filter(|n| n.eligible && !obs.members.iter().any(|m| m.node == n.name))
         .map(|n| n.name.clone())
         .collect();
-    free.sort();
+    free.sort_by_key(|n| (Some(n) != obs.prefer_node.as_ref(), n.clone()));
     free
 }
 
@@ -165,7 +198,13 @@ mod tests {
             started: healthy,
             healthy,
             leader,
+            overdue: false,
         }
+    }
+
+    fn overdue(mut m: Member) -> Member {
+        m.overdue = true;
+        m
     }
 
     fn nodes(n: usize) -> Vec<Node> {
@@ -178,7 +217,12 @@ mod tests {
     }
 
     fn obs(size: usize, members: Vec<Member>, nodes: Vec<Node>) -> Observed {
-        Observed { size, members, nodes }
+        Observed {
+            size,
+            members,
+            nodes,
+            prefer_node: None,
+        }
     }
 
     #[test]
@@ -244,6 +288,34 @@ mod tests {
                 "no adding while a voter is unhealthy",
                 obs(5, vec![leader("a"), v("b"), sick("c")], nodes(5)),
                 wait("a voting member is unhealthy; members are added only to a healthy cluster"),
+            ),
+            (
+                "an unhealthy voter past the timeout is replaced",
+                obs(3, vec![leader("a"), v("b"), overdue(sick("c"))], nodes(3)),
+                Step::Replace { member: "c".into() },
+            ),
+            (
+                "an unhealthy voter within the timeout is waited for",
+                obs(3, vec![leader("a"), v("b"), sick("c")], nodes(3)),
+                Step::Converged,
+            ),
+            (
+                "a learner that never caught up is replaced",
+                obs(3, vec![leader("a"), v("b"), overdue(learner("c", false))], nodes(3)),
+                Step::Replace { member: "c".into() },
+            ),
+            (
+                "two of two unhealthy: quorum lost, nothing replaced",
+                obs(2, vec![leader("a"), overdue(sick("b")), overdue(sick("c"))], nodes(3)),
+                wait("quorum lost: 1 of 3 voting members healthy; nothing is changed"),
+            ),
+            (
+                "after a replacement the new member goes to the replaced one's node",
+                Observed {
+                    prefer_node: Some("node-2".into()),
+                    ..obs(3, vec![leader("0"), v("1")], nodes(4))
+                },
+                Step::AddLearner { node: "node-2".into() },
             ),
             (
                 "quorum lost: nothing is done",
@@ -333,6 +405,7 @@ mod tests {
                         started: true,
                         healthy: true,
                         leader: true,
+                        overdue: false,
                     });
                     self.next_id += 1;
                 }
@@ -346,6 +419,7 @@ mod tests {
                         started: false,
                         healthy: false,
                         leader: false,
+                        overdue: false,
                     });
                     self.next_id += 1;
                 }
@@ -360,7 +434,14 @@ mod tests {
                     let healthy = members.iter().filter(|m| m.voter && m.healthy).count();
                     assert!(has_quorum(voters, healthy), "promotion without quorum: {members:?}");
                 }
-                Step::Remove { member } => {
+                Step::Remove { member } | Step::Replace { member } => {
+                    if matches!(step, Step::Replace { .. }) {
+                        let m = members
+                            .iter()
+                            .find(|m| m.name == *member)
+                            .expect("replaced member exists");
+                        assert!(!m.healthy && m.overdue, "replacing {member}, which is not failed");
+                    }
                     let i = members
                         .iter()
                         .position(|m| m.name == *member)
@@ -385,13 +466,14 @@ mod tests {
     }
 
     fn arb_member(i: usize) -> impl Strategy<Value = Member> {
-        (any::<bool>(), any::<bool>()).prop_map(move |(voter, healthy)| Member {
+        (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(move |(voter, healthy, late)| Member {
             name: format!("x{i}"),
             node: format!("node-{i}"),
             voter,
             started: healthy,
             healthy,
             leader: false,
+            overdue: !healthy && late,
         })
     }
 
@@ -423,7 +505,12 @@ mod tests {
                         eligible: i < members.len() || eligible[i % 16],
                     })
                     .collect();
-                Observed { size, members, nodes }
+                Observed {
+                    size,
+                    members,
+                    nodes,
+                    prefer_node: None,
+                }
             })
     }
 
@@ -455,6 +542,14 @@ mod tests {
                 let voters: Vec<_> = model.obs.members.iter().filter(|m| m.voter).collect();
                 prop_assert_eq!(voters.len(), start.size.max(1));
                 prop_assert!(model.obs.members.iter().all(|m| m.voter));
+            }
+            // Failed members past the timeout are replaced: with quorum and enough nodes, the
+            // cluster converges with every voter healthy (the model never heals a member).
+            let failed_all_overdue = start.members.iter().all(|m| m.healthy || m.overdue);
+            let stays_quorate = start.members.is_empty() || has_quorum(voters, healthy);
+            if stays_quorate && failed_all_overdue && eligible >= start.size {
+                prop_assert_eq!(&last, &Step::Converged, "from {:?}", start);
+                prop_assert!(model.obs.members.iter().all(|m| m.voter && m.healthy), "{:?}", model.obs);
             }
             if !start.members.is_empty() && !has_quorum(voters, healthy) {
                 prop_assert!(matches!(next(&start), Step::Wait { .. }), "acted without quorum");

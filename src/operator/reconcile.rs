@@ -27,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::host::etcd::{self, Access};
 use crate::host::pki;
 use crate::names::{InstanceName, MemberName};
-use crate::operator::children::{self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER};
+use crate::operator::children::{
+    self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER, MEMBER_FINALIZER,
+};
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
 use crate::operator::status;
@@ -193,7 +195,7 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
                 reason: "waiting for the first member to start".into(),
             }
         } else {
-            plan::next(&observe::planner_input(&c, &view))
+            plan::next(&observe::planner_input(&c, &view, k8s_openapi::jiff::Timestamp::now()))
         };
         match operation(&c, &view, &step) {
             Some(op) => {
@@ -215,6 +217,10 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
             }
             None => {
                 let requeue = match &step {
+                    // A sick member is looked at often enough to replace it on time.
+                    Step::Converged if view.etcd.as_ref().is_some_and(|e| e.healthy.len() < e.members.len()) => {
+                        Duration::from_secs(5)
+                    }
                     Step::Converged => Duration::from_secs(30),
                     // Too few nodes waits for a Node event (or a slow resync); anything else is
                     // etcd or an agent catching up, worth a quick look.
@@ -264,6 +270,7 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         Step::AddLearner { node } => ("AddLearner", new_member_name(c, view), node.clone()),
         Step::Promote { member } => ("PromoteMember", member.clone(), node_of(view, member)),
         Step::Remove { member } => ("RemoveMember", member.clone(), node_of(view, member)),
+        Step::Replace { member } => ("ReplaceMember", member.clone(), node_of(view, member)),
         Step::Wait { .. } | Step::Converged => return None,
     };
     Some(Operation {
@@ -479,7 +486,7 @@ async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Oper
                 Err(e) => Ok(Outcome::NotYet(format!("learner {name} is catching up: {e}"))),
             }
         }
-        "RemoveMember" => remove(c, ctx, view, access, &name).await,
+        "RemoveMember" | "ReplaceMember" => remove(c, ctx, view, access, &name).await,
         other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
     }
 }
@@ -537,6 +544,24 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
     if let Some(o) = obj {
         if o.metadata.deletion_timestamp.is_none() {
             members.delete(&o.name_any(), &DeleteParams::default()).await?;
+        }
+        let node = view.nodes.iter().find(|n| n.name == o.spec.node_name);
+        if node.is_none_or(|n| !n.ready) && o.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
+            // Its host is gone or unreachable, and its agent with it: nobody can archive the data
+            // now. etcd has already let the member go; the agent archives what is left when the
+            // host comes back (a member record with no EtcdMember is an orphan to it).
+            let patch = children::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
+            members.patch(&o.name_any(), &PatchParams::default(), &patch).await?;
+            ctx.event(
+                c,
+                EventType::Warning,
+                "MemberHostLost",
+                format!(
+                    "node {} is not Ready: {name} was removed from etcd without its host; its data is archived there when it returns",
+                    o.spec.node_name
+                ),
+            )
+            .await;
         }
         return Ok(Outcome::NotYet(format!(
             "waiting for the agent on node {} to stop and archive {name}",

@@ -57,6 +57,7 @@ fn members(c: &EtcdCluster, view: &View) -> Vec<MemberStatus> {
                 role: Some(role.into()),
                 healthy: status.is_some(),
                 db_size_bytes: status.map(|s| s.db_size),
+                unhealthy_since: None,
             }
         })
         .collect()
@@ -83,7 +84,16 @@ fn condition(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: S
 pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
     let prev = c.status.clone().unwrap_or_default();
     let generation = c.metadata.generation.unwrap_or(0);
-    let members = members(c, view);
+    let mut members = members(c, view);
+    // The recovery clock: kept across passes (and controller restarts) while a member stays sick.
+    for m in members.iter_mut().filter(|m| !m.healthy) {
+        let before = prev.members.iter().find(|p| p.name == m.name);
+        m.unhealthy_since = Some(
+            before
+                .and_then(|p| p.unhealthy_since.clone())
+                .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+        );
+    }
     let voters = members.iter().filter(|m| m.role.as_deref() != Some("learner")).count();
     let ready = members
         .iter()
