@@ -509,3 +509,99 @@ fn available_with(c: &runc_etcd::api::EtcdCluster, n: i32) -> bool {
     let s = c.status.clone().unwrap_or_default();
     s.ready_members == n && s.members.len() == n as usize && condition(c, "Available") == Some("True")
 }
+
+#[test]
+fn a_rolling_upgrade_goes_follower_by_follower_and_a_downgrade_is_refused() {
+    let p = Plane::up(3);
+    p.apply(&cluster_yaml("main", 3, &p.lab.image(V_MID), "")).unwrap();
+    let c = p.wait_ready("main", 3, 180);
+    let s = c.status.clone().unwrap();
+    let leader = s
+        .members
+        .iter()
+        .find(|m| m.role.as_deref() == Some("leader"))
+        .unwrap()
+        .name
+        .clone();
+    let writer = Writer::start_with(&p.lab, s.client_endpoints.clone(), p.client_tls("main"));
+
+    // 3.5.16 → 3.5.30 under writes.
+    let new = cluster_yaml("main", 3, &p.lab.image(V_NEW), "")
+        .replace(&format!("version: {V_MID}"), &format!("version: {V_NEW}"));
+    p.apply(&new).unwrap();
+    let c = p.wait("main", "upgraded", 300, |c| {
+        let s = c.status.clone().unwrap_or_default();
+        available_with(c, 3)
+            && s.current_version.as_deref() == Some(V_NEW)
+            && condition(c, "Progressing") == Some("False")
+    });
+    let acked = writer.stop();
+    assert!(acked.len() > 50, "the writer made progress: {}", acked.len());
+    let (endpoints, tls) = (c.status.clone().unwrap().client_endpoints, p.client_tls("main"));
+    let have = netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut c = connect(endpoints, tls).await;
+        let r = c
+            .get(
+                "w/",
+                Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .expect("get");
+        r.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert!(
+        acked.iter().all(|k| have.contains(k)),
+        "acknowledged writes lost in the upgrade"
+    );
+
+    // One member at a time, the leader last, an Event for each.
+    let upgrades: Vec<String> = p
+        .events("main")
+        .into_iter()
+        .filter(|(r, _)| r == "UpgradeMemberStarted")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(upgrades.len(), 3, "{upgrades:?}");
+    assert!(upgrades[2].contains(&leader), "the leader goes last: {upgrades:?}");
+    assert_eq!(
+        p.event_reasons("main")
+            .iter()
+            .filter(|r| *r == "UpgradeMemberSucceeded")
+            .count(),
+        3
+    );
+    // Each host keeps the previous image unpacked for a rollback.
+    for n in 1..=3 {
+        let images = std::fs::read_dir(p.lab.host(n).path("/var/lib/runc-etcd/images"))
+            .unwrap()
+            .count();
+        assert_eq!(images, 2, "h{n} keeps the old and the new image");
+    }
+
+    // 3.5 → 3.4 is a downgrade across minor versions: refused, reported, nothing touched.
+    let old = cluster_yaml("main", 3, &p.lab.image(V_OLD), "")
+        .replace(&format!("version: {V_MID}"), &format!("version: {V_OLD}"));
+    p.apply(&old).unwrap();
+    let c = p.wait("main", "the downgrade refused", 60, |c| {
+        c.status
+            .clone()
+            .unwrap_or_default()
+            .conditions
+            .iter()
+            .any(|x| x.type_ == "Degraded" && x.reason == "UnsupportedUpgrade" && x.message.contains("downgrade"))
+    });
+    assert_eq!(c.status.unwrap().current_version.as_deref(), Some(V_NEW));
+    let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
+    let images: Vec<String> =
+        p.rt.block_on(members.list(&Default::default()))
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|m| m.spec.image)
+            .collect();
+    assert!(images.iter().all(|i| *i == p.lab.image(V_NEW)), "{images:?}");
+    assert!(p.event_reasons("main").iter().any(|r| r == "UnsupportedUpgrade"));
+}

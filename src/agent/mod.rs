@@ -168,10 +168,28 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    if ctx.engine.load(&ctx.instance)?.is_none_or(|r| r.name != name) {
-        ctx.report(&m, phase(base.clone(), "Pulling", format!("pulling {}", m.spec.image)))
-            .await?;
-    }
+    let installed = ctx.engine.load(&ctx.instance)?.filter(|r| r.name == name);
+    let base = match &installed {
+        None => {
+            ctx.report(&m, phase(base.clone(), "Pulling", format!("pulling {}", m.spec.image)))
+                .await?;
+            base
+        }
+        Some(record) => {
+            let base = prepare_next_image(&ctx, &m, base).await?;
+            if record.image.reference != wanted.image {
+                // The controller gates this (every member healthy, one at a time), so the engine's
+                // own health check of the others is skipped.
+                let message = format!("upgrading {} → {}", record.image.reference, wanted.image);
+                ctx.report(&m, phase(base.clone(), "Upgrading", message)).await?;
+                if let Err(e) = host::upgrade(&ctx.engine, &ctx.instance, &wanted.image, true).await {
+                    ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
+                    return Err(e);
+                }
+            }
+            base
+        }
+    };
     let record = match host::place_member(&ctx.engine, wanted).await {
         Ok(r) => r,
         Err(e) => {
@@ -215,6 +233,23 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     lease::heartbeat(&leases, &m.name_any(), &ctx.config.node, RESYNC * 4).await?;
     Ok(Action::requeue(next))
+}
+
+/// Pulls and unpacks `spec.nextImage` ahead of an upgrade, and says so in status.
+async fn prepare_next_image(ctx: &Ctx, m: &EtcdMember, base: EtcdMemberStatus) -> Result<EtcdMemberStatus> {
+    let Some(next) = m.spec.next_image.as_deref() else {
+        return Ok(base);
+    };
+    if base.prepared_image.as_deref() == Some(next) {
+        return Ok(base);
+    }
+    wanted::check_image("spec.nextImage", next)?;
+    tracing::info!("pulling {next} ahead of an upgrade");
+    host::image::ensure(&ctx.engine.layout.images_dir(), next, &ctx.engine.pull).await?;
+    Ok(EtcdMemberStatus {
+        prepared_image: Some(next.to_string()),
+        ..base
+    })
 }
 
 fn phase(status: EtcdMemberStatus, phase: &str, message: String) -> EtcdMemberStatus {

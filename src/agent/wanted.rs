@@ -32,6 +32,18 @@ fn peer_entry(entry: &str) -> Result<(MemberName, String)> {
     Ok((MemberName::new(name)?, url.to_string()))
 }
 
+/// An image reference: no blanks or control characters (it becomes a path and a registry request).
+pub fn check_image<'a>(field: &'static str, image: &'a str) -> Result<&'a str> {
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            format!("{image:?} is not an image reference"),
+            "use REGISTRY/REPOSITORY:TAG or @sha256:DIGEST",
+        ));
+    }
+    Ok(image)
+}
+
 /// The member the spec asks for, checked.
 pub fn wanted_member(
     instance: &InstanceName,
@@ -44,14 +56,7 @@ pub fn wanted_member(
         .iter()
         .map(|e| peer_entry(e))
         .collect::<Result<Vec<_>>>()?;
-    let image = spec.image.trim();
-    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid(
-            "spec.image",
-            format!("{:?} is not an image reference", spec.image),
-            "use REGISTRY/REPOSITORY:TAG or @sha256:DIGEST",
-        ));
-    }
+    let image = check_image("spec.image", &spec.image)?;
     Ok(WantedMember {
         instance: instance.clone(),
         name: MemberName::new(spec.member_name.clone())?,
@@ -84,6 +89,7 @@ mod tests {
             initial_cluster_state: InitialClusterState::New,
             image: "registry.local/etcd:v3.5.16".into(),
             tls_secret: None,
+            next_image: None,
             restore_from: None,
         }
     }

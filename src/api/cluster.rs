@@ -374,7 +374,8 @@ pub struct MemberStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
-    /// BootstrapMember (the seed of a new cluster), AddLearner, PromoteMember, RemoveMember.
+    /// BootstrapMember (the seed of a new cluster), AddLearner, PromoteMember, RemoveMember,
+    /// ReplaceMember, UpgradeMember.
     #[serde(rename = "type")]
     pub kind: String,
     /// The member it concerns.
@@ -391,4 +392,7 @@ pub struct Operation {
     /// When it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// The spec generation it was planned for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }

@@ -50,6 +50,10 @@ pub struct EtcdMemberSpec {
     /// Secret holding this member's TLS files (absent: plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<String>,
+    /// An image to pull now, ahead of an upgrade to it (set by the controller on every member
+    /// before the first one is upgraded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_image: Option<String>,
     /// Start from this backup's snapshot instead of empty data (the seed of a restored cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,
@@ -67,7 +71,7 @@ pub enum InitialClusterState {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdMemberStatus {
-    /// Pending, Pulling, Starting, Running, Failed, Stopping.
+    /// Pending, Pulling, Starting, Running, Upgrading, Failed, Stopping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// systemd's ActiveState/SubState of the member's unit.
@@ -82,6 +86,9 @@ pub struct EtcdMemberStatus {
     /// etcd version the member runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// `spec.nextImage`, once it is pulled and unpacked on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared_image: Option<String>,
     /// The spec generation the agent has made real.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -394,6 +394,7 @@ pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
             initial_cluster_state: p.state,
             image: image(c),
             tls_secret: c.spec.tls.enabled.then(|| member_secret(&p.name)),
+            next_image: None,
             restore_from: None,
         },
     );

@@ -1,6 +1,7 @@
 //! The operator (`runc-etcd operator`): turns EtcdClusters into members on nodes.
 //!
 //! - [`plan`]: the membership planner, the pure middle of the pipeline;
+//! - [`upgrade`]: etcd's version rules and the rolling-upgrade planner (pure);
 //! - [`observe`]: what a reconcile looks at (EtcdMembers, nodes, etcd's view);
 //! - [`reconcile`]: the pipeline (observe → resume or plan → record → act → report);
 //! - [`status`]: the status and conditions reported (pure);
@@ -14,6 +15,7 @@ pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use crate::api::{EtcdCluster, EtcdMember};
 use crate::host::etcd::{self, Access, EndpointStatus, MemberInfo};
 use crate::operator::children::{self, ClusterNames};
-use crate::operator::plan;
+use crate::operator::{plan, upgrade};
 
 /// A node as the controller sees it for one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +165,30 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
             .collect(),
         prefer_node,
     }
+}
+
+/// The members as the upgrade planner sees them (those not being removed).
+pub fn upgrade_input(c: &EtcdCluster, view: &View) -> Vec<upgrade::Member> {
+    view.members
+        .iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .map(|o| {
+            let peer = children::peer_url(c, &o.spec.ip);
+            let found = view
+                .etcd
+                .as_ref()
+                .and_then(|e| Some((e, e.members.iter().find(|m| m.peer_urls.contains(&peer))?)));
+            let status = found.and_then(|(e, m)| e.healthy.get(&m.id));
+            upgrade::Member {
+                name: o.spec.member_name.clone(),
+                image: o.spec.image.clone(),
+                prepared: o.status.as_ref().and_then(|s| s.prepared_image.clone()),
+                version: status.map(|s| s.version.clone()),
+                healthy: status.is_some(),
+                leader: found.is_some_and(|(e, m)| m.id == e.leader),
+            }
+        })
+        .collect()
 }
 
 /// etcd's name for a member, or its ID while it has not started.

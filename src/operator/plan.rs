@@ -62,6 +62,9 @@ pub enum Step {
     Remove { member: String },
     /// Deregister a failed `member`, stop it and archive its data; a new member takes its place.
     Replace { member: String },
+    /// Move a member to the cluster's image (from the upgrade planner, once the membership has
+    /// converged; this planner never returns it).
+    Upgrade { member: String },
     /// Not yet: requeue, and say why in status.
     Wait { reason: String },
     /// The membership matches the spec.
@@ -452,6 +455,7 @@ mod tests {
                     let healthy = members.iter().filter(|m| m.voter && m.healthy).count();
                     assert!(has_quorum(voters, healthy), "removal lost quorum: {members:?}");
                 }
+                Step::Upgrade { .. } => panic!("the membership planner never upgrades"),
                 Step::Wait { .. } | Step::Converged => {}
             }
         }

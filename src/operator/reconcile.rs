@@ -32,7 +32,7 @@ use crate::operator::children::{
 };
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
-use crate::operator::status;
+use crate::operator::{status, upgrade};
 
 pub struct Ctx {
     pub client: kube::Client,
@@ -75,13 +75,22 @@ impl Ctx {
         Api::namespaced(self.client.clone(), &c.ns())
     }
 
-    async fn event(&self, c: &EtcdCluster, type_: EventType, reason: &str, note: String) {
+    /// An Event about the cluster; `member` names the EtcdMember it concerns (also what keeps
+    /// the same step for different members from being folded into one Event series).
+    async fn event(&self, c: &EtcdCluster, type_: EventType, reason: &str, member: Option<&str>, note: String) {
+        let secondary = member.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("runc-etcd.io/v1alpha1".into()),
+            kind: Some("EtcdMember".into()),
+            name: Some(name.into()),
+            namespace: Some(c.ns()),
+            ..Default::default()
+        });
         let ev = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
             action: reason.into(),
-            secondary: None,
+            secondary,
         };
         if let Err(e) = self.recorder.publish(&ev, &c.object_ref(&())).await {
             tracing::warn!("{}: publishing an event: {e}", c.instance());
@@ -133,7 +142,8 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
         return Ok(Action::requeue(Duration::ZERO));
     }
     if let Err(msg) = check_names(&c) {
-        ctx.event(&c, EventType::Warning, "InvalidSpec", msg.clone()).await;
+        ctx.event(&c, EventType::Warning, "InvalidSpec", None, msg.clone())
+            .await;
         let degraded = json!({"type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": msg,
             "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now())});
         ctx.patch_status(&c, json!({"phase": "Failed", "conditions": [degraded]}))
@@ -179,7 +189,8 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
         op.state = state.into();
         op.message = Some(msg.clone());
         ctx.record(&c, &op).await?;
-        ctx.event(&c, type_, &format!("{}{state}", op.kind), msg).await;
+        ctx.event(&c, type_, &format!("{}{state}", op.kind), op.member.as_deref(), msg)
+            .await;
         let reason = format!("{} {state}", op.kind);
         (Step::Wait { reason }, Duration::from_millis(200))
     } else if c.spec.paused {
@@ -189,14 +200,19 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
             },
             Duration::from_secs(30),
         )
+    } else if let Some(reason) = upgrade_stopped(&c) {
+        (Step::Wait { reason }, Duration::from_secs(30))
     } else {
-        let step = if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
+        let mut step = if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
             Step::Wait {
                 reason: "waiting for the first member to start".into(),
             }
         } else {
             plan::next(&observe::planner_input(&c, &view, k8s_openapi::jiff::Timestamp::now()))
         };
+        if step == Step::Converged {
+            step = upgrade_step(&c, &ctx, &view).await?;
+        }
         match operation(&c, &view, &step) {
             Some(op) => {
                 // Recorded before it is made: the next pass (or the next leader) makes it.
@@ -205,6 +221,7 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
                     &c,
                     EventType::Normal,
                     &format!("{}Started", op.kind),
+                    op.member.as_deref(),
                     format!(
                         "{} {} on node {}",
                         op.kind,
@@ -224,9 +241,8 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
                     Step::Converged => Duration::from_secs(30),
                     // Too few nodes waits for a Node event (or a slow resync); anything else is
                     // etcd or an agent catching up, worth a quick look.
-                    Step::Wait { reason } if status::is_impossible(reason) => {
-                        ctx.event(&c, EventType::Warning, "InsufficientNodes", reason.clone())
-                            .await;
+                    Step::Wait { reason } if let Some(problem) = status::spec_problem(reason) => {
+                        ctx.event(&c, EventType::Warning, problem, None, reason.clone()).await;
                         Duration::from_secs(15)
                     }
                     Step::Wait { .. } => Duration::from_secs(1),
@@ -271,6 +287,7 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         Step::Promote { member } => ("PromoteMember", member.clone(), node_of(view, member)),
         Step::Remove { member } => ("RemoveMember", member.clone(), node_of(view, member)),
         Step::Replace { member } => ("ReplaceMember", member.clone(), node_of(view, member)),
+        Step::Upgrade { member } => ("UpgradeMember", member.clone(), node_of(view, member)),
         Step::Wait { .. } | Step::Converged => return None,
     };
     Some(Operation {
@@ -280,6 +297,43 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         state: "InProgress".into(),
         message: None,
         started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        generation: c.metadata.generation,
+    })
+}
+
+/// A member upgrade that failed for this very spec stops everything until the spec changes.
+fn upgrade_stopped(c: &EtcdCluster) -> Option<String> {
+    let op = c.status.as_ref()?.last_operation.as_ref()?;
+    (op.kind == "UpgradeMember" && op.state == "Failed" && op.generation == c.metadata.generation)
+        .then(|| format!("upgrade stopped: {}", op.message.clone().unwrap_or_default()))
+}
+
+/// Once the membership has converged: the next step of a rolling upgrade, if one is due.
+async fn upgrade_step(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Step> {
+    let target = children::image(c);
+    let members = observe::upgrade_input(c, view);
+    Ok(match upgrade::next(&members, &target, &c.spec.version) {
+        upgrade::Step::Done => Step::Converged,
+        upgrade::Step::Refuse(why) => Step::Wait {
+            reason: format!("upgrade refused: {why}"),
+        },
+        upgrade::Step::Wait(reason) => Step::Wait { reason },
+        upgrade::Step::Prepare => {
+            let api: Api<EtcdMember> = ctx.api(c);
+            let behind = view
+                .members
+                .iter()
+                .filter(|m| m.spec.image != target && m.spec.next_image.as_deref() != Some(target.as_str()));
+            for m in behind {
+                let patch = json!({"spec": {"nextImage": target}});
+                api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+            }
+            Step::Wait {
+                reason: format!("pulling {target} on every member's node before the upgrade"),
+            }
+        }
+        upgrade::Step::Upgrade { member } => Step::Upgrade { member },
     })
 }
 
@@ -487,6 +541,7 @@ async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Oper
             }
         }
         "RemoveMember" | "ReplaceMember" => remove(c, ctx, view, access, &name).await,
+        "UpgradeMember" => upgrade_member(c, ctx, view, access, op).await,
         other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
     }
 }
@@ -511,19 +566,7 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
                 }
             }
             if m.id == etcd_view.leader {
-                let Some(to) = voters
-                    .iter()
-                    .find(|x| x.id != m.id && etcd_view.healthy.contains_key(&x.id))
-                else {
-                    return Ok(Outcome::NotYet("no healthy member to hand leadership to".into()));
-                };
-                let url = m.client_urls.first().cloned().unwrap_or_default();
-                let mut client = access.connect(&[url]).await?;
-                client
-                    .move_leader(to.id)
-                    .await
-                    .map_err(|e| Error::transient("moving leadership", e))?;
-                return Ok(Outcome::NotYet(format!("leadership moved from {name}")));
+                return move_leadership(access, etcd_view, m, name).await;
             }
             let endpoints: Vec<String> = voters
                 .iter()
@@ -556,6 +599,7 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
                 c,
                 EventType::Warning,
                 "MemberHostLost",
+                Some(name),
                 format!(
                     "node {} is not Ready: {name} was removed from etcd without its host; its data is archived there when it returns",
                     o.spec.node_name
@@ -574,6 +618,83 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
         .await;
     Ok(Outcome::Done(format!("{name} removed, stopped and archived")))
 }
+
+/// Hands the leadership of `m` to a healthy voter (sent to the leader itself, as etcd wants).
+async fn move_leadership(
+    access: &Access,
+    etcd_view: &observe::EtcdView,
+    m: &crate::host::etcd::MemberInfo,
+    name: &str,
+) -> Result<Outcome> {
+    let Some(to) = etcd_view
+        .members
+        .iter()
+        .find(|x| x.id != m.id && !x.is_learner && etcd_view.healthy.contains_key(&x.id))
+    else {
+        return Ok(Outcome::NotYet("no healthy member to hand leadership to".into()));
+    };
+    let url = m.client_urls.first().cloned().unwrap_or_default();
+    let mut client = access.connect(&[url]).await?;
+    client
+        .move_leader(to.id)
+        .await
+        .map_err(|e| Error::transient("moving leadership", e))?;
+    Ok(Outcome::NotYet(format!("leadership moved from {name}")))
+}
+
+/// Moves one member to the cluster's image: leadership handed away first, then the EtcdMember's
+/// image changed (its agent swaps it, keeping the old rootfs), then done once etcd reports the
+/// target version through it. One that does not come back stops the upgrade.
+async fn upgrade_member(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Operation) -> Result<Outcome> {
+    let name = op.member.clone().unwrap_or_default();
+    let Some(obj) = view.members.iter().find(|m| m.spec.member_name == name) else {
+        return Ok(Outcome::Failed(format!("{name} is no longer a member")));
+    };
+    let Some(etcd_view) = &view.etcd else {
+        return Ok(Outcome::NotYet("no member answers".into()));
+    };
+    let target = children::image(c);
+    let peer = children::peer_url(c, &obj.spec.ip);
+    let me = etcd_view.members.iter().find(|m| m.peer_urls.contains(&peer));
+    if let Some(m) = me
+        && m.id == etcd_view.leader
+        && etcd_view.members.len() > 1
+    {
+        return move_leadership(access, etcd_view, m, &name).await;
+    }
+    if obj.spec.image != target {
+        let members: Api<EtcdMember> = ctx.api(c);
+        let patch = json!({"spec": {"image": target}});
+        members
+            .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        return Ok(Outcome::NotYet(format!("{name} is being moved to {target}")));
+    }
+    let running = me.and_then(|m| etcd_view.healthy.get(&m.id)).map(|s| s.version.clone());
+    if running.as_deref() == Some(c.spec.version.as_str()) {
+        return Ok(Outcome::Done(format!("{name} runs etcd {}", c.spec.version)));
+    }
+    let started = op
+        .started_at
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+    if started + k8s_openapi::jiff::SignedDuration::from_secs(UPGRADE_TIMEOUT_SECS)
+        < k8s_openapi::jiff::Timestamp::now()
+    {
+        return Ok(Outcome::Failed(format!(
+            "{name} did not come back healthy on {target} within {UPGRADE_TIMEOUT_SECS}s; the upgrade is stopped. \
+             Its previous image is kept on its host: set spec.version (and image) back to roll back"
+        )));
+    }
+    Ok(Outcome::NotYet(format!(
+        "waiting for {name} to come back on etcd {}",
+        c.spec.version
+    )))
+}
+
+/// How long one member may take to come back on a new image.
+const UPGRADE_TIMEOUT_SECS: i64 = 180;
 
 async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) -> Result<()> {
     if !c.spec.tls.enabled {
@@ -606,6 +727,7 @@ async fn finalize(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
                 c,
                 EventType::Normal,
                 "RetireMember",
+                Some(&m.name_any()),
                 format!("{} on node {}", m.name_any(), m.spec.node_name),
             )
             .await;

@@ -13,9 +13,17 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 
 /// Why the cluster is not where the spec wants it, when the reason is the spec or the nodes
-/// rather than a change in flight.
-pub fn is_impossible(reason: &str) -> bool {
-    reason.starts_with("fewer eligible nodes") || reason.starts_with("no eligible node")
+/// rather than a change in flight: the Degraded reason (and Event) for a wait.
+pub fn spec_problem(reason: &str) -> Option<&'static str> {
+    if reason.starts_with("fewer eligible nodes") || reason.starts_with("no eligible node") {
+        Some("InsufficientNodes")
+    } else if reason.starts_with("upgrade refused") {
+        Some("UnsupportedUpgrade")
+    } else if reason.starts_with("upgrade stopped") {
+        Some("UpgradeFailed")
+    } else {
+        None
+    }
 }
 
 fn members(c: &EtcdCluster, view: &View) -> Vec<MemberStatus> {
@@ -109,7 +117,11 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         Step::Wait { reason } => (true, "Waiting", reason.clone()),
         other => (true, "Changing", format!("{other:?}")),
     };
-    let impossible = matches!(step, Step::Wait { reason } if is_impossible(reason));
+    let problem = match step {
+        Step::Wait { reason } => spec_problem(reason),
+        _ => None,
+    };
+    let impossible = problem.is_some();
     // What an agent could not do (a port taken on its node, an image it cannot pull, …).
     let failed: Vec<String> = view
         .members
@@ -125,8 +137,8 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
     let degraded = impossible || !unhealthy.is_empty() || !failed.is_empty() || (voters > 0 && !quorum);
     let degraded_reason = if voters > 0 && !quorum {
         "QuorumLost"
-    } else if impossible {
-        "InsufficientNodes"
+    } else if let Some(problem) = problem {
+        problem
     } else if !failed.is_empty() {
         "MemberFailed"
     } else if !unhealthy.is_empty() {

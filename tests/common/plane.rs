@@ -146,12 +146,24 @@ impl Plane {
 
     /// Reasons of the Events about the cluster.
     pub fn event_reasons(&self, cluster: &str) -> Vec<String> {
+        self.events(cluster).into_iter().map(|(reason, _)| reason).collect()
+    }
+
+    /// (reason, note) of the Events about the cluster, oldest first.
+    pub fn events(&self, cluster: &str) -> Vec<(String, String)> {
         let api: Api<Event> = Api::namespaced(self.cp.client.clone(), NS);
-        let events = self.rt.block_on(api.list(&ListParams::default())).unwrap().items;
-        events
+        let mut events: Vec<Event> = self
+            .rt
+            .block_on(api.list(&ListParams::default()))
+            .unwrap()
+            .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster))
-            .filter_map(|e| e.reason)
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
 
