@@ -511,7 +511,7 @@ fn available_with(c: &runc_etcd::api::EtcdCluster, n: i32) -> bool {
 }
 
 #[test]
-fn a_rolling_upgrade_goes_follower_by_follower_and_a_downgrade_is_refused() {
+fn rolling_upgrades_and_settings_go_member_by_member_and_a_downgrade_is_refused() {
     let p = Plane::up(3);
     p.apply(&cluster_yaml("main", 3, &p.lab.image(V_MID), "")).unwrap();
     let c = p.wait_ready("main", 3, 180);
@@ -580,6 +580,21 @@ fn a_rolling_upgrade_goes_follower_by_follower_and_a_downgrade_is_refused() {
             .count();
         assert_eq!(images, 2, "h{n} keeps the old and the new image");
     }
+
+    // New etcd settings roll through the members the same way: one restart at a time.
+    let tuned = new.clone() + "  etcd: {heartbeatIntervalMs: 150, electionTimeoutMs: 1500, snapshotCount: 5000}\n";
+    p.apply(&tuned).unwrap();
+    eventually("every member restarted with the new settings", 240, || {
+        (1..=3).all(|n| {
+            std::fs::read_to_string(p.lab.host(n).path(&format!("{STATE}/etcd.conf.yml")))
+                .is_ok_and(|conf| conf.contains("heartbeat-interval: 150") && conf.contains("snapshot-count: 5000"))
+        })
+    });
+    p.wait("main", "converged with the new settings", 120, |c| {
+        available_with(c, 3) && condition(c, "Progressing") == Some("False")
+    });
+    let moves = p.event_count("main", "UpgradeMemberSucceeded");
+    assert_eq!(moves, 6, "three image moves, then three settings moves");
 
     // 3.5 → 3.4 is a downgrade across minor versions: refused, reported, nothing touched.
     let old = cluster_yaml("main", 3, &p.lab.image(V_OLD), "")

@@ -142,10 +142,8 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
     if m.metadata.deletion_timestamp.is_some() {
         return retire(&m, &ctx, &name).await;
     }
-    let base = EtcdMemberStatus {
-        observed_generation: m.metadata.generation,
-        ..m.status.clone().unwrap_or_default()
-    };
+    // observedGeneration moves only once the spec is made real (the controller waits on it).
+    let base = m.status.clone().unwrap_or_default();
     let certs = match &m.spec.tls_secret {
         None => None,
         Some(secret) => {
@@ -177,6 +175,14 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         }
         Some(record) => {
             let base = prepare_next_image(&ctx, &m, base).await?;
+            if record.tuning != wanted.tuning && record.image.reference == wanted.image {
+                let message = "restarting with new etcd settings".to_string();
+                ctx.report(&m, phase(base.clone(), "Reconfiguring", message)).await?;
+                if let Err(e) = host::reconfigure_member(&ctx.engine, &ctx.instance, wanted.tuning.clone()).await {
+                    ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
+                    return Err(e);
+                }
+            }
             if record.image.reference != wanted.image {
                 // The controller gates this (every member healthy, one at a time), so the engine's
                 // own health check of the others is skipped.
@@ -214,6 +220,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         Ok(s) => EtcdMemberStatus {
             member_id: Some(format!("{:x}", s.member_id)),
             version: Some(s.version),
+            observed_generation: m.metadata.generation,
             ..phase(
                 status,
                 "Running",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::api::{EtcdMemberSpec, InitialClusterState};
 use crate::error::{Error, Result};
 use crate::host::WantedMember;
-use crate::host::member::ClusterState;
+use crate::host::member::{ClusterState, Tuning};
 use crate::host::pki::MemberCerts;
 use crate::names::{InstanceName, MemberName, check_member_ip, parse_ip};
 
@@ -70,7 +70,32 @@ pub fn wanted_member(
             InitialClusterState::Existing => ClusterState::Existing,
         },
         certs,
+        tuning: tuning(spec)?,
     })
+}
+
+/// The spec's etcd settings in the engine's terms, checked.
+pub fn tuning(spec: &EtcdMemberSpec) -> Result<Tuning> {
+    let Some(t) = &spec.etcd else {
+        return Ok(Tuning::default());
+    };
+    let unsigned = |field: &'static str, v: Option<i64>| {
+        v.map(|v| {
+            u64::try_from(v).map_err(|_| Error::invalid(field, format!("{v} is negative"), "use a positive number"))
+        })
+        .transpose()
+    };
+    let tuning = Tuning {
+        quota_backend_bytes: unsigned("spec.etcd.quotaBackendBytes", t.quota_backend_bytes)?,
+        auto_compaction_retention: t.auto_compaction_retention.clone(),
+        snapshot_count: unsigned("spec.etcd.snapshotCount", t.snapshot_count)?,
+        heartbeat_interval_ms: unsigned("spec.etcd.heartbeatIntervalMs", t.heartbeat_interval_ms.map(i64::from))?
+            .map(|v| v as u32),
+        election_timeout_ms: unsigned("spec.etcd.electionTimeoutMs", t.election_timeout_ms.map(i64::from))?
+            .map(|v| v as u32),
+    };
+    tuning.check()?;
+    Ok(tuning)
 }
 
 #[cfg(test)]
@@ -89,6 +114,7 @@ mod tests {
             initial_cluster_state: InitialClusterState::New,
             image: "registry.local/etcd:v3.5.16".into(),
             tls_secret: None,
+            etcd: None,
             next_image: None,
             restore_from: None,
         }

@@ -50,6 +50,9 @@ pub struct EtcdMemberSpec {
     /// Secret holding this member's TLS files (absent: plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<String>,
+    /// etcd settings (the cluster's `spec.etcd`); absent: runc-etcd's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<crate::api::EtcdTuning>,
     /// An image to pull now, ahead of an upgrade to it (set by the controller on every member
     /// before the first one is upgraded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,7 +74,7 @@ pub enum InitialClusterState {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdMemberStatus {
-    /// Pending, Pulling, Starting, Running, Upgrading, Failed, Stopping.
+    /// Pending, Pulling, Starting, Running, Upgrading, Reconfiguring, Failed, Stopping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// systemd's ActiveState/SubState of the member's unit.

@@ -49,6 +49,72 @@ pub struct MemberRecord {
     /// Mutual TLS on the client and peer listeners (certificates under `pki/`).
     #[serde(default)]
     pub tls: bool,
+    /// etcd settings that differ from runc-etcd's defaults.
+    #[serde(default, skip_serializing_if = "Tuning::is_default")]
+    pub tuning: Tuning,
+}
+
+/// etcd settings a cluster may change (each checked; None: runc-etcd's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tuning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_retention: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_timeout_ms: Option<u32>,
+}
+
+impl Tuning {
+    pub fn is_default(&self) -> bool {
+        *self == Tuning::default()
+    }
+
+    /// The same limits as the EtcdCluster schema, checked again where the file is written.
+    pub fn check(&self) -> Result<()> {
+        let range = |field: &'static str, v: Option<u64>, lo: u64, hi: u64| match v {
+            Some(v) if !(lo..=hi).contains(&v) => Err(Error::invalid(
+                field,
+                format!("{v} is out of range"),
+                format!("use {lo}..={hi}"),
+            )),
+            _ => Ok(()),
+        };
+        range("quotaBackendBytes", self.quota_backend_bytes, 128 << 20, 8 << 30)?;
+        range("snapshotCount", self.snapshot_count, 1000, 1_000_000)?;
+        range(
+            "heartbeatIntervalMs",
+            self.heartbeat_interval_ms.map(u64::from),
+            10,
+            5000,
+        )?;
+        range("electionTimeoutMs", self.election_timeout_ms.map(u64::from), 50, 50_000)?;
+        if let Some(r) = &self.auto_compaction_retention {
+            let (n, unit) = r.split_at(r.len().saturating_sub(1));
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || !matches!(unit, "m" | "h") {
+                return Err(Error::invalid(
+                    "autoCompactionRetention",
+                    format!("{r:?} is not a duration"),
+                    "use minutes or hours, e.g. 30m or 1h",
+                ));
+            }
+        }
+        let heartbeat = self.heartbeat_interval_ms.unwrap_or(100);
+        let election = self.election_timeout_ms.unwrap_or(1000);
+        if election < 5 * heartbeat {
+            return Err(Error::invalid(
+                "electionTimeoutMs",
+                format!("{election} is less than 5 × heartbeatIntervalMs ({heartbeat})"),
+                "raise electionTimeoutMs or lower heartbeatIntervalMs",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl MemberRecord {
@@ -64,6 +130,7 @@ impl MemberRecord {
 
     /// etcd's own config for this member (etcd runs with `--config-file`).
     pub fn etcd_config(&self) -> EtcdConfig {
+        let t = &self.tuning;
         let (initial_cluster, initial_cluster_state) = if self.hide_initial_cluster {
             (None, None)
         } else {
@@ -88,9 +155,11 @@ impl MemberRecord {
             // Defaults from runc-etcd.sh, which ran these in production: periodic compaction keeps
             // the keyspace history bounded; 8 GiB is etcd's recommended maximum quota.
             auto_compaction_mode: "periodic".into(),
-            auto_compaction_retention: "1h".into(),
-            quota_backend_bytes: 8 * 1024 * 1024 * 1024,
-            snapshot_count: 10_000,
+            auto_compaction_retention: t.auto_compaction_retention.clone().unwrap_or_else(|| "1h".into()),
+            quota_backend_bytes: t.quota_backend_bytes.unwrap_or(8 * 1024 * 1024 * 1024),
+            snapshot_count: t.snapshot_count.unwrap_or(10_000),
+            heartbeat_interval: t.heartbeat_interval_ms,
+            election_timeout: t.election_timeout_ms,
             max_txn_ops: 1024,
             logger: "zap".into(),
             log_outputs: vec!["stderr".into()],
@@ -101,6 +170,7 @@ impl MemberRecord {
     }
 
     pub fn check(&self) -> Result<()> {
+        self.tuning.check()?;
         crate::names::check_ports(self.client_port, self.peer_port)?;
         crate::names::check_member_ip(self.ip)?;
         if !self.initial_cluster.iter().any(|(n, _)| n == &self.name) {
@@ -133,6 +203,10 @@ pub struct EtcdConfig {
     pub auto_compaction_retention: String,
     pub quota_backend_bytes: u64,
     pub snapshot_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election_timeout: Option<u32>,
     pub max_txn_ops: u32,
     pub logger: String,
     pub log_outputs: Vec<String>,
@@ -193,6 +267,7 @@ pub(crate) fn sample() -> MemberRecord {
         cluster_token: "etcd".into(),
         hide_initial_cluster: false,
         tls: true,
+        tuning: Tuning::default(),
     }
 }
 
@@ -203,6 +278,33 @@ mod tests {
     #[test]
     fn etcd_config_golden() {
         crate::testutil::golden("etcd.conf.yml", &sample().etcd_config().to_yaml());
+    }
+
+    #[test]
+    fn tuning_reaches_the_config_and_is_checked() {
+        let mut m = sample();
+        m.tuning = Tuning {
+            quota_backend_bytes: Some(1 << 30),
+            heartbeat_interval_ms: Some(200),
+            election_timeout_ms: Some(2000),
+            auto_compaction_retention: Some("30m".into()),
+            snapshot_count: None,
+        };
+        let yaml = m.etcd_config().to_yaml();
+        for line in [
+            "quota-backend-bytes: 1073741824",
+            "heartbeat-interval: 200",
+            "election-timeout: 2000",
+            "auto-compaction-retention: 30m",
+            "snapshot-count: 10000",
+        ] {
+            assert!(yaml.contains(line), "{line} in\n{yaml}");
+        }
+        m.tuning.election_timeout_ms = Some(500);
+        assert!(m.check().unwrap_err().to_string().contains("electionTimeoutMs"));
+        m.tuning.election_timeout_ms = None;
+        m.tuning.auto_compaction_retention = Some("1h\nx: y".into());
+        assert!(m.check().unwrap_err().to_string().contains("autoCompactionRetention"));
     }
 
     #[test]

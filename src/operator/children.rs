@@ -380,6 +380,11 @@ pub fn image(c: &EtcdCluster) -> String {
     }
 }
 
+/// The cluster's etcd settings as its members carry them (None: all defaults).
+pub fn tuning(c: &EtcdCluster) -> Option<crate::api::EtcdTuning> {
+    (c.spec.etcd != crate::api::EtcdTuning::default()).then(|| c.spec.etcd.clone())
+}
+
 pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
     let mut m = EtcdMember::new(
         &p.name,
@@ -394,6 +399,7 @@ pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
             initial_cluster_state: p.state,
             image: image(c),
             tls_secret: c.spec.tls.enabled.then(|| member_secret(&p.name)),
+            etcd: tuning(c),
             next_image: None,
             restore_from: None,
         },

@@ -182,6 +182,7 @@ pub fn upgrade_input(c: &EtcdCluster, view: &View) -> Vec<upgrade::Member> {
             upgrade::Member {
                 name: o.spec.member_name.clone(),
                 image: o.spec.image.clone(),
+                settings_current: o.spec.etcd == children::tuning(c),
                 prepared: o.status.as_ref().and_then(|s| s.prepared_image.clone()),
                 version: status.map(|s| s.version.clone()),
                 healthy: status.is_some(),

@@ -662,17 +662,32 @@ async fn upgrade_member(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
     {
         return move_leadership(access, etcd_view, m, &name).await;
     }
-    if obj.spec.image != target {
+    let settings = children::tuning(c);
+    if obj.spec.image != target || obj.spec.etcd != settings {
+        // A JSON patch replaces spec.etcd whole (a merge patch would keep settings now unset).
+        let mut ops = vec![json!({"op": "add", "path": "/spec/image", "value": target})];
+        match &settings {
+            Some(t) => ops.push(json!({"op": "add", "path": "/spec/etcd", "value": t})),
+            None if obj.spec.etcd.is_some() => ops.push(json!({"op": "remove", "path": "/spec/etcd"})),
+            None => {}
+        }
+        let patch: json_patch::Patch = serde_json::from_value(json!(ops)).expect("a valid JSON patch");
         let members: Api<EtcdMember> = ctx.api(c);
-        let patch = json!({"spec": {"image": target}});
         members
-            .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
         return Ok(Outcome::NotYet(format!("{name} is being moved to {target}")));
     }
     let running = me.and_then(|m| etcd_view.healthy.get(&m.id)).map(|s| s.version.clone());
-    if running.as_deref() == Some(c.spec.version.as_str()) {
-        return Ok(Outcome::Done(format!("{name} runs etcd {}", c.spec.version)));
+    let applied = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation >= obj.metadata.generation);
+    if applied && running.as_deref() == Some(c.spec.version.as_str()) {
+        return Ok(Outcome::Done(format!(
+            "{name} runs etcd {} with the cluster's settings",
+            c.spec.version
+        )));
     }
     let started = op
         .started_at
@@ -788,6 +803,31 @@ mod tests {
         assert!(e.contains("members' names"), "{e}");
         let e = check_names(&cluster(&"n".repeat(40), &"c".repeat(30))).unwrap_err();
         assert!(e.contains("host instance"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_upgrade_stops_everything_until_the_spec_changes() {
+        let mut c = cluster("prod", "main");
+        c.metadata.generation = Some(4);
+        let failed = |generation| Operation {
+            kind: "UpgradeMember".into(),
+            state: "Failed".into(),
+            message: Some("main-a did not come back".into()),
+            generation: Some(generation),
+            ..Default::default()
+        };
+        c.status = Some(crate::api::EtcdClusterStatus {
+            last_operation: Some(failed(4)),
+            ..Default::default()
+        });
+        let why = upgrade_stopped(&c).expect("stopped");
+        assert!(why.contains("main-a did not come back"), "{why}");
+        assert!(status::spec_problem(&why) == Some("UpgradeFailed"));
+        c.metadata.generation = Some(5);
+        assert!(
+            upgrade_stopped(&c).is_none(),
+            "a new spec goes on (e.g. back to the old version)"
+        );
     }
 
     #[test]

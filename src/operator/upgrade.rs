@@ -1,4 +1,5 @@
-//! Rolling upgrades, planned (pure) once the membership has converged:
+//! Rolling upgrades (and rolling restarts for changed etcd settings), planned (pure) once the
+//! membership has converged:
 //! - etcd's version rules, as data: within a minor version any patch release; up one minor
 //!   version at a time; never down a minor version (etcd's downgrade needs its own procedure);
 //! - every member healthy before any member is touched;
@@ -63,6 +64,8 @@ pub struct Member {
     pub name: String,
     /// The image its EtcdMember asks for.
     pub image: String,
+    /// Its EtcdMember asks for the cluster's etcd settings.
+    pub settings_current: bool,
     /// The image its agent has pulled in advance (`status.preparedImage`).
     pub prepared: Option<String>,
     /// The version it runs, as etcd reports it.
@@ -81,19 +84,23 @@ pub enum Step {
     Wait(String),
     /// Ask every member still on the old image to pull the new one.
     Prepare,
-    /// Move this member to the target image.
+    /// Move this member to the target image and settings.
     Upgrade { member: String },
 }
 
 pub fn next(members: &[Member], target_image: &str, target_version: &str) -> Step {
-    let behind: Vec<&Member> = members.iter().filter(|m| m.image != target_image).collect();
+    let behind: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.image != target_image || !m.settings_current)
+        .collect();
     if behind.is_empty() {
         return Step::Done;
     }
+    let new_image: Vec<&&Member> = behind.iter().filter(|m| m.image != target_image).collect();
     let Ok(to) = target_version.parse::<Version>() else {
         return Step::Refuse(format!("{target_version:?} is not a version like 3.5.16"));
     };
-    for m in members {
+    for m in members.iter().filter(|_| !new_image.is_empty()) {
         let Some(from) = m.version.as_deref().and_then(|v| v.parse().ok()) else {
             continue;
         };
@@ -107,7 +114,7 @@ pub fn next(members: &[Member], target_image: &str, target_version: &str) -> Ste
             sick.name
         ));
     }
-    if behind.iter().any(|m| m.prepared.as_deref() != Some(target_image)) {
+    if new_image.iter().any(|m| m.prepared.as_deref() != Some(target_image)) {
         return Step::Prepare;
     }
     let next = behind
@@ -150,6 +157,7 @@ mod tests {
         Member {
             name: name.into(),
             image: image.into(),
+            settings_current: true,
             prepared: Some("etcd:v3.5.30".into()),
             version: Some(if image.ends_with("30") { "3.5.30" } else { "3.5.16" }.into()),
             healthy: true,
@@ -184,5 +192,20 @@ mod tests {
         assert!(matches!(next(&ms, "etcd:v3.5.30", "3.5.30"), Step::Wait(_)));
         ms[1].healthy = true;
         assert!(matches!(next(&ms, "etcd:v3.4.23", "3.4.23"), Step::Refuse(why) if why.contains("downgrade")));
+    }
+
+    #[test]
+    fn changed_settings_roll_through_the_members_without_a_pull() {
+        let img = "etcd:v3.5.16";
+        let mut ms = vec![member("a", img, true), member("b", img, false)];
+        for m in &mut ms {
+            m.prepared = None;
+            m.settings_current = false;
+        }
+        assert_eq!(next(&ms, img, "3.5.16"), Step::Upgrade { member: "b".into() });
+        ms[1].settings_current = true;
+        assert_eq!(next(&ms, img, "3.5.16"), Step::Upgrade { member: "a".into() });
+        ms[0].settings_current = true;
+        assert_eq!(next(&ms, img, "3.5.16"), Step::Done);
     }
 }

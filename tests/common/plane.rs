@@ -149,6 +149,21 @@ impl Plane {
         self.events(cluster).into_iter().map(|(reason, _)| reason).collect()
     }
 
+    /// How often an Event with `reason` was emitted about the cluster (repeats of the same Event
+    /// are one object with a series count, as on a real cluster).
+    pub fn event_count(&self, cluster: &str, reason: &str) -> i32 {
+        let api: Api<Event> = Api::namespaced(self.cp.client.clone(), NS);
+        self.rt
+            .block_on(api.list(&ListParams::default()))
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.map_or(1, |s| s.count))
+            .sum()
+    }
+
     /// (reason, note) of the Events about the cluster, oldest first.
     pub fn events(&self, cluster: &str) -> Vec<(String, String)> {
         let api: Api<Event> = Api::namespaced(self.cp.client.clone(), NS);

@@ -51,6 +51,7 @@ impl NewMember {
             cluster_token: self.instance.to_string(),
             hide_initial_cluster: false,
             tls: self.ca.is_some(),
+            tuning: Default::default(),
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use backup::{BackupReport, RestoreReport, backup, restore};
 pub use create::{NewMember, create, join};
 pub use inspect::{ClusterStatus, MemberHealth, del_keys, getconf, hide_init_cluster, status};
-pub use place::{WantedMember, place_member, retire_member};
+pub use place::{WantedMember, place_member, reconfigure_member, retire_member};
 pub use remove::{RemoveReport, remove};
 pub use upgrade::{UpgradeReport, upgrade};
 

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::host::member::{ClusterState, MemberRecord};
+use crate::host::member::{ClusterState, MemberRecord, Tuning};
 use crate::host::pki::{self, MemberCerts};
 use crate::host::{Engine, check_listen, image, systemd};
 use crate::names::{InstanceName, MemberName, check_ports};
@@ -25,6 +25,7 @@ pub struct WantedMember {
     pub state: ClusterState,
     /// None: plain HTTP.
     pub certs: Option<MemberCerts>,
+    pub tuning: Tuning,
 }
 
 /// Installs the member (image, certificates, files, unit) unless it is installed, and makes sure
@@ -63,6 +64,7 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
         cluster_token: w.instance.to_string(),
         hide_initial_cluster: false,
         tls: w.certs.is_some(),
+        tuning: w.tuning,
     };
     record.check()?;
     engine.install_unit().await?;
@@ -72,6 +74,31 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
     engine.write_member_files(&record, &img.rootfs)?;
     tracing::info!("starting {} ({})", systemd::unit_name(&w.instance), w.name);
     systemd::enable_and_start(&w.instance).await?;
+    Ok(record)
+}
+
+/// Rewrites a member's etcd settings and restarts it, waiting until it serves again (the
+/// controller does this one member at a time). On failure the previous settings are put back.
+pub async fn reconfigure_member(engine: &Engine, instance: &InstanceName, tuning: Tuning) -> Result<MemberRecord> {
+    tuning.check()?;
+    let _lock = engine.lock(instance)?;
+    let before = engine.require(instance)?;
+    let record = MemberRecord {
+        tuning,
+        ..before.clone()
+    };
+    let rootfs = engine.rootfs(&record)?;
+    tracing::info!("restarting {} with new etcd settings", systemd::unit_name(instance));
+    systemd::stop(instance).await?;
+    engine.write_member_files(&record, &rootfs)?;
+    systemd::start(instance).await?;
+    if let Err(e) = engine.wait_member_healthy(&record, super::HEALTH_TIMEOUT).await {
+        tracing::warn!("{instance} did not come back with the new settings: putting the old ones back");
+        systemd::stop(instance).await?;
+        engine.write_member_files(&before, &rootfs)?;
+        systemd::start(instance).await?;
+        return Err(e);
+    }
     Ok(record)
 }
 
