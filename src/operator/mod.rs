@@ -3,12 +3,14 @@
 //! - [`plan`]: the membership planner, the pure middle of the pipeline;
 //! - [`upgrade`]: etcd's version rules and the rolling-upgrade planner (pure);
 //! - [`observe`]: what a reconcile looks at (EtcdMembers, nodes, etcd's view);
-//! - [`reconcile`]: the pipeline (observe → resume or plan → record → act → report);
+//! - [`reconcile`]: the pipeline (observe → resume or plan → record → act → report), and `act`:
+//!   carrying out one recorded change, idempotently;
 //! - [`status`]: the status and conditions reported (pure);
 //! - [`children`]: the objects made per cluster (DaemonSet, Service, EndpointSlice, Secrets,
 //!   EtcdMembers);
 //! - [`lease`]: leader election and heartbeats.
 
+mod act;
 pub mod children;
 pub mod lease;
 pub mod observe;

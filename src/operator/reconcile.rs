@@ -5,8 +5,9 @@
 //! 3. observe: EtcdMembers, nodes, etcd's view;
 //! 4. a change recorded in `status.lastOperation` and not finished is carried on (every change is
 //!    idempotent, so this also resumes one a crashed controller left half-done);
-//! 5. otherwise plan (pure, `plan::next`) and, for a change, record it in status *before* making
-//!    it; the next pass makes it;
+//! 5. otherwise plan (pure): the membership (`plan::next`) and, once it has converged, a rolling
+//!    upgrade (`upgrade::next`); a change is recorded in status *before* it is made, and the next
+//!    pass makes it (`act`);
 //! 6. write status (pure, `status::build`), the EndpointSlice, and an Event per step.
 
 use std::sync::Arc;
@@ -16,20 +17,19 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{EtcdCluster, EtcdMember, InitialClusterState, Operation};
+use crate::api::{EtcdCluster, EtcdMember, Operation};
 use crate::error::{Error, Result};
-use crate::host::etcd::{self, Access};
+use crate::host::etcd::Access;
 use crate::host::pki;
 use crate::names::{InstanceName, MemberName};
-use crate::operator::children::{
-    self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER, MEMBER_FINALIZER,
-};
+use crate::operator::act::{Outcome, act, create_or_keep};
+use crate::operator::children::{self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER};
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
 use crate::operator::{status, upgrade};
@@ -38,25 +38,6 @@ pub struct Ctx {
     pub client: kube::Client,
     pub agent: AgentImage,
     pub recorder: Recorder,
-}
-
-/// The result of carrying out (part of) a recorded change.
-#[derive(Debug)]
-enum Outcome {
-    Done(String),
-    /// Not possible yet; the change stays recorded and is tried again.
-    NotYet(String),
-    /// It cannot be done as recorded (e.g. its node went away before anything was changed).
-    Failed(String),
-}
-
-/// Test hook: `RUNC_ETCD_FAILPOINT=after-add-learner` makes the process die right after etcd
-/// registered a learner, before its EtcdMember exists: the worst moment for a crash.
-fn failpoint(name: &str) {
-    if std::env::var("RUNC_ETCD_FAILPOINT").is_ok_and(|f| f == name) {
-        tracing::error!("failpoint {name}: exiting");
-        std::process::exit(86);
-    }
 }
 
 fn apply() -> PatchParams {
@@ -68,7 +49,7 @@ fn selector(c: &EtcdCluster) -> ListParams {
 }
 
 impl Ctx {
-    fn api<K>(&self, c: &EtcdCluster) -> Api<K>
+    pub(super) fn api<K>(&self, c: &EtcdCluster) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
@@ -77,7 +58,14 @@ impl Ctx {
 
     /// An Event about the cluster; `member` names the EtcdMember it concerns (also what keeps
     /// the same step for different members from being folded into one Event series).
-    async fn event(&self, c: &EtcdCluster, type_: EventType, reason: &str, member: Option<&str>, note: String) {
+    pub(super) async fn event(
+        &self,
+        c: &EtcdCluster,
+        type_: EventType,
+        reason: &str,
+        member: Option<&str>,
+        note: String,
+    ) {
         let secondary = member.map(|name| k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some("runc-etcd.io/v1alpha1".into()),
             kind: Some("EtcdMember".into()),
@@ -416,17 +404,6 @@ async fn ensure_tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
     Ok(Access::tls(children::read_client(&stored).unwrap_or(tls)))
 }
 
-async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<()>
-where
-    K: Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 async fn write_endpoints(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
     let healthy = |o: &EtcdMember| {
         view.etcd.as_ref().is_some_and(|e| {
@@ -452,279 +429,6 @@ async fn write_endpoints(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> 
         )
         .await?;
     Ok(())
-}
-
-fn node_ip(view: &View, node: &str) -> Option<String> {
-    view.nodes.iter().find(|n| n.name == node && n.eligible)?.ip.clone()
-}
-
-/// Carries out a recorded change. Every branch is idempotent: it checks what is already done.
-async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Operation) -> Result<Outcome> {
-    let name = op.member.clone().unwrap_or_default();
-    let node = op.node.clone().unwrap_or_default();
-    let members: Api<EtcdMember> = ctx.api(c);
-    let existing = view.members.iter().find(|m| m.spec.member_name == name);
-    match op.kind.as_str() {
-        "BootstrapMember" | "AddLearner" => {
-            let ip = match (existing, node_ip(view, &node)) {
-                (Some(m), _) => m.spec.ip.clone(),
-                (None, Some(ip)) => ip,
-                (None, None) => return Ok(Outcome::Failed(format!("node {node} is no longer eligible"))),
-            };
-            MemberName::new(name.clone())?;
-            let peer = children::peer_url(c, &ip);
-            ensure_member_secret(c, ctx, &name, &ip).await?;
-            let state = if op.kind == "AddLearner" {
-                let Some(etcd_view) = &view.etcd else {
-                    return Ok(Outcome::NotYet(
-                        "no member answers; a learner is added only to a serving cluster".into(),
-                    ));
-                };
-                if !etcd_view.members.iter().any(|m| m.peer_urls.contains(&peer)) {
-                    let endpoints: Vec<String> = etcd_view
-                        .members
-                        .iter()
-                        .filter_map(|m| m.client_urls.first().cloned())
-                        .collect();
-                    let client = access.connect(&endpoints).await?;
-                    match etcd::add_learner(&client, &peer, Duration::from_secs(5)).await {
-                        Ok(id) => tracing::info!("{}: learner {id:x} ({peer}) registered", c.instance()),
-                        Err(e) => return Ok(Outcome::NotYet(format!("etcd did not add the learner yet: {e}"))),
-                    }
-                    failpoint("after-add-learner");
-                }
-                InitialClusterState::Existing
-            } else {
-                InitialClusterState::New
-            };
-            if existing.is_none() {
-                let mut initial: Vec<String> = view
-                    .etcd
-                    .iter()
-                    .flat_map(|e| e.members.iter())
-                    .filter(|m| m.started())
-                    .filter_map(|m| Some(format!("{}={}", m.name, m.peer_urls.first()?)))
-                    .collect();
-                initial.push(format!("{name}={peer}"));
-                let planned = children::PlannedMember {
-                    name: name.clone(),
-                    node: node.clone(),
-                    ip,
-                    initial_cluster: initial,
-                    state,
-                };
-                create_or_keep(&members, &children::etcd_member(c, &planned)).await?;
-            }
-            Ok(Outcome::Done(format!("{name} placed on node {node} ({peer})")))
-        }
-        "PromoteMember" => {
-            let (Some(etcd_view), Some(obj)) = (&view.etcd, existing) else {
-                return Ok(Outcome::NotYet("waiting for etcd and the member to answer".into()));
-            };
-            let peer = children::peer_url(c, &obj.spec.ip);
-            let Some(m) = etcd_view.members.iter().find(|m| m.peer_urls.contains(&peer)) else {
-                return Ok(Outcome::Failed(format!("{name} is not a member of etcd")));
-            };
-            if !m.is_learner {
-                return Ok(Outcome::Done(format!("{name} is a voting member")));
-            }
-            let endpoints: Vec<String> = etcd_view
-                .members
-                .iter()
-                .filter(|x| !x.is_learner)
-                .filter_map(|x| x.client_urls.first().cloned())
-                .collect();
-            let client = access.connect(&endpoints).await?;
-            match etcd::promote(&client, m.id, Duration::from_secs(3)).await {
-                Ok(()) => Ok(Outcome::Done(format!("{name} promoted to a voting member"))),
-                Err(e) => Ok(Outcome::NotYet(format!("learner {name} is catching up: {e}"))),
-            }
-        }
-        "RemoveMember" | "ReplaceMember" => remove(c, ctx, view, access, &name).await,
-        "UpgradeMember" => upgrade_member(c, ctx, view, access, op).await,
-        other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
-    }
-}
-
-async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: &str) -> Result<Outcome> {
-    let members: Api<EtcdMember> = ctx.api(c);
-    let obj = view.members.iter().find(|m| m.spec.member_name == name);
-    if let Some(etcd_view) = &view.etcd {
-        let target = etcd_view.members.iter().find(|m| match obj {
-            Some(o) => m.peer_urls.contains(&children::peer_url(c, &o.spec.ip)),
-            None => observe::display_name(m) == name,
-        });
-        if let Some(m) = target {
-            let voters: Vec<_> = etcd_view.members.iter().filter(|x| !x.is_learner).collect();
-            if !m.is_learner {
-                let healthy_after = voters
-                    .iter()
-                    .filter(|x| x.id != m.id && etcd_view.healthy.contains_key(&x.id))
-                    .count();
-                if !plan::has_quorum(voters.len() - 1, healthy_after) {
-                    return Ok(Outcome::NotYet(format!("removing {name} now would lose quorum")));
-                }
-            }
-            if m.id == etcd_view.leader {
-                return move_leadership(access, etcd_view, m, name).await;
-            }
-            let endpoints: Vec<String> = voters
-                .iter()
-                .filter(|x| x.id != m.id)
-                .filter_map(|x| x.client_urls.first().cloned())
-                .collect();
-            let client = access.connect(&endpoints).await?;
-            if let Err(e) = etcd::remove(&client, m.id, Duration::from_secs(5)).await {
-                return Ok(Outcome::NotYet(format!("etcd did not remove {name} yet: {e}")));
-            }
-            tracing::info!("{}: {name} ({:x}) removed from etcd", c.instance(), m.id);
-        }
-    } else if obj.is_some() {
-        return Ok(Outcome::NotYet(format!(
-            "no member answers; {name} is removed from etcd first"
-        )));
-    }
-    if let Some(o) = obj {
-        if o.metadata.deletion_timestamp.is_none() {
-            members.delete(&o.name_any(), &DeleteParams::default()).await?;
-        }
-        let node = view.nodes.iter().find(|n| n.name == o.spec.node_name);
-        if node.is_none_or(|n| !n.ready) && o.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
-            // Its host is gone or unreachable, and its agent with it: nobody can archive the data
-            // now. etcd has already let the member go; the agent archives what is left when the
-            // host comes back (a member record with no EtcdMember is an orphan to it).
-            let patch = children::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
-            members.patch(&o.name_any(), &PatchParams::default(), &patch).await?;
-            ctx.event(
-                c,
-                EventType::Warning,
-                "MemberHostLost",
-                Some(name),
-                format!(
-                    "node {} is not Ready: {name} was removed from etcd without its host; its data is archived there when it returns",
-                    o.spec.node_name
-                ),
-            )
-            .await;
-        }
-        return Ok(Outcome::NotYet(format!(
-            "waiting for the agent on node {} to stop and archive {name}",
-            o.spec.node_name
-        )));
-    }
-    let secrets: Api<Secret> = ctx.api(c);
-    let _ = secrets
-        .delete(&children::member_secret(name), &DeleteParams::default())
-        .await;
-    Ok(Outcome::Done(format!("{name} removed, stopped and archived")))
-}
-
-/// Hands the leadership of `m` to a healthy voter (sent to the leader itself, as etcd wants).
-async fn move_leadership(
-    access: &Access,
-    etcd_view: &observe::EtcdView,
-    m: &crate::host::etcd::MemberInfo,
-    name: &str,
-) -> Result<Outcome> {
-    let Some(to) = etcd_view
-        .members
-        .iter()
-        .find(|x| x.id != m.id && !x.is_learner && etcd_view.healthy.contains_key(&x.id))
-    else {
-        return Ok(Outcome::NotYet("no healthy member to hand leadership to".into()));
-    };
-    let url = m.client_urls.first().cloned().unwrap_or_default();
-    let mut client = access.connect(&[url]).await?;
-    client
-        .move_leader(to.id)
-        .await
-        .map_err(|e| Error::transient("moving leadership", e))?;
-    Ok(Outcome::NotYet(format!("leadership moved from {name}")))
-}
-
-/// Moves one member to the cluster's image: leadership handed away first, then the EtcdMember's
-/// image changed (its agent swaps it, keeping the old rootfs), then done once etcd reports the
-/// target version through it. One that does not come back stops the upgrade.
-async fn upgrade_member(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Operation) -> Result<Outcome> {
-    let name = op.member.clone().unwrap_or_default();
-    let Some(obj) = view.members.iter().find(|m| m.spec.member_name == name) else {
-        return Ok(Outcome::Failed(format!("{name} is no longer a member")));
-    };
-    let Some(etcd_view) = &view.etcd else {
-        return Ok(Outcome::NotYet("no member answers".into()));
-    };
-    let target = children::image(c);
-    let peer = children::peer_url(c, &obj.spec.ip);
-    let me = etcd_view.members.iter().find(|m| m.peer_urls.contains(&peer));
-    if let Some(m) = me
-        && m.id == etcd_view.leader
-        && etcd_view.members.len() > 1
-    {
-        return move_leadership(access, etcd_view, m, &name).await;
-    }
-    let settings = children::tuning(c);
-    if obj.spec.image != target || obj.spec.etcd != settings {
-        // A JSON patch replaces spec.etcd whole (a merge patch would keep settings now unset).
-        let mut ops = vec![json!({"op": "add", "path": "/spec/image", "value": target})];
-        match &settings {
-            Some(t) => ops.push(json!({"op": "add", "path": "/spec/etcd", "value": t})),
-            None if obj.spec.etcd.is_some() => ops.push(json!({"op": "remove", "path": "/spec/etcd"})),
-            None => {}
-        }
-        let patch: json_patch::Patch = serde_json::from_value(json!(ops)).expect("a valid JSON patch");
-        let members: Api<EtcdMember> = ctx.api(c);
-        members
-            .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await?;
-        return Ok(Outcome::NotYet(format!("{name} is being moved to {target}")));
-    }
-    let running = me.and_then(|m| etcd_view.healthy.get(&m.id)).map(|s| s.version.clone());
-    let applied = obj
-        .status
-        .as_ref()
-        .is_some_and(|s| s.observed_generation >= obj.metadata.generation);
-    if applied && running.as_deref() == Some(c.spec.version.as_str()) {
-        return Ok(Outcome::Done(format!(
-            "{name} runs etcd {} with the cluster's settings",
-            c.spec.version
-        )));
-    }
-    let started = op
-        .started_at
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
-    if started + k8s_openapi::jiff::SignedDuration::from_secs(UPGRADE_TIMEOUT_SECS)
-        < k8s_openapi::jiff::Timestamp::now()
-    {
-        return Ok(Outcome::Failed(format!(
-            "{name} did not come back healthy on {target} within {UPGRADE_TIMEOUT_SECS}s; the upgrade is stopped. \
-             Its previous image is kept on its host: set spec.version (and image) back to roll back"
-        )));
-    }
-    Ok(Outcome::NotYet(format!(
-        "waiting for {name} to come back on etcd {}",
-        c.spec.version
-    )))
-}
-
-/// How long one member may take to come back on a new image.
-const UPGRADE_TIMEOUT_SECS: i64 = 180;
-
-async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) -> Result<()> {
-    if !c.spec.tls.enabled {
-        return Ok(());
-    }
-    let secrets: Api<Secret> = ctx.api(c);
-    if secrets.get_opt(&children::member_secret(name)).await?.is_some() {
-        return Ok(());
-    }
-    let ca_secret = secrets.get(&c.ca_secret()).await?;
-    let ca =
-        children::read_ca(&ca_secret).ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
-    let ip = crate::names::parse_ip(ip)?;
-    let certs = pki::issue(&ca, &MemberName::new(name)?, ip)?;
-    create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await
 }
 
 /// Deletion: every member is retired by its agent (unit stopped, data archived) before the
