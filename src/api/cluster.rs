@@ -69,6 +69,9 @@ pub struct EtcdClusterSpec {
     /// How failed members and lost quorum are handled.
     #[serde(default)]
     pub recovery: Recovery,
+    /// Defragmentation and the database-full (NOSPACE) alarm.
+    #[serde(default)]
+    pub maintenance: Maintenance,
     /// Stop reconciling this cluster (members keep running; nothing is changed).
     #[serde(default)]
     pub paused: bool,
@@ -233,6 +236,38 @@ pub struct Bootstrap {
 pub struct RestoreSource {
     /// Name of an EtcdBackup in this namespace.
     pub backup_name: String,
+}
+
+/// Keeping the members' databases compact.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// Defragment a member once this share of its database file is free space (one member at a
+    /// time, the leader last).
+    #[schemars(range(min = 10, max = 90))]
+    #[serde(default = "default_defrag_percent")]
+    pub defrag_threshold_percent: i32,
+    /// Leave databases smaller than this many bytes alone (defragmenting blocks a member).
+    #[schemars(range(min = 0))]
+    #[serde(default = "default_defrag_min_bytes")]
+    pub defrag_min_bytes: i64,
+}
+
+fn default_defrag_percent() -> i32 {
+    50
+}
+
+fn default_defrag_min_bytes() -> i64 {
+    64 << 20
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance {
+            defrag_threshold_percent: default_defrag_percent(),
+            defrag_min_bytes: default_defrag_min_bytes(),
+        }
+    }
 }
 
 /// What to do when quorum is lost.

@@ -4,7 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, MemberAddOptions, TlsOptions};
+use etcd_client::{
+    AlarmAction, AlarmOptions, AlarmType, Certificate, Client, CompactionOptions, ConnectOptions, GetOptions, Identity,
+    MemberAddOptions, TlsOptions,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -35,6 +38,8 @@ pub struct EndpointStatus {
     pub cluster_id: u64,
     pub version: String,
     pub db_size: i64,
+    /// The part of the database file in use (the rest is free pages a defragmentation returns).
+    pub db_size_in_use: i64,
     pub leader: u64,
     pub raft_index: u64,
     pub is_learner: bool,
@@ -88,6 +93,7 @@ impl Access {
             cluster_id: s.header().map(|h| h.cluster_id()).unwrap_or(0),
             version: s.version().into(),
             db_size: s.db_size(),
+            db_size_in_use: s.raft_used_db_size(),
             leader: s.leader(),
             raft_index: s.raft_index(),
             is_learner: s.is_learner(),
@@ -99,7 +105,9 @@ impl Access {
     /// linearizable read goes through consensus. (Learners cannot serve those reads.)
     pub async fn health(&self, endpoint: &str) -> Result<EndpointStatus> {
         let status = self.status(endpoint).await?;
-        if !status.errors.is_empty() {
+        // An alarm (e.g. NOSPACE: the database is full) is reported by its own check; the member
+        // still serves reads and keeps its vote.
+        if status.errors.iter().any(|e| !e.contains("alarm:")) {
             return Err(Error::transient(
                 format!("health of {endpoint}"),
                 status.errors.join("; "),
@@ -116,6 +124,16 @@ impl Access {
                 .map_err(|e| etcd_err(&format!("quorum read through {endpoint}"), e))?;
         }
         Ok(status)
+    }
+
+    /// Defragments one member's backend (it blocks that member meanwhile).
+    pub async fn defragment(&self, endpoint: &str) -> Result<()> {
+        let mut client = self.connect(&[endpoint.to_string()]).await?;
+        client
+            .defragment()
+            .await
+            .map_err(|e| etcd_err(&format!("defragmenting {endpoint}"), e))?;
+        Ok(())
     }
 
     /// Streams a snapshot of `endpoint`'s backend into `path` (written to `path.part`, renamed at
@@ -262,6 +280,51 @@ pub async fn promote(client: &Client, id: u64, timeout: Duration) -> Result<()> 
     })
     .await
     .map(drop)
+}
+
+/// Member IDs with an active NOSPACE alarm (the database reached its quota; writes are refused).
+pub async fn nospace_alarms(client: &Client) -> Result<Vec<u64>> {
+    let resp = client
+        .clone()
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .map_err(|e| etcd_err("alarm list", e))?;
+    Ok(resp
+        .alarms()
+        .iter()
+        .filter(|a| a.alarm() == AlarmType::Nospace)
+        .map(|a| a.member_id())
+        .collect())
+}
+
+/// Clears member `id`'s NOSPACE alarm.
+pub async fn disarm_nospace(client: &Client, id: u64) -> Result<()> {
+    let mut opts = AlarmOptions::new();
+    opts.with_member(id);
+    client
+        .clone()
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(opts))
+        .await
+        .map_err(|e| etcd_err("alarm disarm", e))?;
+    Ok(())
+}
+
+/// Compacts the keyspace history up to the current revision (physically, before returning).
+pub async fn compact_all(client: &Client) -> Result<i64> {
+    let mut c = client.clone();
+    let rev = c
+        .get("\0", Some(GetOptions::new().with_count_only()))
+        .await
+        .map_err(|e| etcd_err("reading the revision", e))?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or(0);
+    match c.compact(rev, Some(CompactionOptions::new().with_physical())).await {
+        Ok(_) => Ok(rev),
+        // Already compacted that far: nothing to do.
+        Err(e) if e.to_string().contains("required revision has been compacted") => Ok(rev),
+        Err(e) => Err(etcd_err("compaction", e)),
+    }
 }
 
 pub async fn remove(client: &Client, id: u64, timeout: Duration) -> Result<()> {

@@ -139,6 +139,8 @@ pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
         }
         "RemoveMember" | "ReplaceMember" => remove(c, ctx, view, access, &name).await,
         "UpgradeMember" => upgrade_member(c, ctx, view, access, op).await,
+        "DefragmentMember" => defragment(c, view, access, &name).await,
+        "RecoverSpace" => recover_space(view, access).await,
         other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
     }
 }
@@ -302,6 +304,54 @@ async fn upgrade_member(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
     Ok(Outcome::NotYet(format!(
         "waiting for {name} to come back on etcd {}",
         c.spec.version
+    )))
+}
+
+/// Defragments one member (it is blocked meanwhile; the others keep quorum).
+async fn defragment(c: &EtcdCluster, view: &View, access: &Access, name: &str) -> Result<Outcome> {
+    let Some(etcd_view) = &view.etcd else {
+        return Ok(Outcome::NotYet("no member answers".into()));
+    };
+    let Some(m) = etcd_view
+        .members
+        .iter()
+        .find(|m| observe::object_of(c, &view.members, m).is_some_and(|o| o.spec.member_name == name))
+    else {
+        return Ok(Outcome::Failed(format!("{name} is no longer a member")));
+    };
+    let Some(url) = m.client_urls.first() else {
+        return Ok(Outcome::NotYet(format!("{name} has not started")));
+    };
+    let before = etcd_view.healthy.get(&m.id).map_or(0, |s| s.db_size);
+    access.defragment(url).await?;
+    let after = access.status(url).await.map_or(0, |s| s.db_size);
+    Ok(Outcome::Done(format!(
+        "{name} defragmented: database {} MiB → {} MiB",
+        before >> 20,
+        after >> 20
+    )))
+}
+
+/// The database reached its quota (NOSPACE) and etcd refuses writes: compact the history,
+/// defragment every member (the leader last), then disarm the alarm. Each part may run again.
+async fn recover_space(view: &View, access: &Access) -> Result<Outcome> {
+    let Some(etcd_view) = &view.etcd else {
+        return Ok(Outcome::NotYet("no member answers".into()));
+    };
+    let mut members: Vec<_> = etcd_view.members.iter().filter(|m| !m.client_urls.is_empty()).collect();
+    members.sort_by_key(|m| m.id == etcd_view.leader);
+    let endpoints: Vec<String> = members.iter().filter_map(|m| m.client_urls.first().cloned()).collect();
+    let client = access.connect(&endpoints).await?;
+    let rev = etcd::compact_all(&client).await?;
+    for url in &endpoints {
+        access.defragment(url).await?;
+    }
+    for id in etcd::nospace_alarms(&client).await? {
+        etcd::disarm_nospace(&client, id).await?;
+    }
+    Ok(Outcome::Done(format!(
+        "the database was full (NOSPACE): history compacted at revision {rev}, {} members defragmented, alarm disarmed",
+        endpoints.len()
     )))
 }
 

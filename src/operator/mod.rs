@@ -2,6 +2,7 @@
 //!
 //! - [`plan`]: the membership planner, the pure middle of the pipeline;
 //! - [`upgrade`]: etcd's version rules and the rolling-upgrade planner (pure);
+//! - [`maintenance`]: defragmentation and the NOSPACE alarm (pure);
 //! - [`observe`]: what a reconcile looks at (EtcdMembers, nodes, etcd's view);
 //! - [`reconcile`]: the pipeline (observe → resume or plan → record → act → report), and `act`:
 //!   carrying out one recorded change, idempotently;
@@ -13,6 +14,7 @@
 mod act;
 pub mod children;
 pub mod lease;
+pub mod maintenance;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;

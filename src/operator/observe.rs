@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use crate::api::{EtcdCluster, EtcdMember};
 use crate::host::etcd::{self, Access, EndpointStatus, MemberInfo};
 use crate::operator::children::{self, ClusterNames};
-use crate::operator::{plan, upgrade};
+use crate::operator::{maintenance, plan, upgrade};
 
 /// A node as the controller sees it for one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct EtcdView {
     pub healthy: BTreeMap<u64, EndpointStatus>,
     pub leader: u64,
     pub cluster_id: u64,
+    /// Members with an active NOSPACE alarm.
+    pub nospace: Vec<u64>,
 }
 
 /// Everything one reconcile looks at.
@@ -192,6 +194,28 @@ pub fn upgrade_input(c: &EtcdCluster, view: &View) -> Vec<upgrade::Member> {
         .collect()
 }
 
+/// The members' databases as the maintenance planner sees them.
+pub fn maintenance_input(c: &EtcdCluster, view: &View) -> Vec<maintenance::Member> {
+    let Some(etcd) = &view.etcd else {
+        return Vec::new();
+    };
+    etcd.members
+        .iter()
+        .map(|m| {
+            let status = etcd.healthy.get(&m.id);
+            maintenance::Member {
+                name: object_of(c, &view.members, m)
+                    .map(|o| o.spec.member_name.clone())
+                    .unwrap_or_else(|| display_name(m)),
+                db_size: status.map_or(0, |s| s.db_size),
+                db_size_in_use: status.map_or(0, |s| s.db_size_in_use),
+                healthy: status.is_some(),
+                leader: m.id == etcd.leader,
+            }
+        })
+        .collect()
+}
+
 /// etcd's name for a member, or its ID while it has not started.
 pub fn display_name(m: &MemberInfo) -> String {
     if m.started() {
@@ -229,6 +253,10 @@ pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access)
     });
     let healthy: BTreeMap<u64, EndpointStatus> =
         futures::future::join_all(checks).await.into_iter().flatten().collect();
+    let nospace = match access.connect(&endpoints).await {
+        Ok(client) => etcd::nospace_alarms(&client).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let leader = healthy.values().map(|s| s.leader).find(|l| *l != 0).unwrap_or(0);
     let cluster_id = healthy.values().map(|s| s.cluster_id).find(|l| *l != 0).unwrap_or(0);
     Some(EtcdView {
@@ -236,6 +264,7 @@ pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access)
         healthy,
         leader,
         cluster_id,
+        nospace,
     })
 }
 

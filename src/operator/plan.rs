@@ -65,6 +65,10 @@ pub enum Step {
     /// Move a member to the cluster's image (from the upgrade planner, once the membership has
     /// converged; this planner never returns it).
     Upgrade { member: String },
+    /// Defragment one member's database (from the maintenance planner).
+    Defragment { member: String },
+    /// Answer a NOSPACE alarm: compact, defragment every member, disarm (maintenance planner).
+    RecoverSpace,
     /// Not yet: requeue, and say why in status.
     Wait { reason: String },
     /// The membership matches the spec.
@@ -455,7 +459,9 @@ mod tests {
                     let healthy = members.iter().filter(|m| m.voter && m.healthy).count();
                     assert!(has_quorum(voters, healthy), "removal lost quorum: {members:?}");
                 }
-                Step::Upgrade { .. } => panic!("the membership planner never upgrades"),
+                Step::Upgrade { .. } | Step::Defragment { .. } | Step::RecoverSpace => {
+                    panic!("the membership planner only changes membership")
+                }
                 Step::Wait { .. } | Step::Converged => {}
             }
         }

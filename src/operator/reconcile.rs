@@ -32,7 +32,7 @@ use crate::operator::act::{Outcome, act, create_or_keep};
 use crate::operator::children::{self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER};
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
-use crate::operator::{status, upgrade};
+use crate::operator::{maintenance, status, upgrade};
 
 pub struct Ctx {
     pub client: kube::Client,
@@ -191,7 +191,11 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
     } else if let Some(reason) = upgrade_stopped(&c) {
         (Step::Wait { reason }, Duration::from_secs(30))
     } else {
-        let mut step = if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
+        let nospace = view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty());
+        let mut step = if nospace {
+            // A full database refuses every write: answered before anything else.
+            Step::RecoverSpace
+        } else if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
             Step::Wait {
                 reason: "waiting for the first member to start".into(),
             }
@@ -226,7 +230,8 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
                     Step::Converged if view.etcd.as_ref().is_some_and(|e| e.healthy.len() < e.members.len()) => {
                         Duration::from_secs(5)
                     }
-                    Step::Converged => Duration::from_secs(30),
+                    // Often enough to answer a full database (NOSPACE) soon.
+                    Step::Converged => Duration::from_secs(15),
                     // Too few nodes waits for a Node event (or a slow resync); anything else is
                     // etcd or an agent catching up, worth a quick look.
                     Step::Wait { reason } if let Some(problem) = status::spec_problem(reason) => {
@@ -276,12 +281,14 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         Step::Remove { member } => ("RemoveMember", member.clone(), node_of(view, member)),
         Step::Replace { member } => ("ReplaceMember", member.clone(), node_of(view, member)),
         Step::Upgrade { member } => ("UpgradeMember", member.clone(), node_of(view, member)),
+        Step::Defragment { member } => ("DefragmentMember", member.clone(), node_of(view, member)),
+        Step::RecoverSpace => ("RecoverSpace", String::new(), String::new()),
         Step::Wait { .. } | Step::Converged => return None,
     };
     Some(Operation {
         kind: kind.into(),
-        member: Some(member),
-        node: Some(node),
+        member: (!member.is_empty()).then_some(member),
+        node: (!node.is_empty()).then_some(node),
         state: "InProgress".into(),
         message: None,
         started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
@@ -301,7 +308,17 @@ async fn upgrade_step(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Step> {
     let target = children::image(c);
     let members = observe::upgrade_input(c, view);
     Ok(match upgrade::next(&members, &target, &c.spec.version) {
-        upgrade::Step::Done => Step::Converged,
+        upgrade::Step::Done => {
+            let m = &c.spec.maintenance;
+            match maintenance::next(
+                &observe::maintenance_input(c, view),
+                m.defrag_threshold_percent,
+                m.defrag_min_bytes,
+            ) {
+                maintenance::Step::None => Step::Converged,
+                maintenance::Step::Defragment { member } => Step::Defragment { member },
+            }
+        }
         upgrade::Step::Refuse(why) => Step::Wait {
             reason: format!("upgrade refused: {why}"),
         },

@@ -134,9 +134,12 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
             })
         })
         .collect();
-    let degraded = impossible || !unhealthy.is_empty() || !failed.is_empty() || (voters > 0 && !quorum);
+    let nospace = view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty());
+    let degraded = impossible || nospace || !unhealthy.is_empty() || !failed.is_empty() || (voters > 0 && !quorum);
     let degraded_reason = if voters > 0 && !quorum {
         "QuorumLost"
+    } else if nospace {
+        "NoSpace"
     } else if let Some(problem) = problem {
         problem
     } else if !failed.is_empty() {
@@ -147,6 +150,7 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         "AllHealthy"
     };
     let degraded_msg = match step {
+        _ if nospace => "the database reached its quota (NOSPACE): etcd refuses writes until space is recovered".into(),
         Step::Wait { reason } if impossible => reason.clone(),
         _ if !failed.is_empty() => failed.join("; "),
         _ if unhealthy.is_empty() => "every member is healthy".into(),
@@ -246,6 +250,7 @@ mod tests {
                     cluster_id: 0xc1,
                     version: "3.5.16".into(),
                     db_size: 4096,
+                    db_size_in_use: 4096,
                     leader: 1,
                     raft_index: 9,
                     is_learner: false,
@@ -262,6 +267,7 @@ mod tests {
                 healthy,
                 leader: 1,
                 cluster_id: 0xc1,
+                nospace: vec![],
             }),
         }
     }
