@@ -141,24 +141,7 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     let acked = writer.stop();
     assert!(acked.len() > 50, "the writer made progress: {}", acked.len());
     assert!(max_learners <= 1, "{max_learners} learners at once");
-    let survivors: Vec<String> = c.status.unwrap().client_endpoints;
-    let tls2 = tls.clone();
-    let have = netns::run_in(&p.lab.client_ns(), move || async move {
-        let mut c = connect(survivors, tls2).await;
-        let r = c
-            .get(
-                "w/",
-                Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-            .expect("get");
-        r.kvs()
-            .iter()
-            .map(|kv| kv.key_str().unwrap().to_string())
-            .collect::<std::collections::BTreeSet<_>>()
-    });
-    let lost: Vec<_> = acked.iter().filter(|k| !have.contains(*k)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+    assert_no_write_lost(&p, &c, &acked);
     let reasons = p.event_reasons("main");
     for r in ["AddLearnerSucceeded", "PromoteMemberSucceeded", "RemoveMemberSucceeded"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
@@ -406,6 +389,27 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
 }
 
+/// Every write the writer saw acknowledged is readable through the cluster's endpoints.
+fn assert_no_write_lost(p: &Plane, c: &runc_etcd::api::EtcdCluster, acked: &[String]) {
+    let (endpoints, tls) = (c.status.clone().unwrap().client_endpoints, p.client_tls("main"));
+    let have = netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut c = connect(endpoints, tls).await;
+        let keys_only = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+        let r = c.get("w/", Some(keys_only)).await.expect("get");
+        r.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    let lost: Vec<_> = acked.iter().filter(|k| !have.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost",
+        lost.len(),
+        acked.len()
+    );
+}
+
 /// The lab host number of a node name (`lab<N>-h<K>`).
 fn host_of(node: &str) -> u8 {
     node.rsplit_once("-h").unwrap().1.parse().unwrap()
@@ -537,25 +541,7 @@ fn rolling_upgrades_and_settings_go_member_by_member_and_a_downgrade_is_refused(
     });
     let acked = writer.stop();
     assert!(acked.len() > 50, "the writer made progress: {}", acked.len());
-    let (endpoints, tls) = (c.status.clone().unwrap().client_endpoints, p.client_tls("main"));
-    let have = netns::run_in(&p.lab.client_ns(), move || async move {
-        let mut c = connect(endpoints, tls).await;
-        let r = c
-            .get(
-                "w/",
-                Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-            .expect("get");
-        r.kvs()
-            .iter()
-            .map(|kv| kv.key_str().unwrap().to_string())
-            .collect::<std::collections::BTreeSet<_>>()
-    });
-    assert!(
-        acked.iter().all(|k| have.contains(k)),
-        "acknowledged writes lost in the upgrade"
-    );
+    assert_no_write_lost(&p, &c, &acked);
 
     // One member at a time, the leader last, an Event for each.
     let upgrades: Vec<String> = p

@@ -160,92 +160,102 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
         .as_ref()
         .and_then(|s| s.last_operation.clone())
         .filter(|op| op.state == "InProgress");
-    let (step, requeue) = if let Some(mut op) = in_flight {
-        let outcome = match act(&c, &ctx, &view, &access, &op).await {
-            Ok(o) => o,
-            Err(e) if e.is_user_error() => Outcome::Failed(e.to_string()),
-            Err(e) => Outcome::NotYet(e.to_string()),
-        };
-        tracing::info!("{}: {} {:?}: {outcome:?}", c.instance(), op.kind, op.member);
-        let (state, type_, msg) = match outcome {
-            Outcome::NotYet(why) => {
-                return finish(&c, &ctx, &view, Step::Wait { reason: why }, Duration::from_secs(1)).await;
-            }
-            Outcome::Done(msg) => ("Succeeded", EventType::Normal, msg),
-            Outcome::Failed(msg) => ("Failed", EventType::Warning, msg),
-        };
-        op.state = state.into();
-        op.message = Some(msg.clone());
-        ctx.record(&c, &op).await?;
-        ctx.event(&c, type_, &format!("{}{state}", op.kind), op.member.as_deref(), msg)
-            .await;
-        let reason = format!("{} {state}", op.kind);
-        (Step::Wait { reason }, Duration::from_millis(200))
-    } else if c.spec.paused {
-        (
+    let (step, requeue) = match in_flight {
+        Some(op) => carry_on(&c, &ctx, &view, &access, op).await?,
+        None if c.spec.paused => (
             Step::Wait {
                 reason: "paused: spec.paused is true".into(),
             },
             Duration::from_secs(30),
-        )
-    } else if let Some(reason) = upgrade_stopped(&c) {
-        (Step::Wait { reason }, Duration::from_secs(30))
-    } else {
-        let nospace = view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty());
-        let mut step = if nospace {
-            // A full database refuses every write: answered before anything else.
-            Step::RecoverSpace
-        } else if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
-            Step::Wait {
-                reason: "waiting for the first member to start".into(),
-            }
-        } else {
-            plan::next(&observe::planner_input(&c, &view, k8s_openapi::jiff::Timestamp::now()))
-        };
-        if step == Step::Converged {
-            step = upgrade_step(&c, &ctx, &view).await?;
-        }
-        match operation(&c, &view, &step) {
-            Some(op) => {
-                // Recorded before it is made: the next pass (or the next leader) makes it.
-                ctx.record(&c, &op).await?;
-                ctx.event(
-                    &c,
-                    EventType::Normal,
-                    &format!("{}Started", op.kind),
-                    op.member.as_deref(),
-                    format!(
-                        "{} {} on node {}",
-                        op.kind,
-                        op.member.clone().unwrap_or_default(),
-                        op.node.clone().unwrap_or_default()
-                    ),
-                )
-                .await;
-                (step, Duration::ZERO)
-            }
-            None => {
-                let requeue = match &step {
-                    // A sick member is looked at often enough to replace it on time.
-                    Step::Converged if view.etcd.as_ref().is_some_and(|e| e.healthy.len() < e.members.len()) => {
-                        Duration::from_secs(5)
-                    }
-                    // Often enough to answer a full database (NOSPACE) soon.
-                    Step::Converged => Duration::from_secs(15),
-                    // Too few nodes waits for a Node event (or a slow resync); anything else is
-                    // etcd or an agent catching up, worth a quick look.
-                    Step::Wait { reason } if let Some(problem) = status::spec_problem(reason) => {
-                        ctx.event(&c, EventType::Warning, problem, None, reason.clone()).await;
-                        Duration::from_secs(15)
-                    }
-                    Step::Wait { .. } => Duration::from_secs(1),
-                    _ => Duration::from_secs(1),
-                };
-                (step, requeue)
-            }
-        }
+        ),
+        None => match upgrade_stopped(&c) {
+            Some(reason) => (Step::Wait { reason }, Duration::from_secs(30)),
+            None => plan_next(&c, &ctx, &view).await?,
+        },
     };
     finish(&c, &ctx, &view, step, requeue).await
+}
+
+/// Step 4: the recorded change, carried on; its end is recorded, with an Event.
+async fn carry_on(
+    c: &EtcdCluster,
+    ctx: &Ctx,
+    view: &View,
+    access: &Access,
+    mut op: Operation,
+) -> Result<(Step, Duration)> {
+    let outcome = match act(c, ctx, view, access, &op).await {
+        Ok(o) => o,
+        Err(e) if e.is_user_error() => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::NotYet(e.to_string()),
+    };
+    tracing::info!("{}: {} {:?}: {outcome:?}", c.instance(), op.kind, op.member);
+    let (state, type_, msg) = match outcome {
+        Outcome::NotYet(reason) => return Ok((Step::Wait { reason }, Duration::from_secs(1))),
+        Outcome::Done(msg) => ("Succeeded", EventType::Normal, msg),
+        Outcome::Failed(msg) => ("Failed", EventType::Warning, msg),
+    };
+    op.state = state.into();
+    op.message = Some(msg.clone());
+    ctx.record(c, &op).await?;
+    ctx.event(c, type_, &format!("{}{state}", op.kind), op.member.as_deref(), msg)
+        .await;
+    let reason = format!("{} {state}", op.kind);
+    Ok((Step::Wait { reason }, Duration::from_millis(200)))
+}
+
+/// Step 5: the one next step (a full database first, then membership, then upgrades and
+/// maintenance); a change is recorded, with an Event, and made by the next pass.
+async fn plan_next(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<(Step, Duration)> {
+    let nospace = view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty());
+    let mut step = if nospace {
+        // A full database refuses every write: answered before anything else.
+        Step::RecoverSpace
+    } else if view.etcd.is_none() && !view.members.is_empty() && !view.members.iter().any(ever_ran) {
+        Step::Wait {
+            reason: "waiting for the first member to start".into(),
+        }
+    } else {
+        plan::next(&observe::planner_input(c, view, k8s_openapi::jiff::Timestamp::now()))
+    };
+    if step == Step::Converged {
+        step = upgrade_step(c, ctx, view).await?;
+    }
+    if let Some(op) = operation(c, view, &step) {
+        // Recorded before it is made: the next pass (or the next leader) makes it.
+        ctx.record(c, &op).await?;
+        let note = format!(
+            "{} {} on node {}",
+            op.kind,
+            op.member.clone().unwrap_or_default(),
+            op.node.clone().unwrap_or_default()
+        );
+        ctx.event(
+            c,
+            EventType::Normal,
+            &format!("{}Started", op.kind),
+            op.member.as_deref(),
+            note,
+        )
+        .await;
+        return Ok((step, Duration::ZERO));
+    }
+    let requeue = match &step {
+        // A sick member is looked at often enough to replace it on time.
+        Step::Converged if view.etcd.as_ref().is_some_and(|e| e.healthy.len() < e.members.len()) => {
+            Duration::from_secs(5)
+        }
+        // Often enough to answer a full database (NOSPACE) soon.
+        Step::Converged => Duration::from_secs(15),
+        // A problem with the spec or the nodes waits for a change (or a slow resync); anything
+        // else is etcd or an agent catching up, worth a quick look.
+        Step::Wait { reason } if let Some(problem) = status::spec_problem(reason) => {
+            ctx.event(c, EventType::Warning, problem, None, reason.clone()).await;
+            Duration::from_secs(15)
+        }
+        _ => Duration::from_secs(1),
+    };
+    Ok((step, requeue))
 }
 
 /// Reports what was seen and chosen: status and the Service's endpoints.
