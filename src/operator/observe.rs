@@ -233,10 +233,13 @@ pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access)
     }
     let list = async {
         let client = access.connect(&endpoints).await?;
-        etcd::members(&client).await
+        let list = etcd::members(&client).await?;
+        // Alarms are cluster-wide: one question, on the same connection.
+        let nospace = etcd::nospace_alarms(&client).await.unwrap_or_default();
+        Ok::<_, crate::Error>((list, nospace))
     };
-    let list = match tokio::time::timeout(Duration::from_secs(8), list).await {
-        Ok(Ok(list)) => list,
+    let (list, nospace) = match tokio::time::timeout(Duration::from_secs(8), list).await {
+        Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::debug!("{}: member list: {e}", c.instance());
             return None;
@@ -253,10 +256,6 @@ pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access)
     });
     let healthy: BTreeMap<u64, EndpointStatus> =
         futures::future::join_all(checks).await.into_iter().flatten().collect();
-    let nospace = match access.connect(&endpoints).await {
-        Ok(client) => etcd::nospace_alarms(&client).await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
     let leader = healthy.values().map(|s| s.leader).find(|l| *l != 0).unwrap_or(0);
     let cluster_id = healthy.values().map(|s| s.cluster_id).find(|l| *l != 0).unwrap_or(0);
     Some(EtcdView {
