@@ -187,6 +187,11 @@ impl ControlPlane {
         let _ = child.wait();
     }
 
+    /// How many operators were started (the newest is the last index).
+    pub fn operators(&self) -> usize {
+        self.operators.len()
+    }
+
     /// The process ID of operator `i` (nsenter executes the operator in its own process).
     pub fn operator_pid(&self, i: usize) -> u32 {
         self.operators[i].id()

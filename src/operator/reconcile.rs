@@ -432,15 +432,18 @@ async fn ensure_tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
 }
 
 async fn write_endpoints(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
-    let healthy = |o: &EtcdMember| {
-        view.etcd.as_ref().is_some_and(|e| {
-            e.members.iter().any(|m| {
-                !m.is_learner
-                    && e.healthy.contains_key(&m.id)
-                    && observe::object_of(c, std::slice::from_ref(o), m).is_some()
-            })
+    // Peer URLs of the voters that answered their health check.
+    let healthy: Vec<&String> = view
+        .etcd
+        .iter()
+        .flat_map(|e| {
+            e.members
+                .iter()
+                .filter(|m| !m.is_learner && e.healthy.contains_key(&m.id))
         })
-    };
+        .flat_map(|m| m.peer_urls.iter())
+        .collect();
+    let healthy = |o: &EtcdMember| healthy.contains(&&children::peer_url(c, &o.spec.ip));
     let members: Vec<(String, String, bool)> = view
         .members
         .iter()

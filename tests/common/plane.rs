@@ -88,19 +88,12 @@ impl Plane {
                 let status = self.get(name).map(|c| serde_json::to_string_pretty(&c.status).unwrap());
                 panic!(
                     "timed out after {secs}s waiting for {name} to be {what}\nstatus: {status:?}\noperator log (tail):\n{}\nagents:\n{}",
-                    tail(&self.cp.operator_log(self.cp_operators() - 1), 40),
+                    tail(&self.cp.operator_log(self.cp.operators().saturating_sub(1)), 40),
                     self.cp.agent_logs(15)
                 );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-    }
-
-    fn cp_operators(&self) -> usize {
-        (0..16)
-            .take_while(|i| !self.cp.operator_log(*i).is_empty())
-            .count()
-            .max(1)
     }
 
     /// Available with `n` ready voting members, converged.
