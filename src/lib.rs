@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod api;
 pub mod apiserver;
+pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod host;

@@ -84,14 +84,23 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     assert_eq!(roles.iter().filter(|r| *r == "follower").count(), 2, "{roles:?}");
     assert_eq!(s.current_version.as_deref(), Some(V_MID));
     assert_eq!(s.phase.as_deref(), Some("Running"));
-    // Each member's agent reports it Running and renews a heartbeat Lease named after it.
+    // Each member's agent reports it Running (its own poll, so eventually) and renews a
+    // heartbeat Lease named after it.
     let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
     let leases: Api<Lease> = Api::namespaced(p.cp.client.clone(), NS);
+    eventually("every agent reports its member Running", 30, || {
+        p.rt.block_on(members.list(&Default::default()))
+            .unwrap()
+            .items
+            .iter()
+            .all(|m| {
+                let status = m.status.clone().unwrap_or_default();
+                status.phase.as_deref() == Some("Running") && status.member_id.is_some()
+            })
+    });
     p.rt.block_on(async {
         for m in members.list(&Default::default()).await.unwrap().items {
             let name = m.metadata.name.clone().unwrap();
-            let status = m.status.clone().unwrap_or_default();
-            assert!(status.member_id.is_some(), "{name}: {status:?}");
             let lease = leases.get(&name).await.expect("a heartbeat lease per member");
             let holder = lease.spec.unwrap().holder_identity;
             assert_eq!(holder.as_deref(), Some(m.spec.node_name.as_str()));

@@ -5,6 +5,7 @@
 //!
 //! It makes no etcd membership calls: the controller does. It only converges its host.
 
+mod backup;
 mod wanted;
 
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::api::{EtcdMember, EtcdMemberStatus};
+use crate::api::{EtcdBackup, EtcdMember, EtcdMemberStatus};
 use crate::error::{Error, Result};
+use crate::host::member::ClusterState;
 use crate::host::{self, Engine, systemd};
 use crate::names::{InstanceName, MemberName};
 use crate::operator::children::{self, CLUSTER_LABEL, MEMBER_FINALIZER, NODE_LABEL};
@@ -61,14 +63,23 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> R
         instance,
     });
     let sweeper = tokio::spawn(sweep_orphans(ctx.clone(), selector.clone()));
-    Controller::new(members, watcher::Config::default().labels(&selector))
+    // The backups the controller assigned to this node (it labels them like the members).
+    let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let backups = Controller::new(backups, watcher::Config::default().labels(&selector))
+        .run(backup::reconcile, backup::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!("backup reconcile: {e}");
+            }
+        });
+    let members = Controller::new(members, watcher::Config::default().labels(&selector))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!("reconcile: {e}");
             }
-        })
-        .await;
+        });
+    tokio::join!(members, backups);
     sweeper.abort();
     Ok(())
 }
@@ -159,7 +170,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
             }
         }
     };
-    let wanted = match wanted_member(&ctx.instance, &m.spec, certs) {
+    let mut wanted = match wanted_member(&ctx.instance, &m.spec, certs) {
         Ok(w) => w,
         Err(e) => {
             ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
@@ -169,8 +180,29 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
     let installed = ctx.engine.load(&ctx.instance)?.filter(|r| r.name == name);
     let base = match &installed {
         None => {
-            ctx.report(&m, phase(base.clone(), "Pulling", format!("pulling {}", m.spec.image)))
-                .await?;
+            if let Some(from) = m
+                .spec
+                .restore_from
+                .as_ref()
+                .filter(|_| wanted.state == ClusterState::New)
+            {
+                // A failure stays reported while it is retried (no status flapping).
+                if base.phase.as_deref() != Some("Failed") {
+                    let message = format!("fetching the snapshot of backup {from}");
+                    ctx.report(&m, phase(base.clone(), "Restoring", message)).await?;
+                }
+                match backup::fetch_snapshot(&ctx, from).await {
+                    Ok(file) => wanted.restore = Some(file),
+                    Err(e) => {
+                        ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
+                        return Err(e);
+                    }
+                }
+            }
+            if base.phase.as_deref() != Some("Failed") {
+                ctx.report(&m, phase(base.clone(), "Pulling", format!("pulling {}", m.spec.image)))
+                    .await?;
+            }
             base
         }
         Some(record) => {
@@ -196,7 +228,13 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
             base
         }
     };
-    let record = match host::place_member(&ctx.engine, wanted).await {
+    let fetched = wanted.restore.clone();
+    let placed = host::place_member(&ctx.engine, wanted).await;
+    // A downloaded snapshot is not kept once it is restored (or to be fetched again).
+    if let Some(f) = fetched.filter(|f| f.starts_with(&ctx.engine.paths(&ctx.instance).dir)) {
+        let _ = std::fs::remove_file(f);
+    }
+    let record = match placed {
         Ok(r) => r,
         Err(e) => {
             ctx.report(&m, phase(base, "Failed", e.to_string())).await?;

@@ -71,6 +71,7 @@ pub fn wanted_member(
         },
         certs,
         tuning: tuning(spec)?,
+        restore: None,
     })
 }
 

@@ -172,8 +172,9 @@ impl Default for TlsSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.s3) != has(self.hostPath)").message("give exactly one backup destination: s3 or hostPath"))]
 pub struct BackupSpec {
-    /// When to take backups, a cron expression such as "0 */6 * * *" (UTC). Empty: on demand only.
-    #[schemars(regex(pattern = r"^(\S+\s+){4}\S+$"))]
+    /// When to take backups, a cron expression such as "0 */6 * * *" (UTC; a sixth leading field
+    /// gives seconds). Empty: on demand only (EtcdBackup objects, and before upgrades and resizes).
+    #[schemars(regex(pattern = r"^(\S+\s+){4,5}\S+$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     /// How many scheduled backups to keep (the oldest are deleted, with their snapshots).
@@ -368,6 +369,13 @@ pub struct EtcdClusterStatus {
     /// Name of the newest successful EtcdBackup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,
+    /// The spec generation the cluster last fully matched (a later resize or upgrade is backed
+    /// up first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converged_generation: Option<i64>,
+    /// Since when fewer than a quorum of voting members answer (absent while quorum holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_lost_since: Option<Time>,
     /// The change being made (recorded before it is made, so a restarted operator resumes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_operation: Option<Operation>,
@@ -410,7 +418,7 @@ pub struct MemberStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     /// BootstrapMember (the seed of a new cluster), AddLearner, PromoteMember, RemoveMember,
-    /// ReplaceMember, UpgradeMember.
+    /// ReplaceMember, UpgradeMember, DefragmentMember, RecoverSpace, RebuildFromBackup.
     #[serde(rename = "type")]
     pub kind: String,
     /// The member it concerns.
@@ -430,4 +438,7 @@ pub struct Operation {
     /// The spec generation it was planned for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The EtcdBackup it restores from (a rebuild, or the seed of a restored cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }

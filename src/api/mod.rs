@@ -1,17 +1,24 @@
 //! The custom resources (group `runc-etcd.io`, version `v1alpha1`). `runc-etcd crd` prints them;
 //! `crd/` holds the same YAML, and CI fails when it differs from these types.
 
+mod backup;
 mod cluster;
 mod member;
 
+pub use backup::*;
 pub use cluster::*;
 pub use member::*;
 
 use kube::CustomResourceExt;
 
+/// Every CRD of the project.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    vec![EtcdCluster::crd(), EtcdMember::crd(), EtcdBackup::crd()]
+}
+
 /// Every CRD, as one multi-document YAML stream.
 pub fn crds_yaml() -> String {
-    [EtcdCluster::crd(), EtcdMember::crd()]
+    crds()
         .iter()
         .map(|crd| serde_saphyr::to_string(crd).expect("a CRD serializes"))
         .collect::<Vec<_>>()
@@ -138,7 +145,7 @@ mod tests {
                 walk(&format!("{path}[]"), &schema["items"], missing);
             }
         }
-        for crd in [EtcdCluster::crd(), EtcdMember::crd()] {
+        for crd in crds() {
             let v = serde_json::to_value(&crd).unwrap();
             let mut missing = vec![];
             walk(

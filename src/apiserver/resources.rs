@@ -100,6 +100,15 @@ pub static RESOURCES: &[Resource] = &[
         true,
         true,
     ),
+    res(
+        "runc-etcd.io/etcdbackups",
+        "runc-etcd.io",
+        "v1alpha1",
+        "etcdbackups",
+        "EtcdBackup",
+        true,
+        true,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

@@ -2,18 +2,14 @@
 //! resources the columns are the CRDs' printer columns, so `kubectl get etcdclusters` shows
 //! size, ready, version, phase and age as on a real cluster. Other kinds get name and age.
 
-use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use super::resources::Resource;
-use crate::api::{EtcdCluster, EtcdMember};
 
 /// (name, type, jsonPath) of the printer columns after Name.
 fn columns(r: &Resource) -> Vec<(String, String, String)> {
-    let crd = match r.kind {
-        "EtcdCluster" => EtcdCluster::crd(),
-        "EtcdMember" => EtcdMember::crd(),
-        _ => return vec![("Age".into(), "date".into(), ".metadata.creationTimestamp".into())],
+    let Some(crd) = crate::api::crds().into_iter().find(|c| c.spec.names.kind == r.kind) else {
+        return vec![("Age".into(), "date".into(), ".metadata.creationTimestamp".into())];
     };
     crd.spec.versions[0]
         .additional_printer_columns

@@ -2,25 +2,25 @@
 //! at `kubectl apply`: types, ranges, patterns, enums and required fields from the OpenAPI schema,
 //! and the CEL rules (`x-kubernetes-validations`, with `oldSelf` on updates) through kube-cel.
 
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 use super::resources::Resource;
 use super::store::{ApiError, ApiResult};
-use crate::api::{EtcdCluster, EtcdMember};
 
 /// The openAPIV3Schema of each custom resource, built once: every write is checked against it.
 fn schema_of(r: &Resource) -> Option<&'static Value> {
-    static SCHEMAS: std::sync::OnceLock<[(&str, Value); 2]> = std::sync::OnceLock::new();
+    static SCHEMAS: std::sync::OnceLock<Vec<(String, Value)>> = std::sync::OnceLock::new();
     let schemas = SCHEMAS.get_or_init(|| {
-        let schema = |crd| {
-            let v = serde_json::to_value(crd).expect("a CRD serializes");
-            v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-        };
-        [
-            ("EtcdCluster", schema(EtcdCluster::crd())),
-            ("EtcdMember", schema(EtcdMember::crd())),
-        ]
+        crate::api::crds()
+            .into_iter()
+            .map(|crd| {
+                let v = serde_json::to_value(&crd).expect("a CRD serializes");
+                (
+                    crd.spec.names.kind,
+                    v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone(),
+                )
+            })
+            .collect()
     });
     schemas.iter().find(|(kind, _)| *kind == r.kind).map(|(_, s)| s)
 }

@@ -42,6 +42,8 @@ pub struct EndpointStatus {
     pub db_size_in_use: i64,
     pub leader: u64,
     pub raft_index: u64,
+    /// The key-value store's revision.
+    pub revision: i64,
     pub is_learner: bool,
     pub errors: Vec<String>,
 }
@@ -96,6 +98,7 @@ impl Access {
             db_size_in_use: s.raft_used_db_size(),
             leader: s.leader(),
             raft_index: s.raft_index(),
+            revision: s.header().map(|h| h.revision()).unwrap_or(0),
             is_learner: s.is_learner(),
             errors: s.errors().to_vec(),
         })

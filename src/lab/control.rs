@@ -242,9 +242,8 @@ impl Drop for ControlPlane {
 
 async fn install_crds(client: &kube::Client) -> crate::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::CustomResourceExt;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [crate::api::EtcdCluster::crd(), crate::api::EtcdMember::crd()] {
+    for crd in crate::api::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(&name, &PatchParams::apply("runc-etcd-lab").force(), &Patch::Apply(&crd))
             .await?;

@@ -10,7 +10,7 @@ mod host;
 pub mod images;
 mod net;
 pub mod netns;
-mod registry;
+pub mod registry;
 mod sh;
 
 use std::os::fd::AsRawFd;
@@ -20,7 +20,7 @@ pub use host::LabHost;
 pub use net::Net;
 pub use sh::{CommandFailed, LabResult};
 
-use registry::Registry;
+use registry::Server;
 
 /// Root of every lab's state.
 pub const LAB_ROOT: &str = "/var/tmp/runc-etcd-lab";
@@ -30,7 +30,7 @@ pub struct Lab {
     pub net: Net,
     pub dir: PathBuf,
     pub hosts: Vec<LabHost>,
-    pub registry: Option<Registry>,
+    pub registry: Option<Server>,
     /// The etcd versions (= image tags) available in the registry and the local layout.
     pub versions: Vec<String>,
     _lock: std::fs::File,
@@ -88,7 +88,7 @@ impl Lab {
             dir.display()
         ))?;
         net.up_switch()?;
-        let registry = Registry::start(&net, &dir)?;
+        let registry = registry::start_registry(&net, &dir)?;
         images::push(&layout, &versions, &net.switch_ns(), &registry.address)?;
         let mut lab = Lab {
             id,
@@ -118,6 +118,11 @@ impl Lab {
         host.boot(false)?;
         self.hosts.push(host);
         Ok(())
+    }
+
+    /// A real S3-compatible store on the LAN with the given buckets; stopped when dropped.
+    pub fn start_s3(&self, buckets: &[&str]) -> LabResult<Server> {
+        registry::start_s3(&self.net, &self.dir, buckets)
     }
 
     pub fn registry_address(&self) -> String {

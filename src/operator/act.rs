@@ -109,6 +109,7 @@ pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
                     ip,
                     initial_cluster: initial,
                     state,
+                    restore_from: op.backup.clone().filter(|_| op.kind == "BootstrapMember"),
                 };
                 create_or_keep(&members, &children::etcd_member(c, &planned)).await?;
             }
@@ -141,6 +142,7 @@ pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
         "UpgradeMember" => upgrade_member(c, ctx, view, access, op).await,
         "DefragmentMember" => defragment(c, view, access, &name).await,
         "RecoverSpace" => recover_space(view, access).await,
+        "RebuildFromBackup" => rebuild(c, ctx, view).await,
         other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
     }
 }
@@ -216,6 +218,34 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
         .delete(&children::member_secret(name), &DeleteParams::default())
         .await;
     Ok(Outcome::Done(format!("{name} removed, stopped and archived")))
+}
+
+/// The first half of a rebuild after quorum loss: every member is retired (stopped, its data
+/// archived on its host by its agent; released at once when its node is not Ready, the agent
+/// archives it when the host returns). The planner then bootstraps a seed from the backup
+/// recorded in the operation, and the cluster grows back as usual.
+async fn rebuild(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Outcome> {
+    let members: Api<EtcdMember> = ctx.api(c);
+    for o in &view.members {
+        if o.metadata.deletion_timestamp.is_none() {
+            members.delete(&o.name_any(), &DeleteParams::default()).await?;
+        }
+        let node_ready = view.nodes.iter().any(|n| n.name == o.spec.node_name && n.ready);
+        if !node_ready && o.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
+            let patch = children::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
+            members.patch(&o.name_any(), &PatchParams::default(), &patch).await?;
+        }
+    }
+    if let Some(o) = view.members.first() {
+        return Ok(Outcome::NotYet(format!(
+            "waiting for the agents to stop and archive {} (and {} more)",
+            o.spec.member_name,
+            view.members.len() - 1
+        )));
+    }
+    Ok(Outcome::Done(
+        "every member stopped and archived; the cluster is bootstrapped again from the backup".into(),
+    ))
 }
 
 /// Hands the leadership of `m` to a healthy voter (sent to the leader itself, as etcd wants).

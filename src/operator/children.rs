@@ -28,6 +28,8 @@ pub const CLUSTER_FINALIZER: &str = "runc-etcd.io/cluster";
 /// deleted before its host has stopped and archived it.
 pub const MEMBER_FINALIZER: &str = "runc-etcd.io/agent";
 /// The field manager of the controller's server-side applies.
+/// On EtcdBackups: the stored snapshot is deleted before the object goes.
+pub const BACKUP_FINALIZER: &str = "runc-etcd.io/snapshot";
 pub const MANAGER: &str = "runc-etcd-operator";
 
 /// A merge patch that sets `obj`'s finalizers to its current ones with `add` added or `remove`
@@ -125,6 +127,21 @@ const HOST_PATHS: [(&str, &str); 7] = [
 /// The agent DaemonSet: one privileged pod per eligible node (the cluster's node selector and
 /// tolerations), talking to the host's systemd.
 pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
+    let mut host_paths: Vec<(String, String)> =
+        HOST_PATHS.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect();
+    // A host-folder backup destination outside the state folder is mounted too (checked: an
+    // absolute path without '..').
+    let backup_dir = c
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.host_path.as_ref())
+        .map(|h| h.path.clone());
+    if let Some(dir) =
+        backup_dir.filter(|d| crate::backup::check_host_path(d).is_ok() && !d.starts_with("/var/lib/runc-etcd/"))
+    {
+        host_paths.push(("backups".into(), dir));
+    }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "runc-etcd-agent".to_string()),
         (CLUSTER_LABEL.to_string(), c.name()),
@@ -162,23 +179,23 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
             ..Default::default()
         }),
         volume_mounts: Some(
-            HOST_PATHS
+            host_paths
                 .iter()
                 .map(|(name, path)| VolumeMount {
-                    name: (*name).into(),
-                    mount_path: (*path).into(),
+                    name: name.clone(),
+                    mount_path: path.clone(),
                     ..Default::default()
                 })
                 .collect(),
         ),
         ..Default::default()
     };
-    let volumes = HOST_PATHS
+    let volumes = host_paths
         .iter()
         .map(|(name, path)| Volume {
-            name: (*name).into(),
+            name: name.clone(),
             host_path: Some(HostPathVolumeSource {
-                path: (*path).into(),
+                path: path.clone(),
                 type_: Some("DirectoryOrCreate".into()),
             }),
             ..Default::default()
@@ -357,6 +374,8 @@ pub struct PlannedMember {
     pub ip: String,
     pub initial_cluster: Vec<String>,
     pub state: InitialClusterState,
+    /// The EtcdBackup a restored cluster's seed starts from.
+    pub restore_from: Option<String>,
 }
 
 pub fn scheme(c: &EtcdCluster) -> &'static str {
@@ -401,7 +420,7 @@ pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
             tls_secret: c.spec.tls.enabled.then(|| member_secret(&p.name)),
             etcd: tuning(c),
             next_image: None,
-            restore_from: None,
+            restore_from: p.restore_from.clone(),
         },
     );
     let mut md = meta(c, p.name.clone());
@@ -451,6 +470,7 @@ mod tests {
             ip: "10.0.0.1".into(),
             initial_cluster: vec!["main-abcde=https://10.0.0.1:2380".into()],
             state: InitialClusterState::New,
+            restore_from: None,
         };
         let m = etcd_member(&c, &p);
         assert_eq!(m.metadata.finalizers.unwrap(), [MEMBER_FINALIZER]);

@@ -12,7 +12,9 @@
 //! - [`lease`]: leader election and heartbeats.
 
 mod act;
+pub mod backups;
 pub mod children;
+pub mod disaster;
 pub mod lease;
 pub mod maintenance;
 pub mod observe;
@@ -33,7 +35,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-use crate::api::{EtcdCluster, EtcdMember};
+use crate::api::{EtcdBackup, EtcdCluster, EtcdMember};
 use crate::error::Result;
 
 /// How the operator runs.
@@ -89,13 +91,32 @@ pub async fn run(client: kube::Client, config: OperatorConfig) -> Result<()> {
                     .collect::<Vec<_>>()
             },
         )
+        .watches(
+            Api::<EtcdBackup>::all(client.clone()),
+            watcher::Config::default(),
+            |b: EtcdBackup| {
+                let ns = b.metadata.namespace.clone().unwrap_or_default();
+                Some(ObjectRef::<EtcdCluster>::new(&b.spec.cluster_name).within(&ns))
+            },
+        )
         .with_config(Config::default().debounce(Duration::from_millis(100)))
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!("reconcile: {e}");
             }
         });
+    // Deleted EtcdBackups, also of clusters that no longer exist.
+    let deleted_backups = Controller::new(Api::<EtcdBackup>::all(client.clone()), watcher::Config::default())
+        .run(backups::finalize, backups::finalize_error, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!("backup finalize: {e}");
+            }
+        });
+    let controller = async {
+        tokio::join!(controller, deleted_backups);
+    };
     tokio::select! {
         () = controller => Ok(()),
         () = election.hold() => Err(crate::error::Error::Refused("leadership lost; exiting so a restart competes again".into())),

@@ -38,6 +38,11 @@ pub struct EtcdView {
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub members: Vec<EtcdMember>,
+    /// The cluster's EtcdBackups.
+    pub backups: Vec<crate::api::EtcdBackup>,
+    /// The backup a new seed would start from (`disaster::restore_source`; it may be another
+    /// cluster's).
+    pub restore: Option<crate::api::EtcdBackup>,
     pub nodes: Vec<NodeInfo>,
     /// None: no member answered (none started yet, or quorum lost).
     pub etcd: Option<EtcdView>,
@@ -334,6 +339,7 @@ mod tests {
             ip: "10.0.0.1".into(),
             initial_cluster: vec![],
             state: crate::api::InitialClusterState::Existing,
+            restore_from: None,
         };
         let obj = children::etcd_member(&c, &p);
         let learner = MemberInfo {
@@ -345,6 +351,8 @@ mod tests {
         };
         let view = View {
             members: vec![obj],
+            backups: vec![],
+            restore: None,
             nodes: vec![],
             etcd: Some(EtcdView {
                 members: vec![learner],
@@ -372,6 +380,8 @@ mod tests {
         };
         let view = View {
             members: vec![],
+            backups: vec![],
+            restore: None,
             nodes: vec![],
             etcd: Some(EtcdView {
                 members: vec![sick],

@@ -69,6 +69,9 @@ pub enum Step {
     Defragment { member: String },
     /// Answer a NOSPACE alarm: compact, defragment every member, disarm (maintenance planner).
     RecoverSpace,
+    /// Quorum is lost and a rebuild was asked for: retire every member, then bootstrap a seed
+    /// from `backup` (decided by the controller's quorum-loss policy, never by this planner).
+    Rebuild { backup: String },
     /// Not yet: requeue, and say why in status.
     Wait { reason: String },
     /// The membership matches the spec.
@@ -459,7 +462,7 @@ mod tests {
                     let healthy = members.iter().filter(|m| m.voter && m.healthy).count();
                     assert!(has_quorum(voters, healthy), "removal lost quorum: {members:?}");
                 }
-                Step::Upgrade { .. } | Step::Defragment { .. } | Step::RecoverSpace => {
+                Step::Upgrade { .. } | Step::Defragment { .. } | Step::RecoverSpace | Step::Rebuild { .. } => {
                     panic!("the membership planner only changes membership")
                 }
                 Step::Wait { .. } | Step::Converged => {}

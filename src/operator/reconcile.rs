@@ -23,7 +23,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{EtcdCluster, EtcdMember, Operation};
+use crate::api::{EtcdBackup, EtcdCluster, EtcdMember, Operation};
 use crate::error::{Error, Result};
 use crate::host::etcd::Access;
 use crate::host::pki;
@@ -32,7 +32,7 @@ use crate::operator::act::{Outcome, act, create_or_keep};
 use crate::operator::children::{self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER};
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
-use crate::operator::{maintenance, status, upgrade};
+use crate::operator::{backups, disaster, maintenance, status, upgrade};
 
 pub struct Ctx {
     pub client: kube::Client,
@@ -112,6 +112,7 @@ fn status_patch(s: &crate::api::EtcdClusterStatus) -> serde_json::Value {
         "clientEndpoints",
         "currentVersion",
         "clusterId",
+        "quorumLostSince",
     ] {
         obj.entry(key).or_insert(serde_json::Value::Null);
     }
@@ -155,6 +156,7 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
     .await?;
 
     let view = observe_all(&c, &ctx, &access).await?;
+    let backup_due = backups::tend(&c, &ctx, &view).await?;
     let in_flight = c
         .status
         .as_ref()
@@ -173,6 +175,7 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
             None => plan_next(&c, &ctx, &view).await?,
         },
     };
+    let requeue = backup_due.map_or(requeue, |due| requeue.min(due));
     finish(&c, &ctx, &view, step, requeue).await
 }
 
@@ -216,12 +219,25 @@ async fn plan_next(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<(Step, Dur
             reason: "waiting for the first member to start".into(),
         }
     } else {
-        plan::next(&observe::planner_input(c, view, k8s_openapi::jiff::Timestamp::now()))
+        membership_step(c, view)
     };
     if step == Step::Converged {
         step = upgrade_step(c, ctx, view).await?;
     }
+    if let Some(why) = backups::before_change(c, &step)
+        && let Some(reason) = backups::gate(c, ctx, view, why).await?
+    {
+        step = Step::Wait { reason };
+    }
     if let Some(op) = operation(c, view, &step) {
+        if matches!(step, Step::Rebuild { .. }) && c.annotations().contains_key(disaster::RESTORE_ANNOTATION) {
+            // The request is used up before the rebuild is recorded: a crash in between asks
+            // the person again rather than rebuilding twice.
+            let api: Api<EtcdCluster> = ctx.api(c);
+            let patch = json!({"metadata": {"annotations": {disaster::RESTORE_ANNOTATION: null}}});
+            api.patch(&c.name(), &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+        }
         // Recorded before it is made: the next pass (or the next leader) makes it.
         ctx.record(c, &op).await?;
         let note = format!(
@@ -258,6 +274,40 @@ async fn plan_next(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<(Step, Dur
     Ok((step, requeue))
 }
 
+/// The membership's next step: the planner's, except when quorum is lost (the quorum-loss
+/// policy decides) and for the seed of a restored cluster (on its backup's node when the
+/// backup is kept on a host).
+fn membership_step(c: &EtcdCluster, view: &View) -> Step {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut obs = observe::planner_input(c, view, now);
+    let voters = obs.members.iter().filter(|m| m.voter).count();
+    let healthy = obs.members.iter().filter(|m| m.voter && m.healthy).count();
+    if voters > 0 && !plan::has_quorum(voters, healthy) && view.members.iter().any(ever_ran) {
+        let since = c
+            .status
+            .as_ref()
+            .and_then(|s| s.quorum_lost_since.as_ref())
+            .map(|t| t.0);
+        return disaster::quorum_lost(c, &view.backups, (healthy, voters), since, now);
+    }
+    if obs.members.is_empty()
+        && let Some(name) = disaster::restore_source(c)
+    {
+        let eligible: Vec<&str> = obs
+            .nodes
+            .iter()
+            .filter(|n| n.eligible)
+            .map(|n| n.name.as_str())
+            .collect();
+        match disaster::seed_node(view.restore.as_ref(), &name, &eligible) {
+            Ok(Some(node)) => obs.prefer_node = Some(node),
+            Ok(None) => {}
+            Err(reason) => return Step::Wait { reason },
+        }
+    }
+    plan::next(&obs)
+}
+
 /// Reports what was seen and chosen: status and the Service's endpoints.
 async fn finish(c: &EtcdCluster, ctx: &Ctx, view: &View, step: Step, requeue: Duration) -> Result<Action> {
     let report = status::build(c, view, &step);
@@ -284,6 +334,11 @@ fn check_names(c: &EtcdCluster) -> std::result::Result<(), String> {
 /// The change a step stands for, with the member it will create named now (so a resumed change
 /// creates the same one).
 fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
+    let backup = match step {
+        Step::Rebuild { backup } => Some(backup.clone()),
+        Step::Bootstrap { .. } => disaster::restore_source(c),
+        _ => None,
+    };
     let (kind, member, node) = match step {
         Step::Bootstrap { node } => ("BootstrapMember", new_member_name(c, view), node.clone()),
         Step::AddLearner { node } => ("AddLearner", new_member_name(c, view), node.clone()),
@@ -293,6 +348,7 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         Step::Upgrade { member } => ("UpgradeMember", member.clone(), node_of(view, member)),
         Step::Defragment { member } => ("DefragmentMember", member.clone(), node_of(view, member)),
         Step::RecoverSpace => ("RecoverSpace", String::new(), String::new()),
+        Step::Rebuild { .. } => ("RebuildFromBackup", String::new(), String::new()),
         Step::Wait { .. } | Step::Converged => return None,
     };
     Some(Operation {
@@ -303,6 +359,7 @@ fn operation(c: &EtcdCluster, view: &View, step: &Step) -> Option<Operation> {
         message: None,
         started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         generation: c.metadata.generation,
+        backup,
     })
 }
 
@@ -395,7 +452,22 @@ async fn observe_all(c: &EtcdCluster, ctx: &Ctx, access: &Access) -> Result<View
         .map(|n| observe::node_info(c, n))
         .collect();
     let etcd = observe::etcd_view(c, &members, access).await;
-    Ok(View { members, nodes, etcd })
+    let backups: Api<EtcdBackup> = ctx.api(c);
+    let (backups, others): (Vec<_>, Vec<_>) = backups
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .partition(|b| b.spec.cluster_name == c.name());
+    let restore = disaster::restore_source(c)
+        .and_then(|name| backups.iter().chain(&others).find(|b| b.name_any() == name).cloned());
+    Ok(View {
+        members,
+        backups,
+        restore,
+        nodes,
+        etcd,
+    })
 }
 
 /// The cluster CA and the controller's client identity, created once and kept in Secrets.

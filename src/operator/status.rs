@@ -2,6 +2,7 @@
 //! chose (pure). Conditions keep their lastTransitionTime while their status stays the same.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
 
 use crate::api::{EtcdCluster, EtcdClusterStatus, MemberStatus};
 use crate::operator::children;
@@ -11,6 +12,7 @@ use crate::operator::plan::{self, Step};
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
 
 /// Why the cluster is not where the spec wants it, when the reason is the spec or the nodes
 /// rather than a change in flight: the Degraded reason (and Event) for a wait.
@@ -21,6 +23,12 @@ pub fn spec_problem(reason: &str) -> Option<&'static str> {
         Some("UnsupportedUpgrade")
     } else if reason.starts_with("upgrade stopped") {
         Some("UpgradeFailed")
+    } else if reason.starts_with("quorum lost") {
+        Some("QuorumLost")
+    } else if reason.starts_with("restore:") {
+        Some("RestoreNotPossible")
+    } else if reason.starts_with("backup failed") {
+        Some("BackupFailed")
     } else {
         None
     }
@@ -170,34 +178,64 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         "Running"
     };
     let available_msg = format!("{ready} of {voters} voting members healthy");
+    // Quorum lost by a cluster that ran (not one still starting): the clock of the
+    // RestoreFromBackup policy, kept across passes.
+    let ran = view
+        .members
+        .iter()
+        .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some()));
+    let quorum_lost_since = (voters > 0 && !quorum && ran).then(|| {
+        prev.quorum_lost_since
+            .clone()
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()))
+    });
+    let mut conditions = vec![
+        condition(
+            &prev.conditions,
+            AVAILABLE,
+            quorum,
+            if quorum { "Quorum" } else { "NoQuorum" },
+            available_msg,
+            generation,
+        ),
+        condition(
+            &prev.conditions,
+            PROGRESSING,
+            progressing,
+            progress_reason,
+            progress_msg,
+            generation,
+        ),
+        condition(
+            &prev.conditions,
+            DEGRADED,
+            degraded,
+            degraded_reason,
+            degraded_msg,
+            generation,
+        ),
+    ];
+    // The newest finished backup says whether backups work.
+    let newest = view
+        .backups
+        .iter()
+        .filter(|b| b.finished())
+        .max_by_key(|b| b.status.as_ref().and_then(|s| s.completion_time.clone()).map(|t| t.0));
+    if let Some(b) = newest {
+        let ok = b.succeeded();
+        let why = b.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default();
+        conditions.push(condition(
+            &prev.conditions,
+            BACKUP_SUCCEEDED,
+            ok,
+            if ok { "Succeeded" } else { "Failed" },
+            format!("{}: {why}", b.name_any()),
+            generation,
+        ));
+    }
     EtcdClusterStatus {
         phase: Some(phase.into()),
-        conditions: vec![
-            condition(
-                &prev.conditions,
-                AVAILABLE,
-                quorum,
-                if quorum { "Quorum" } else { "NoQuorum" },
-                available_msg,
-                generation,
-            ),
-            condition(
-                &prev.conditions,
-                PROGRESSING,
-                progressing,
-                progress_reason,
-                progress_msg,
-                generation,
-            ),
-            condition(
-                &prev.conditions,
-                DEGRADED,
-                degraded,
-                degraded_reason,
-                degraded_msg,
-                generation,
-            ),
-        ],
+        conditions,
         observed_generation: Some(generation),
         ready_members: ready as i32,
         client_endpoints: members
@@ -213,7 +251,14 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
             .filter(|e| e.cluster_id != 0)
             .map(|e| format!("{:x}", e.cluster_id)),
         members,
-        last_backup: prev.last_backup,
+        last_backup: crate::backup::newest_good(&view.backups, &c.name_any())
+            .map(|b| b.name_any())
+            .or(prev.last_backup),
+        converged_generation: match step {
+            Step::Converged => Some(generation),
+            _ => prev.converged_generation,
+        },
+        quorum_lost_since,
         last_operation: prev.last_operation,
     }
 }
@@ -253,6 +298,7 @@ mod tests {
                     db_size_in_use: 4096,
                     leader: 1,
                     raft_index: 9,
+                    revision: 5,
                     is_learner: false,
                     errors: vec![],
                 };
@@ -261,6 +307,8 @@ mod tests {
             .collect();
         View {
             members: vec![],
+            backups: vec![],
+            restore: None,
             nodes: vec![],
             etcd: Some(EtcdView {
                 members,

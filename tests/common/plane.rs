@@ -137,6 +137,37 @@ impl Plane {
             .collect()
     }
 
+    /// Writes `<prefix><i>` = `v<i>` for i in 0..n through the cluster's Service endpoints.
+    pub fn put_keys(&self, cluster: &str, prefix: &str, n: usize) {
+        let (endpoints, tls, prefix) = (
+            self.service_endpoints(cluster, "https"),
+            self.client_tls(cluster),
+            prefix.to_string(),
+        );
+        runc_etcd::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+            let mut c = super::connect(endpoints, tls).await;
+            for i in 0..n {
+                c.put(format!("{prefix}{i}"), format!("v{i}"), None).await.expect("put");
+            }
+        });
+    }
+
+    /// Every key (with its value) through the cluster's Service endpoints.
+    pub fn all_keys(&self, cluster: &str) -> BTreeMap<String, String> {
+        let (endpoints, tls) = (self.service_endpoints(cluster, "https"), self.client_tls(cluster));
+        runc_etcd::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+            let mut c = super::connect(endpoints, tls).await;
+            let r = c
+                .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+                .await
+                .expect("get");
+            r.kvs()
+                .iter()
+                .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+                .collect()
+        })
+    }
+
     /// Reasons of the Events about the cluster.
     pub fn event_reasons(&self, cluster: &str) -> Vec<String> {
         self.events(cluster).into_iter().map(|(reason, _)| reason).collect()

@@ -128,10 +128,7 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
 
     // Restore into a scratch folder with the image's own tool; the live data is untouched until
     // the restored copy is complete.
-    let work = paths.dir.join("restore-work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).ctx("creating a restore folder", &work)?;
-    std::fs::copy(&snapshot, work.join("snapshot.db")).ctx("copying the snapshot", &snapshot)?;
+    let work = prepare_work(&paths, &snapshot)?;
     let mut new = record.clone();
     // A new token gives the restored cluster a new cluster ID: members of the old cluster cannot
     // mistake it for theirs.
@@ -158,6 +155,39 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
         archive,
         record: new,
     })
+}
+
+/// A clean `restore-work` folder holding a copy of the snapshot.
+fn prepare_work(paths: &layout::MemberPaths, snapshot: &Path) -> Result<PathBuf> {
+    let work = paths.dir.join("restore-work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).ctx("creating a restore folder", &work)?;
+    std::fs::copy(snapshot, work.join("snapshot.db")).ctx("copying the snapshot", snapshot)?;
+    Ok(work)
+}
+
+/// Writes a new member's data folder from a snapshot (its record, not yet on disk, names the
+/// member, its peer URL and cluster token). The folder must not hold data.
+pub(crate) async fn restore_data(engine: &Engine, record: &MemberRecord, snapshot: &Path) -> Result<()> {
+    let paths = engine.paths(&record.instance);
+    let work = prepare_work(&paths, snapshot)?;
+    // The tool's bundle mounts what the member's does: the data and pki folders and the config
+    // (written for real once the data is in place; until then an empty one).
+    let data = paths.data();
+    std::fs::create_dir_all(&data).ctx("creating the data folder", &data)?;
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .ctx("protecting the data folder", &data)?;
+    std::fs::create_dir_all(paths.pki()).ctx("creating the pki folder", paths.pki())?;
+    if !paths.etcd_conf().exists() {
+        write_atomic(&paths.etcd_conf(), b"", 0o600)?;
+    }
+    let restored = run_restore_tool(engine, record, &work).await;
+    if restored.is_ok() {
+        // rename replaces the (empty) folder made above.
+        std::fs::rename(work.join("data"), &data).ctx("moving the restored data into place", &data)?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    restored
 }
 
 /// `etcdutl snapshot restore` (etcd 3.5+) or `etcdctl snapshot restore` (3.4) in the member's

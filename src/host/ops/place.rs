@@ -26,6 +26,9 @@ pub struct WantedMember {
     /// None: plain HTTP.
     pub certs: Option<MemberCerts>,
     pub tuning: Tuning,
+    /// Start from this snapshot (a local file, already fetched and checked) instead of empty
+    /// data: the seed of a restored cluster, which gets a new cluster ID.
+    pub restore: Option<PathBuf>,
 }
 
 /// Installs the member (image, certificates, files, unit) unless it is installed, and makes sure
@@ -61,7 +64,12 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
         previous_image: None,
         initial_cluster: w.initial_cluster,
         initial_cluster_state: w.state,
-        cluster_token: w.instance.to_string(),
+        // A restored cluster's seed gets its own token, hence a new cluster ID: members of the
+        // cluster it came from cannot mistake it for theirs.
+        cluster_token: match &w.restore {
+            Some(_) => format!("{}-{}", w.instance, w.name),
+            None => w.instance.to_string(),
+        },
         hide_initial_cluster: false,
         tls: w.certs.is_some(),
         tuning: w.tuning,
@@ -70,6 +78,11 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
     engine.install_unit().await?;
     if let Some(certs) = &w.certs {
         pki::write(&engine.paths(&w.instance), certs, None)?;
+    }
+    if let Some(snapshot) = &w.restore {
+        // The data first, the record last: a crash in between leaves data without a record,
+        // which the next pass archives (archive_leftovers) before restoring again.
+        super::backup::restore_data(engine, &record, snapshot).await?;
     }
     engine.write_member_files(&record, &img.rootfs)?;
     tracing::info!("starting {} ({})", systemd::unit_name(&w.instance), w.name);

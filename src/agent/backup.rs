@@ -1,0 +1,209 @@
+//! The agent's part of backups: it takes the snapshots assigned to its node (the controller picks
+//! the node and writes the destination into status), stores them, deletes host-folder snapshots
+//! when their EtcdBackup is deleted, and fetches the snapshot a restored seed starts from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::Ctx;
+use crate::api::{EtcdBackup, EtcdBackupStatus};
+use crate::backup::{self, Bucket};
+use crate::error::{Error, IoContext, Result};
+use crate::host::write_atomic;
+use crate::operator::children::{self, BACKUP_FINALIZER};
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl Ctx {
+    fn backups(&self) -> Api<EtcdBackup> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    async fn backup_status(&self, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<()> {
+        self.backups()
+            .patch_status(
+                &b.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn bucket(&self, dest: &crate::api::S3Destination) -> Result<Bucket> {
+        let creds = backup::read_credentials(&self.client, &self.config.namespace, &dest.credentials_secret).await?;
+        Bucket::open(dest, &creds)
+    }
+}
+
+pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Action> {
+    let status = b.status.clone().unwrap_or_default();
+    if b.metadata.deletion_timestamp.is_some() {
+        return delete_stored(&b, &ctx, &status).await;
+    }
+    if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
+        return Ok(Action::await_change());
+    }
+    let running = EtcdBackupStatus {
+        phase: Some("Running".into()),
+        start_time: Some(now()),
+        message: Some(format!("taking a snapshot on node {}", ctx.config.node)),
+        ..status.clone()
+    };
+    ctx.backup_status(&b, &running).await?;
+    let done = match take(&b, &ctx, running.clone()).await {
+        Ok(s) => s,
+        Err(e) => EtcdBackupStatus {
+            phase: Some("Failed".into()),
+            completion_time: Some(now()),
+            message: Some(e.to_string()),
+            ..running
+        },
+    };
+    tracing::info!("backup {}: {:?} {:?}", b.name_any(), done.phase, done.message);
+    ctx.backup_status(&b, &done).await?;
+    Ok(Action::await_change())
+}
+
+/// Streams a snapshot from this node's member and stores it at the destination in status.
+async fn take(b: &EtcdBackup, ctx: &Ctx, status: EtcdBackupStatus) -> Result<EtcdBackupStatus> {
+    let dest = status
+        .destination
+        .clone()
+        .ok_or_else(|| Error::transient("taking a backup", "no destination in status yet"))?;
+    let record = ctx
+        .engine
+        .load(&ctx.instance)?
+        .ok_or_else(|| Error::Refused(format!("no member of {} runs on this node", ctx.instance)))?;
+    let access = ctx.engine.access(&record)?;
+    let endpoint = record.client_url();
+    let etcd = access.status(&endpoint).await?;
+    let part = ctx
+        .engine
+        .paths(&ctx.instance)
+        .dir
+        .join(format!("backup-{}.db", b.name_any()));
+    let (size, sha256) = access.snapshot(&endpoint, &part).await?;
+    let stored = store(b, ctx, &dest, &part).await;
+    let _ = std::fs::remove_file(&part);
+    let location = stored?;
+    Ok(EtcdBackupStatus {
+        phase: Some("Succeeded".into()),
+        member: Some(record.name.to_string()),
+        location: Some(location),
+        size_bytes: Some(size as i64),
+        sha256: Some(sha256),
+        revision: Some(etcd.revision),
+        etcd_version: Some(etcd.version),
+        completion_time: Some(now()),
+        message: Some(format!("{size} bytes at revision {}", etcd.revision)),
+        ..status
+    })
+}
+
+async fn store(b: &EtcdBackup, ctx: &Ctx, dest: &crate::api::BackupDestination, file: &Path) -> Result<String> {
+    let name = b.name_any();
+    if let Some(s3) = &dest.s3 {
+        let bucket = ctx.bucket(s3).await?;
+        let key = bucket.key(ctx.instance.as_str(), &name);
+        bucket.upload(file, &key).await?;
+        return Ok(bucket.location(&key));
+    }
+    let host = dest
+        .host_path
+        .as_ref()
+        .ok_or_else(|| Error::invalid("status.destination", "no destination", "the controller sets it"))?;
+    let dir = backup::host_dir(host, ctx.instance.as_str(), &name)?;
+    std::fs::create_dir_all(&dir).ctx("creating a backup folder", &dir)?;
+    let to = dir.join("snapshot.db");
+    // Another filesystem cannot take a rename: copy then.
+    if std::fs::rename(file, &to).is_err() {
+        std::fs::copy(file, &to).ctx("copying a snapshot", &to)?;
+    }
+    let about = json!({"backup": name, "cluster": b.spec.cluster_name, "instance": ctx.instance.as_str()});
+    write_atomic(&dir.join("backup.json"), about.to_string().as_bytes(), 0o600)?;
+    Ok(to.display().to_string())
+}
+
+/// A host-folder snapshot goes with its EtcdBackup (S3 objects are deleted by the controller).
+async fn delete_stored(b: &EtcdBackup, ctx: &Ctx, status: &EtcdBackupStatus) -> Result<Action> {
+    let on_host = status.destination.as_ref().is_some_and(|d| d.host_path.is_some());
+    if !b.finalizers().iter().any(|f| f == BACKUP_FINALIZER) || !on_host {
+        return Ok(Action::await_change());
+    }
+    if let (Some(location), Some(host)) = (
+        &status.location,
+        status.destination.as_ref().and_then(|d| d.host_path.as_ref()),
+    ) {
+        let dir = backup::host_dir(host, ctx.instance.as_str(), &b.name_any())?;
+        // Only ever the backup's own folder, whatever the location says.
+        if Path::new(location).parent() == Some(dir.as_path()) && dir.exists() {
+            std::fs::remove_dir_all(&dir).ctx("deleting a backup", &dir)?;
+            tracing::info!("backup {}: deleted {}", b.name_any(), dir.display());
+        }
+    }
+    let patch = children::finalizers_patch(b, None, Some(BACKUP_FINALIZER));
+    ctx.backups()
+        .patch(&b.name_any(), &PatchParams::default(), &patch)
+        .await?;
+    Ok(Action::await_change())
+}
+
+pub(super) fn error_policy(b: Arc<EtcdBackup>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("backup {}: {e}", b.name_any());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The snapshot of EtcdBackup `name`, on this node and checked against its sha256: the file a
+/// restored seed starts from.
+pub(super) async fn fetch_snapshot(ctx: &Ctx, name: &str) -> Result<PathBuf> {
+    let field = "spec.restoreFrom";
+    let b = ctx.backups().get_opt(name).await?.ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!("EtcdBackup {name} does not exist"),
+            "name an existing backup",
+        )
+    })?;
+    let s = b.status.clone().unwrap_or_default();
+    let (Some(location), Some(sha256), Some(dest)) = (&s.location, &s.sha256, &s.destination) else {
+        return Err(Error::invalid(
+            field,
+            format!("EtcdBackup {name} has not succeeded"),
+            "name a Succeeded backup",
+        ));
+    };
+    let file = if let Some(s3) = &dest.s3 {
+        let bucket = ctx.bucket(s3).await?;
+        let to = ctx.engine.paths(&ctx.instance).dir.join(format!("restore-{name}.db"));
+        std::fs::create_dir_all(ctx.engine.paths(&ctx.instance).dir).ctx("creating the member folder", &to)?;
+        bucket.download(bucket.key_of(location)?, &to).await?;
+        to
+    } else {
+        if s.node_name.as_deref() != Some(ctx.config.node.as_str()) {
+            return Err(Error::invalid(
+                field,
+                format!("EtcdBackup {name} is kept on node {:?}, not here", s.node_name),
+                "place the restored seed on the backup's node",
+            ));
+        }
+        PathBuf::from(location)
+    };
+    if backup::sha256_file(&file)? != *sha256 {
+        return Err(Error::invalid(
+            field,
+            format!("the snapshot of {name} at {location} does not match its sha256"),
+            "restore from another backup",
+        ));
+    }
+    Ok(file)
+}

@@ -1,0 +1,398 @@
+//! Backups from the controller's side: it picks the node whose agent takes each backup (a healthy
+//! member's, followers before the leader) and writes the destination into its status, creates
+//! scheduled backups (`spec.backup.schedule`) and deletes the oldest past `retention`, takes one
+//! before every resize and upgrade, and deletes S3 snapshots of deleted EtcdBackups. The agents
+//! stream and store the snapshots (`agent::backup`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use serde_json::json;
+
+use crate::api::{EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
+use crate::backup::{self, Bucket};
+use crate::error::{Error, Result};
+use crate::operator::children::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL, finalizers_patch};
+use crate::operator::observe::View;
+use crate::operator::plan::Step;
+use crate::operator::reconcile::Ctx;
+
+/// Why a backup was made: scheduled, before-change (or absent: on demand by a user).
+pub const REASON_LABEL: &str = "runc-etcd.io/backup-reason";
+/// The schedule's fire time a scheduled backup stands for (RFC 3339).
+pub const SCHEDULED_FOR: &str = "runc-etcd.io/scheduled-for";
+
+/// A cron expression (5 fields, or 6 with leading seconds), UTC.
+pub fn parse_schedule(s: &str) -> std::result::Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(s)
+        .map_err(|e| format!("spec.backup.schedule {s:?} is not a cron expression: {e}"))
+}
+
+/// The schedule's state: the fire time a backup is due for now (if any), and when to look next.
+pub fn due(
+    cron: &croner::Cron,
+    last: Option<DateTime<Utc>>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let base = last.unwrap_or(since);
+    let Ok(next) = cron.find_next_occurrence(&base, false) else {
+        return (None, None);
+    };
+    if next > now {
+        return (None, Some(next));
+    }
+    // Missed occurrences (the controller was down) make one backup, for the latest of them.
+    let mut fire = next;
+    while let Ok(n) = cron.find_next_occurrence(&fire, false) {
+        if n > now {
+            return (Some(fire), Some(n));
+        }
+        fire = n;
+    }
+    (Some(fire), None)
+}
+
+fn scheduled_for(b: &EtcdBackup) -> Option<DateTime<Utc>> {
+    let at = b.annotations().get(SCHEDULED_FOR)?;
+    DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn is_scheduled(b: &EtcdBackup) -> bool {
+    b.labels().get(REASON_LABEL).map(String::as_str) == Some("scheduled")
+}
+
+/// Scheduled backups past `retention` (finished ones, the oldest first); a backup still being
+/// taken is never deleted.
+pub fn expired(backups: &[EtcdBackup], retention: usize) -> Vec<String> {
+    let mut done: Vec<&EtcdBackup> = backups
+        .iter()
+        .filter(|b| is_scheduled(b) && b.finished() && b.metadata.deletion_timestamp.is_none())
+        .collect();
+    done.sort_by_key(|b| (scheduled_for(b), b.name_any()));
+    let extra = done.len().saturating_sub(retention.max(1));
+    done.iter().take(extra).map(|b| b.name_any()).collect()
+}
+
+/// The member (and its node) to take a backup from: a healthy voter, a follower before the
+/// leader (a snapshot loads the member that sends it).
+pub fn pick_member(view: &View) -> Option<(String, String)> {
+    let etcd = view.etcd.as_ref()?;
+    view.members
+        .iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter_map(|o| {
+            let m = etcd
+                .members
+                .iter()
+                .find(|m| m.name == o.spec.member_name && !m.is_learner && etcd.healthy.contains_key(&m.id))?;
+            Some((
+                m.id == etcd.leader,
+                o.spec.member_name.clone(),
+                o.spec.node_name.clone(),
+            ))
+        })
+        .min()
+        .map(|(_, member, node)| (member, node))
+}
+
+/// Whether `step` changes a cluster that had converged on an earlier spec (a resize or an
+/// upgrade, not its first build or a member replacement): such a change waits for a backup.
+pub fn before_change(c: &EtcdCluster, step: &Step) -> Option<&'static str> {
+    let converged = c.status.as_ref()?.converged_generation?;
+    if Some(converged) >= c.metadata.generation {
+        return None;
+    }
+    match step {
+        Step::AddLearner { .. } | Step::Remove { .. } => Some("resize"),
+        Step::Upgrade { .. } => Some("upgrade"),
+        _ => None,
+    }
+}
+
+fn new_backup(c: &EtcdCluster, name: &str, reason: &str, scheduled: Option<DateTime<Utc>>) -> EtcdBackup {
+    let mut b = EtcdBackup::new(
+        name,
+        EtcdBackupSpec {
+            cluster_name: c.name_any(),
+        },
+    );
+    b.metadata.namespace = c.namespace();
+    b.metadata.labels = Some([(REASON_LABEL.to_string(), reason.to_string())].into());
+    if let Some(at) = scheduled {
+        b.metadata.annotations = Some([(SCHEDULED_FOR.to_string(), at.to_rfc3339())].into());
+    }
+    b
+}
+
+async fn create_or_keep(api: &Api<EtcdBackup>, b: &EtcdBackup) -> Result<()> {
+    match api.create(&PostParams::default(), b).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The gate before a resize or upgrade: None when its backup (one per spec generation) has
+/// succeeded, else why to wait.
+pub async fn gate(c: &EtcdCluster, ctx: &Ctx, view: &View, why: &str) -> Result<Option<String>> {
+    let name = format!("{}-before-gen{}", c.name_any(), c.metadata.generation.unwrap_or(0));
+    let Some(b) = view.backups.iter().find(|b| b.name_any() == name) else {
+        create_or_keep(&ctx.api(c), &new_backup(c, &name, "before-change", None)).await?;
+        ctx.event(
+            c,
+            EventType::Normal,
+            "BackupBeforeChange",
+            None,
+            format!("{name}, before the {why}"),
+        )
+        .await;
+        return Ok(Some(format!("taking backup {name} before the {why}")));
+    };
+    Ok(match b.phase() {
+        "Succeeded" => None,
+        "Failed" => Some(format!(
+            "backup failed: {name} (before the {why}): {}; fix the destination, or delete EtcdBackup {name} to try again",
+            b.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+        )),
+        _ => Some(format!("taking backup {name} before the {why}")),
+    })
+}
+
+/// Assigns new backups to a node, keeps the schedule and retention. Returns when to look again.
+pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Duration>> {
+    let api: Api<EtcdBackup> = ctx.api(c);
+    for b in view.backups.iter().filter(|b| b.metadata.deletion_timestamp.is_none()) {
+        let assigned = b.status.as_ref().is_some_and(|s| s.node_name.is_some());
+        if assigned || b.finished() {
+            continue;
+        }
+        let Some((member, node)) = pick_member(view) else {
+            continue; // no healthy member yet: looked at again on the next pass
+        };
+        let mut labels = b.labels().clone();
+        labels.insert(CLUSTER_LABEL.into(), c.name_any());
+        labels.insert(NODE_LABEL.into(), node.clone());
+        let mut finalizers = b.finalizers().to_vec();
+        if !finalizers.iter().any(|f| f == BACKUP_FINALIZER) {
+            finalizers.push(BACKUP_FINALIZER.into());
+        }
+        let meta = json!({"metadata": {"labels": labels, "finalizers": finalizers}});
+        api.patch(&b.name_any(), &PatchParams::default(), &Patch::Merge(meta))
+            .await?;
+        let status = EtcdBackupStatus {
+            phase: Some("Pending".into()),
+            node_name: Some(node.clone()),
+            member: Some(member.clone()),
+            destination: Some(backup::destination(c.spec.backup.as_ref())),
+            message: Some(format!("the agent on node {node} takes it from {member}")),
+            ..Default::default()
+        };
+        api.patch_status(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    }
+
+    let Some(spec) = &c.spec.backup else {
+        return Ok(None);
+    };
+    for name in expired(&view.backups, spec.retention as usize) {
+        api.delete(&name, &DeleteParams::default()).await?;
+        ctx.event(
+            c,
+            EventType::Normal,
+            "BackupExpired",
+            None,
+            format!("{name} (retention {})", spec.retention),
+        )
+        .await;
+    }
+    let Some(schedule) = &spec.schedule else {
+        return Ok(None);
+    };
+    let cron = parse_schedule(schedule).map_err(|e| {
+        Error::invalid(
+            "spec.backup.schedule",
+            e,
+            "use a cron expression such as \"0 */6 * * *\"",
+        )
+    })?;
+    let last = view
+        .backups
+        .iter()
+        .filter(|b| is_scheduled(b))
+        .filter_map(scheduled_for)
+        .max();
+    let since = c
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+        .unwrap_or_else(Utc::now);
+    let now = Utc::now();
+    let (fire, next) = due(&cron, last, since, now);
+    if let Some(at) = fire {
+        let name = format!("{}-{}", c.name_any(), at.format("%Y%m%d-%H%M%S"));
+        create_or_keep(&api, &new_backup(c, &name, "scheduled", Some(at))).await?;
+        ctx.event(c, EventType::Normal, "BackupScheduled", None, name).await;
+    }
+    Ok(next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(50)))
+}
+
+/// Deleted EtcdBackups: the controller deletes S3 snapshots itself; a host-folder snapshot is
+/// the agent's (on the node that keeps it), unless no agent will ever come (the cluster or the
+/// node is gone): then the object goes and an Event says where the files stay.
+pub async fn finalize(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Action> {
+    if b.metadata.deletion_timestamp.is_none() || !b.finalizers().iter().any(|f| f == BACKUP_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = b.namespace().unwrap_or_default();
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let status = b.status.clone().unwrap_or_default();
+    let dest = status.destination.clone().unwrap_or(crate::api::BackupDestination {
+        s3: None,
+        host_path: None,
+    });
+    match (&dest.s3, &status.location) {
+        (Some(s3), Some(location)) => {
+            let creds = backup::read_credentials(&ctx.client, &ns, &s3.credentials_secret).await?;
+            let bucket = Bucket::open(s3, &creds)?;
+            bucket.delete(bucket.key_of(location)?).await?;
+            tracing::info!("backup {}: deleted {location}", b.name_any());
+        }
+        (None, Some(location)) => {
+            let clusters: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
+            let cluster = clusters.get_opt(&b.spec.cluster_name).await?;
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+            let node = match &status.node_name {
+                Some(n) => nodes.get_opt(n).await?,
+                None => None,
+            };
+            let agent_comes = cluster.is_some_and(|c| c.metadata.deletion_timestamp.is_none()) && node.is_some();
+            if agent_comes {
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            tracing::warn!(
+                "backup {}: no agent will delete {location} on node {:?}; the file stays there",
+                b.name_any(),
+                status.node_name
+            );
+        }
+        _ => {} // never stored
+    }
+    let patch = finalizers_patch(&*b, None, Some(BACKUP_FINALIZER));
+    api.patch(&b.name_any(), &PatchParams::default(), &patch).await?;
+    Ok(Action::await_change())
+}
+
+pub fn finalize_error(b: Arc<EtcdBackup>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("backup {}: {e}", b.name_any());
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn schedules_take_five_fields_or_six_with_seconds() {
+        assert!(parse_schedule("0 */6 * * *").is_ok());
+        assert!(parse_schedule("*/15 * * * * *").is_ok());
+        let e = parse_schedule("every hour").unwrap_err();
+        assert!(e.contains("spec.backup.schedule"), "{e}");
+    }
+
+    #[test]
+    fn a_due_backup_is_made_once_for_the_latest_missed_time() {
+        let cron = parse_schedule("0 * * * *").unwrap();
+        let created = at("2026-01-01T10:30:00Z");
+        // Not yet due: look again at 11:00.
+        let (fire, next) = due(&cron, None, created, at("2026-01-01T10:59:00Z"));
+        assert_eq!((fire, next), (None, Some(at("2026-01-01T11:00:00Z"))));
+        // Due at 11:00.
+        let (fire, next) = due(&cron, None, created, at("2026-01-01T11:00:05Z"));
+        assert_eq!(fire, Some(at("2026-01-01T11:00:00Z")));
+        assert_eq!(next, Some(at("2026-01-01T12:00:00Z")));
+        // Made at 11:00; the controller was down until 14:20: one backup, for 14:00.
+        let (fire, _) = due(
+            &cron,
+            Some(at("2026-01-01T11:00:00Z")),
+            created,
+            at("2026-01-01T14:20:00Z"),
+        );
+        assert_eq!(fire, Some(at("2026-01-01T14:00:00Z")));
+        // And once 14:00 is made, nothing until 15:00.
+        let (fire, next) = due(
+            &cron,
+            Some(at("2026-01-01T14:00:00Z")),
+            created,
+            at("2026-01-01T14:20:00Z"),
+        );
+        assert_eq!((fire, next), (None, Some(at("2026-01-01T15:00:00Z"))));
+    }
+
+    fn backup(name: &str, hour: u32, phase: &str, scheduled: bool) -> EtcdBackup {
+        let c: EtcdCluster = serde_json::from_value(json!({
+            "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
+            "metadata": {"name": "main", "namespace": "prod"}, "spec": {"version": "3.5.16"}}))
+        .unwrap();
+        let when = at(&format!("2026-01-01T{hour:02}:00:00Z"));
+        let reason = if scheduled { "scheduled" } else { "before-change" };
+        let mut b = new_backup(&c, name, reason, scheduled.then_some(when));
+        b.status = Some(EtcdBackupStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
+        b
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_finished_scheduled_backups_only() {
+        let all = vec![
+            backup("b10", 10, "Succeeded", true),
+            backup("b11", 11, "Failed", true),
+            backup("b12", 12, "Succeeded", true),
+            backup("b13", 13, "Running", true),
+            backup("pre", 9, "Succeeded", false),
+        ];
+        assert_eq!(expired(&all, 1), vec!["b10", "b11"]);
+        assert_eq!(expired(&all, 3), Vec::<String>::new());
+        assert_eq!(expired(&all, 0), vec!["b10", "b11"], "at least one is kept");
+    }
+
+    #[test]
+    fn only_a_resize_or_upgrade_of_a_converged_cluster_waits_for_a_backup() {
+        let mut c: EtcdCluster = serde_json::from_value(json!({
+            "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
+            "metadata": {"name": "main", "namespace": "prod", "generation": 3}, "spec": {"version": "3.5.16"}}))
+        .unwrap();
+        let grow = Step::AddLearner { node: "n4".into() };
+        assert_eq!(before_change(&c, &grow), None, "never converged: its first build");
+        c.status = Some(crate::api::EtcdClusterStatus {
+            converged_generation: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(before_change(&c, &grow), None, "same spec: a replacement");
+        c.status.as_mut().unwrap().converged_generation = Some(2);
+        assert_eq!(before_change(&c, &grow), Some("resize"));
+        let up = Step::Upgrade { member: "m1".into() };
+        assert_eq!(before_change(&c, &up), Some("upgrade"));
+        let promote = Step::Promote { member: "m1".into() };
+        assert_eq!(before_change(&c, &promote), None);
+    }
+}

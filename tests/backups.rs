@@ -1,0 +1,250 @@
+//! Backups and restores end to end: EtcdBackups taken by the agents from real members, stored in
+//! a host folder or a real S3-compatible server (s3s-fs), kept as configured, restored into a
+//! new cluster, and used to rebuild a cluster that lost quorum, on request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::plane::*;
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use runc_etcd::api::{EtcdBackup, EtcdMember};
+use runc_etcd::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
+
+fn backups(p: &Plane) -> Vec<EtcdBackup> {
+    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), NS);
+    p.rt.block_on(api.list(&ListParams::default())).unwrap().items
+}
+
+fn backup(p: &Plane, name: &str) -> Option<EtcdBackup> {
+    backups(p)
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some(name))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A Succeeded backup says where it is, how big, its checksum, revision and version.
+fn assert_complete(b: &EtcdBackup) {
+    let s = b.status.clone().unwrap();
+    assert_eq!(s.phase.as_deref(), Some("Succeeded"), "{s:?}");
+    assert!(s.size_bytes.unwrap() > 0 && s.revision.unwrap() > 0, "{s:?}");
+    assert_eq!(s.sha256.as_ref().unwrap().len(), 64, "{s:?}");
+    assert_eq!(s.etcd_version.as_deref(), Some(V_MID));
+    assert!(s.start_time.is_some() && s.completion_time.is_some() && s.location.is_some());
+}
+
+#[test]
+fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
+    let p = Plane::up(4);
+    let image = p.lab.image(V_MID);
+    let every10s =
+        "  backup:\n    schedule: '*/10 * * * * *'\n    retention: 2\n    hostPath:\n      path: /var/backups/etcd\n";
+    p.apply(&cluster_yaml("main", 3, &image, every10s)).unwrap();
+    p.wait_ready("main", 3, 180);
+    p.put_keys("main", "k/", 50);
+    let written = p.all_keys("main");
+
+    // Scheduled backups appear as EtcdBackups; retention keeps the newest two (the older ones
+    // are deleted with their files).
+    let node_host = |node: &str| (1..=4u8).find(|n| p.cp.node_name(p.lab.host(*n)) == node).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    eventually("four scheduled backups taken", 90, || {
+        seen.extend(backups(&p).into_iter().filter_map(|b| b.metadata.name));
+        seen.len() >= 4
+    });
+    // The schedule stops here (the backups kept must stay for the restore below).
+    p.apply(&cluster_yaml(
+        "main",
+        3,
+        &image,
+        "  backup:\n    schedule: null\n    retention: 2\n    hostPath:\n      path: /var/backups/etcd\n",
+    ))
+    .unwrap();
+    eventually("retention down to 2", 30, || {
+        let done: Vec<_> = backups(&p).into_iter().filter(|b| b.finished()).collect();
+        done.len() <= 2
+    });
+    assert!(p.event_count("main", "BackupExpired") >= 1);
+    let kept: Vec<EtcdBackup> = backups(&p).into_iter().filter(|b| b.succeeded()).collect();
+    assert!(!kept.is_empty() && kept.len() <= 2, "{kept:?}");
+    for b in &kept {
+        assert_complete(b);
+        // The file is on the node that took it, with the recorded checksum.
+        let s = b.status.clone().unwrap();
+        let h = p.lab.host(node_host(s.node_name.as_deref().unwrap()));
+        let bytes = std::fs::read(h.path(s.location.as_deref().unwrap())).unwrap();
+        assert_eq!(sha256(&bytes), s.sha256.unwrap());
+    }
+    let gone: Vec<&String> = seen
+        .iter()
+        .filter(|n| !kept.iter().any(|b| b.metadata.name.as_ref() == Some(n)))
+        .collect();
+    assert!(!gone.is_empty());
+    eventually("the expired backups' folders deleted on every host", 30, || {
+        (1..=4u8).all(|n| {
+            gone.iter().all(|name| {
+                !p.lab
+                    .host(n)
+                    .path(&format!("/var/backups/etcd/default.main/{name}"))
+                    .exists()
+            })
+        })
+    });
+    let status = p.get("main").unwrap().status.unwrap();
+    assert!(status.last_backup.is_some());
+    assert_eq!(condition(&p.get("main").unwrap(), "BackupSucceeded"), Some("True"));
+
+    // A backup taken after the writes restores into a new cluster (on the backup's node, other
+    // ports) with exactly those keys and a new cluster ID.
+    let newest = kept.iter().max_by_key(|b| b.status.as_ref().unwrap().revision).unwrap();
+    let name = newest.metadata.name.clone().unwrap();
+    let copy = format!(
+        "  ports: {{client: 12379, peer: 12380, metrics: 12381}}\n  bootstrap:\n    restore:\n      backupName: {name}\n"
+    );
+    p.apply(&cluster_yaml("copy", 1, &image, &copy)).unwrap();
+    let c = p.wait_ready("copy", 1, 180);
+    let seed = &c.status.clone().unwrap().members[0];
+    assert_eq!(Some(&seed.node), newest.status.as_ref().unwrap().node_name.as_ref());
+    let mut restored = p.all_keys("copy");
+    restored.retain(|k, _| k.starts_with("k/"));
+    let mut expected = written.clone();
+    expected.retain(|k, _| k.starts_with("k/"));
+    assert_eq!(restored, expected);
+    assert_ne!(
+        c.status.unwrap().cluster_id,
+        p.get("main").unwrap().status.unwrap().cluster_id,
+        "a restored cluster has its own ID"
+    );
+
+    // Growing the restored cluster is a resize of a converged cluster: a backup comes first.
+    p.apply(&cluster_yaml("copy", 2, &image, &copy)).unwrap();
+    p.wait_ready("copy", 2, 180);
+    let before = backup(&p, "copy-before-gen2").expect("a backup before the resize");
+    assert_complete(&before);
+    assert!(p.event_count("copy", "BackupBeforeChange") >= 1);
+    let mut after = p.all_keys("copy");
+    after.retain(|k, _| k.starts_with("k/"));
+    assert_eq!(after, expected);
+}
+
+#[test]
+fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
+    let p = Plane::up(5);
+    let s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), NS);
+    let creds: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {"accessKeyId": S3_ACCESS_KEY, "secretAccessKey": S3_SECRET_KEY}}))
+    .unwrap();
+    p.rt.block_on(secrets.create(&PostParams::default(), &creds)).unwrap();
+    let image = p.lab.image(V_MID);
+    let spec = format!(
+        "  backup:\n    s3:\n      endpoint: http://{}\n      bucket: etcd-backups\n      prefix: lab\n      credentialsSecret: s3-creds\n",
+        s3.address
+    );
+    p.apply(&cluster_yaml("main", 3, &image, &spec)).unwrap();
+    let before = p.wait_ready("main", 3, 180);
+    p.put_keys("main", "a/", 30);
+    let backed_up = p.all_keys("main");
+
+    // An on-demand backup, stored in the bucket with the checksum it reports.
+    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), NS);
+    let b: EtcdBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": "nightly"}, "spec": {"clusterName": "main"}}))
+    .unwrap();
+    p.rt.block_on(api.create(&PostParams::default(), &b)).unwrap();
+    eventually("the backup succeeds", 60, || {
+        backup(&p, "nightly").is_some_and(|b| b.finished())
+    });
+    let b = backup(&p, "nightly").unwrap();
+    assert_complete(&b);
+    let s = b.status.clone().unwrap();
+    assert_eq!(
+        s.location.as_deref(),
+        Some("s3://etcd-backups/lab/default.main/nightly/snapshot.db")
+    );
+    let object = p.lab.dir.join("s3/etcd-backups/lab/default.main/nightly/snapshot.db");
+    assert_eq!(sha256(&std::fs::read(&object).unwrap()), s.sha256.unwrap());
+
+    // Writes after the backup, then two of the three members' hosts lose power.
+    p.put_keys("main", "b/", 10);
+    let members = before.status.unwrap().members;
+    let host_of = |node: &str| (1..=5u8).find(|n| p.cp.node_name(p.lab.host(*n)) == node).unwrap();
+    let lost: Vec<u8> = members.iter().take(2).map(|m| host_of(&m.node)).collect();
+    let survivor = host_of(&members[2].node);
+    for &n in &lost {
+        p.lab.host(n).power_off(false);
+        p.rt.block_on(p.cp.set_node_ready(p.lab.host(n), false)).unwrap();
+    }
+
+    // Manual (the default): reported, with what to do, and nothing is destroyed.
+    let c = p.wait("main", "QuorumLost reported", 90, |c| {
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("QuorumLost")
+    });
+    let degraded = c
+        .status
+        .clone()
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.reason, "QuorumLost");
+    assert!(
+        degraded.message.contains("runc-etcd.io/restore-from-backup=latest"),
+        "{}",
+        degraded.message
+    );
+    eventually("a QuorumLost event", 30, || p.event_count("main", "QuorumLost") >= 1);
+    std::thread::sleep(Duration::from_secs(10));
+    let objs: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
+    assert_eq!(p.rt.block_on(objs.list(&ListParams::default())).unwrap().items.len(), 3);
+    let unit = "runc-etcd@default.main.service";
+    assert!(
+        p.lab
+            .host(survivor)
+            .exec(&["systemctl", "is-active", "--quiet", unit])
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(
+        p.lab
+            .host(survivor)
+            .path("/var/lib/runc-etcd/default.main/data/member")
+            .is_dir()
+    );
+
+    // The explicit request: rebuilt from the newest good backup, with exactly its keys.
+    let request = serde_json::json!({"metadata": {"annotations": {"runc-etcd.io/restore-from-backup": "latest"}}});
+    p.rt.block_on(
+        p.clusters()
+            .patch("main", &PatchParams::default(), &Patch::Merge(request)),
+    )
+    .unwrap();
+    let c = p.wait_ready("main", 3, 300);
+    assert!(
+        !c.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("runc-etcd.io/restore-from-backup")
+    );
+    assert_eq!(p.all_keys("main"), backed_up, "exactly the backed-up keys");
+    assert_eq!(p.event_count("main", "RebuildFromBackupSucceeded"), 1);
+    // The survivor's old data was archived, not deleted.
+    let archive = p.lab.host(survivor).path("/var/lib/runc-etcd/default.main/archive");
+    assert!(std::fs::read_dir(archive).unwrap().count() >= 1);
+
+    // Deleting the EtcdBackup deletes its object in the bucket.
+    p.rt.block_on(api.delete("nightly", &DeleteParams::default())).unwrap();
+    eventually("the EtcdBackup is gone", 30, || backup(&p, "nightly").is_none());
+    assert!(!object.exists());
+    drop(s3);
+}
