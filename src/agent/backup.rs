@@ -53,6 +53,14 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
         return Ok(Action::await_change());
     }
+    // The watch cache may lag behind this agent's own last write: one snapshot per backup.
+    let Some(b) = ctx.backups().get_opt(&b.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    if b.finished() {
+        return Ok(Action::await_change());
+    }
+    let status = b.status.clone().unwrap_or_default();
     let running = EtcdBackupStatus {
         phase: Some("Running".into()),
         start_time: Some(now()),

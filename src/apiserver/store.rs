@@ -67,6 +67,20 @@ pub fn name_of(obj: &Value) -> String {
     meta(obj)["name"].as_str().unwrap_or_default().to_string()
 }
 
+/// A Secret's write-only `stringData` goes into `data` (base64), overriding the same keys.
+fn secret_string_data(r: &Resource, obj: &mut Value) {
+    if r.kind != "Secret" {
+        return;
+    }
+    let Some(strings) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    for (k, v) in strings.as_object().into_iter().flatten() {
+        let text = v.as_str().unwrap_or_default();
+        obj["data"][k] = json!(k8s_openapi::ByteString(text.as_bytes().to_vec()));
+    }
+}
+
 fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -155,6 +169,7 @@ impl Store {
         }
         obj["apiVersion"] = json!(r.api_version());
         obj["kind"] = json!(r.kind);
+        secret_string_data(r, &mut obj);
         self.bump(&mut obj);
         self.objects.insert(key, obj.clone());
         self.record("ADDED", r, obj.clone());
@@ -162,8 +177,10 @@ impl Store {
     }
 
     /// Replaces an object (update, patch or status write already applied to a copy of it).
+    /// A Secret's `stringData` is folded into `data`, as a real API server does.
     /// `status_only`: a write to the status subresource, which changes nothing else.
     pub fn replace(&mut self, r: &Resource, ns: &str, mut new: Value, status_only: bool) -> ApiResult<Value> {
+        secret_string_data(r, &mut new);
         let name = name_of(&new);
         let key = (r.key(), ns.to_string(), name.clone());
         let old = self

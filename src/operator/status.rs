@@ -164,9 +164,14 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         _ if unhealthy.is_empty() => "every member is healthy".into(),
         _ => format!("unhealthy: {}", unhealthy.join(", ")),
     };
+    // Some member ran (a cluster that loses every answer then has lost quorum, it is not new).
+    let ran = view
+        .members
+        .iter()
+        .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some()));
     let phase = if c.metadata.deletion_timestamp.is_some() {
         "Deleting"
-    } else if voters > 0 && !quorum && view.etcd.is_some() {
+    } else if voters > 0 && !quorum && (view.etcd.is_some() || ran) {
         "QuorumLost"
     } else if ready == 0 {
         "Creating"
@@ -180,10 +185,6 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
     let available_msg = format!("{ready} of {voters} voting members healthy");
     // Quorum lost by a cluster that ran (not one still starting): the clock of the
     // RestoreFromBackup policy, kept across passes.
-    let ran = view
-        .members
-        .iter()
-        .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some()));
     let quorum_lost_since = (voters > 0 && !quorum && ran).then(|| {
         prev.quorum_lost_since
             .clone()
