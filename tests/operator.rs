@@ -523,51 +523,76 @@ fn available_with(c: &runc_etcd::api::EtcdCluster, n: i32) -> bool {
     s.ready_members == n && s.members.len() == n as usize && condition(c, "Available") == Some("True")
 }
 
+/// The cluster spec at etcd `version` (its lab image).
+fn at_version(p: &Plane, version: &str) -> String {
+    cluster_yaml("main", 3, &p.lab.image(version), "")
+        .replace(&format!("version: {V_MID}"), &format!("version: {version}"))
+}
+
+/// Whether the cluster reports `reason` in its Degraded condition with a message containing `text`.
+fn degraded_by(c: &runc_etcd::api::EtcdCluster, reason: &str, text: &str) -> bool {
+    c.status
+        .clone()
+        .unwrap_or_default()
+        .conditions
+        .iter()
+        .any(|x| x.type_ == "Degraded" && x.reason == reason && x.message.contains(text))
+}
+
 #[test]
 fn rolling_upgrades_and_settings_go_member_by_member_and_a_downgrade_is_refused() {
     let p = Plane::up(3);
-    p.apply(&cluster_yaml("main", 3, &p.lab.image(V_MID), "")).unwrap();
+    p.apply(&at_version(&p, V_OLD)).unwrap();
     let c = p.wait_ready("main", 3, 180);
-    let s = c.status.clone().unwrap();
-    let leader = s
-        .members
-        .iter()
-        .find(|m| m.role.as_deref() == Some("leader"))
-        .unwrap()
-        .name
-        .clone();
-    let writer = Writer::start_with(&p.lab, s.client_endpoints.clone(), p.client_tls("main"));
+    assert_eq!(c.status.clone().unwrap().current_version.as_deref(), Some(V_OLD));
 
-    // 3.5.16 → 3.5.30 under writes.
-    let new = cluster_yaml("main", 3, &p.lab.image(V_NEW), "")
-        .replace(&format!("version: {V_MID}"), &format!("version: {V_NEW}"));
-    p.apply(&new).unwrap();
-    let c = p.wait("main", "upgraded", 300, |c| {
-        let s = c.status.clone().unwrap_or_default();
-        available_with(c, 3)
-            && s.current_version.as_deref() == Some(V_NEW)
-            && condition(c, "Progressing") == Some("False")
+    // 3.4 → 3.6 skips a minor version: refused in status, nothing touched.
+    p.apply(&at_version(&p, "3.6.0")).unwrap();
+    p.wait("main", "the skip refused", 60, |c| {
+        degraded_by(c, "UnsupportedUpgrade", "3.6.0")
     });
-    let acked = writer.stop();
-    assert!(acked.len() > 50, "the writer made progress: {}", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
 
-    // One member at a time, the leader last, an Event for each.
-    let upgrades: Vec<String> = p
-        .events("main")
-        .into_iter()
-        .filter(|(r, _)| r == "UpgradeMemberStarted")
-        .map(|(_, note)| note)
-        .collect();
-    assert_eq!(upgrades.len(), 3, "{upgrades:?}");
-    assert!(upgrades[2].contains(&leader), "the leader goes last: {upgrades:?}");
-    assert_eq!(
-        p.event_reasons("main")
+    let mut acked = vec![];
+    // 3.4.23 → 3.5.16 → 3.5.30, each under writes; a backup before each.
+    for version in [V_MID, V_NEW] {
+        let c = p.get("main").unwrap();
+        let s = c.status.clone().unwrap();
+        let leader = s
+            .members
             .iter()
-            .filter(|r| *r == "UpgradeMemberSucceeded")
-            .count(),
-        3
+            .find(|m| m.role.as_deref() == Some("leader"))
+            .unwrap()
+            .name
+            .clone();
+        let writer = Writer::start_with(&p.lab, s.client_endpoints.clone(), p.client_tls("main"));
+        p.apply(&at_version(&p, version)).unwrap();
+        let c = p.wait("main", &format!("upgraded to {version}"), 300, |c| {
+            let s = c.status.clone().unwrap_or_default();
+            available_with(c, 3)
+                && s.current_version.as_deref() == Some(version)
+                && s.members.iter().all(|m| m.version.as_deref() == Some(version))
+                && condition(c, "Progressing") == Some("False")
+        });
+        // The leader went last.
+        let last = c.status.clone().unwrap().last_operation.unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.member.as_deref()),
+            ("UpgradeMember", Some(leader.as_str()))
+        );
+        let mut more = writer.stop();
+        assert!(more.len() > 20, "the writer made progress: {}", more.len());
+        acked.append(&mut more);
+        assert_no_write_lost(&p, &c, &acked);
+    }
+    assert!(
+        p.event_count("main", "BackupBeforeChange") >= 2,
+        "a backup before each upgrade"
     );
+    let new = at_version(&p, V_NEW);
+
+    // One member at a time, an Event for each.
+    assert_eq!(p.event_count("main", "UpgradeMemberStarted"), 6);
+    assert_eq!(p.event_count("main", "UpgradeMemberSucceeded"), 6);
     // Each host keeps the previous image unpacked for a rollback.
     for n in 1..=3 {
         let images = std::fs::read_dir(p.lab.host(n).path("/var/lib/runc-etcd/images"))
@@ -589,19 +614,12 @@ fn rolling_upgrades_and_settings_go_member_by_member_and_a_downgrade_is_refused(
         available_with(c, 3) && condition(c, "Progressing") == Some("False")
     });
     let moves = p.event_count("main", "UpgradeMemberSucceeded");
-    assert_eq!(moves, 6, "three image moves, then three settings moves");
+    assert_eq!(moves, 9, "six image moves, then three settings moves");
 
     // 3.5 → 3.4 is a downgrade across minor versions: refused, reported, nothing touched.
-    let old = cluster_yaml("main", 3, &p.lab.image(V_OLD), "")
-        .replace(&format!("version: {V_MID}"), &format!("version: {V_OLD}"));
-    p.apply(&old).unwrap();
+    p.apply(&at_version(&p, V_OLD)).unwrap();
     let c = p.wait("main", "the downgrade refused", 60, |c| {
-        c.status
-            .clone()
-            .unwrap_or_default()
-            .conditions
-            .iter()
-            .any(|x| x.type_ == "Degraded" && x.reason == "UnsupportedUpgrade" && x.message.contains("downgrade"))
+        degraded_by(c, "UnsupportedUpgrade", "downgrade")
     });
     assert_eq!(c.status.unwrap().current_version.as_deref(), Some(V_NEW));
     let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
