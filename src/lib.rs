@@ -14,6 +14,7 @@ pub mod cli;
 pub mod error;
 pub mod host;
 pub mod lab;
+pub mod metrics;
 pub mod names;
 pub mod operator;
 

@@ -49,6 +49,7 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
     p.wait_ready("main", 3, 180);
     p.put_keys("main", "k/", 50);
     let written = p.all_keys("main");
+    let writer = Writer::start_with(&p.lab, p.service_endpoints("main", "https"), p.client_tls("main"));
 
     // Scheduled backups appear as EtcdBackups; retention keeps the newest two (the older ones
     // are deleted with their files).
@@ -71,6 +72,15 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
         done.len() <= 2
     });
     assert!(p.event_count("main", "BackupExpired") >= 1);
+    // Backups taken under writes lose none of them.
+    let acked = writer.stop();
+    let now = p.all_keys("main");
+    let lost: Vec<&String> = acked.iter().filter(|k| !now.contains_key(*k)).collect();
+    assert!(
+        acked.len() > 20 && lost.is_empty(),
+        "{} written, lost: {lost:?}",
+        acked.len()
+    );
     let kept: Vec<EtcdBackup> = backups(&p).into_iter().filter(|b| b.succeeded()).collect();
     assert!(!kept.is_empty() && kept.len() <= 2, "{kept:?}");
     for b in &kept {

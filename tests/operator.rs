@@ -107,6 +107,38 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
         }
     });
 
+    // The operator's and an agent's /metrics say what status says; both are healthy and ready.
+    let operator = format!("{}:8080", p.lab.net.gateway());
+    let (code, metrics) = p.http_get(&operator, "/metrics");
+    assert_eq!(code, 200);
+    for line in [
+        r#"runc_etcd_cluster_members_healthy{namespace="default",cluster="main"} 3"#,
+        r#"runc_etcd_cluster_upgrade_members_done{namespace="default",cluster="main"} 3"#,
+        "runc_etcd_operator_leader 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
+    assert!(metrics.contains(r#"runc_etcd_reconciles_total{controller="cluster",kind="ok"}"#));
+    let leaders = metrics
+        .lines()
+        .filter(|l| l.starts_with("runc_etcd_member_role{") && l.contains(r#"role="leader""#) && l.ends_with(" 1"))
+        .count();
+    assert_eq!(leaders, 1, "{metrics}");
+    let node = &s.members[0].node;
+    let h = (1..=5u8).find(|n| p.cp.node_name(p.lab.host(*n)) == *node).unwrap();
+    let agent = format!("{}:2382", p.lab.host(h).ip());
+    let (code, metrics) = p.http_get(&agent, "/metrics");
+    assert_eq!(code, 200);
+    let running = format!(
+        r#"runc_etcd_agent_member_running{{namespace="default",cluster="main",member="{}"}} 1"#,
+        s.members[0].name
+    );
+    assert!(metrics.lines().any(|l| l == running), "{running} not in\n{metrics}");
+    for addr in [&operator, &agent] {
+        assert_eq!(p.http_get(addr, "/healthz"), (200, "ok".into()));
+        assert_eq!(p.http_get(addr, "/readyz"), (200, "ready".into()));
+    }
+
     // The agents put each member's certificates on its host, keys readable by root only.
     for n in 1..=5u8 {
         let pki = p.lab.host(n).path(&format!("{STATE}/pki"));

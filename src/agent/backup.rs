@@ -78,6 +78,11 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
         },
     };
     tracing::info!("backup {}: {:?} {:?}", b.name_any(), done.phase, done.message);
+    let result = crate::metrics::KindLabels {
+        controller: "agent-backup".into(),
+        kind: done.phase.clone().unwrap_or_default().to_lowercase(),
+    };
+    ctx.metrics.agent_backups.get_or_create(&result).inc();
     ctx.backup_status(&b, &done).await?;
     Ok(Action::await_change())
 }

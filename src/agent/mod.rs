@@ -24,6 +24,7 @@ use crate::api::{EtcdBackup, EtcdMember, EtcdMemberStatus};
 use crate::error::{Error, Result};
 use crate::host::member::ClusterState;
 use crate::host::{self, Engine, systemd};
+use crate::metrics::Metrics;
 use crate::names::{InstanceName, MemberName};
 use crate::operator::children::{self, CLUSTER_LABEL, MEMBER_FINALIZER, NODE_LABEL};
 use crate::operator::lease;
@@ -42,12 +43,13 @@ pub struct AgentConfig {
 
 struct Ctx {
     client: kube::Client,
+    metrics: Arc<Metrics>,
     engine: Engine,
     config: AgentConfig,
     instance: InstanceName,
 }
 
-pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> Result<()> {
+pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metrics: Arc<Metrics>) -> Result<()> {
     let instance = InstanceName::new(format!("{}.{}", config.namespace, config.cluster))?;
     let members: Api<EtcdMember> = Api::namespaced(client.clone(), &config.namespace);
     let selector = format!("{CLUSTER_LABEL}={},{NODE_LABEL}={}", config.cluster, config.node);
@@ -57,6 +59,7 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> R
         config.node
     );
     let ctx = Arc::new(Ctx {
+        metrics: metrics.clone(),
         client,
         engine,
         config,
@@ -67,18 +70,25 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig) -> R
     let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let backups = Controller::new(backups, watcher::Config::default().labels(&selector))
         .run(backup::reconcile, backup::error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("backup reconcile: {e}");
+        .for_each(|res| {
+            crate::operator::count(&metrics, "agent-backup", &res);
+            async move {
+                if let Err(e) = res {
+                    tracing::debug!("backup reconcile: {e}");
+                }
             }
         });
     let members = Controller::new(members, watcher::Config::default().labels(&selector))
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("reconcile: {e}");
+        .for_each(|res| {
+            crate::operator::count(&metrics, "agent-member", &res);
+            async move {
+                if let Err(e) = res {
+                    tracing::debug!("reconcile: {e}");
+                }
             }
         });
+    metrics.set_ready();
     tokio::join!(members, backups);
     sweeper.abort();
     Ok(())
@@ -274,6 +284,20 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
     } else {
         Duration::from_millis(500)
     };
+    let labels = crate::metrics::MemberLabels {
+        namespace: ctx.config.namespace.clone(),
+        cluster: ctx.config.cluster.clone(),
+        member: name.to_string(),
+    };
+    let running = status.phase.as_deref() == Some("Running");
+    ctx.metrics
+        .agent_member_running
+        .get_or_create(&labels)
+        .set(i64::from(running));
+    ctx.metrics
+        .agent_unit_restarts
+        .get_or_create(&labels)
+        .set(i64::from(status.restart_count));
     ctx.report(&m, status).await?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     lease::heartbeat(&leases, &m.name_any(), &ctx.config.node, RESYNC * 4).await?;

@@ -84,7 +84,7 @@ fn default_size() -> i32 {
 /// Host ports of a member. They must differ from each other.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.client != self.peer && self.client != self.metrics && self.peer != self.metrics").message("client, peer and metrics ports must all differ"))]
+#[x_kube(validation = Rule::new("self.client != self.peer && self.client != self.metrics && self.peer != self.metrics && self.agent != self.client && self.agent != self.peer && self.agent != self.metrics").message("client, peer, metrics and agent ports must all differ"))]
 pub struct Ports {
     /// Client port (etcd default 2379).
     #[schemars(range(min = 1, max = 65535))]
@@ -98,6 +98,10 @@ pub struct Ports {
     #[schemars(range(min = 1, max = 65535))]
     #[serde(default = "default_metrics_port")]
     pub metrics: i32,
+    /// The host agent's port on each node (plain HTTP: /metrics, /healthz, /readyz).
+    #[schemars(range(min = 1, max = 65535))]
+    #[serde(default = "default_agent_port")]
+    pub agent: i32,
 }
 
 fn default_client_port() -> i32 {
@@ -109,6 +113,9 @@ fn default_peer_port() -> i32 {
 fn default_metrics_port() -> i32 {
     2381
 }
+fn default_agent_port() -> i32 {
+    2382
+}
 
 impl Default for Ports {
     fn default() -> Self {
@@ -116,6 +123,7 @@ impl Default for Ports {
             client: default_client_port(),
             peer: default_peer_port(),
             metrics: default_metrics_port(),
+            agent: default_agent_port(),
         }
     }
 }

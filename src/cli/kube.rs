@@ -29,6 +29,9 @@ pub struct OperatorArgs {
     /// The service account of the agent pods (made by the Helm chart, with its RBAC).
     #[arg(long, env = "RUNC_ETCD_AGENT_SERVICE_ACCOUNT", default_value = "runc-etcd-agent")]
     agent_service_account: String,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +55,14 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// Where to serve /metrics, /healthz and /readyz (the DaemonSet passes the cluster's
+    /// `ports.agent` on the node's address). None: not served.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// Copy this runc binary to /opt/runc-etcd/bin/runc on the host first (the agent image's
+    /// own runc: the units run it from the host).
+    #[arg(long)]
+    install_runc: Option<PathBuf>,
 }
 
 async fn client() -> Result<kube::Client> {
@@ -69,6 +80,8 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let metrics = crate::metrics::Metrics::new();
+    tokio::spawn(crate::metrics::serve(args.metrics_address, metrics.clone()));
     let config = crate::operator::OperatorConfig {
         namespace: args.namespace,
         identity,
@@ -78,10 +91,22 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
             service_account: args.agent_service_account,
         },
     };
-    crate::operator::run(client().await?, config).await
+    crate::operator::run(client().await?, config, metrics).await
 }
 
 pub async fn agent(args: AgentArgs) -> Result<()> {
+    if let Some(from) = &args.install_runc {
+        crate::host::install_runc(from)?;
+    }
+    let metrics = crate::metrics::Metrics::new();
+    if let Some(addr) = args.metrics_address {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m).await {
+                tracing::error!("{e}");
+            }
+        });
+    }
     let engine = Engine {
         layout: Layout::default(),
         runc: find_runc(args.runc.as_deref())?,
@@ -94,5 +119,5 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         cluster: args.cluster,
         node: args.node,
     };
-    crate::agent::run(client().await?, engine, config).await
+    crate::agent::run(client().await?, engine, config, metrics).await
 }

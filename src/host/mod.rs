@@ -35,6 +35,22 @@ pub struct Engine {
     pub pull: PullOptions,
 }
 
+/// Installs `from` as the runc the units run (`/opt/runc-etcd/bin/runc`), unless the same bytes
+/// are there already: written beside it and renamed, so a unit starting meanwhile sees the old
+/// or the new binary, never half of one.
+pub fn install_runc(from: &Path) -> Result<()> {
+    let to = Path::new(layout::INSTALLED_RUNC);
+    let new = std::fs::read(from).ctx("reading the runc to install", from)?;
+    if std::fs::read(to).is_ok_and(|old| old == new) {
+        return Ok(());
+    }
+    let dir = to.parent().expect("an absolute path");
+    std::fs::create_dir_all(dir).ctx("creating the runc folder", dir)?;
+    write_atomic(to, &new, 0o755)?;
+    tracing::info!("installed {} as {}", from.display(), to.display());
+    Ok(())
+}
+
 /// Finds the runc to use: the one named, else the one the agent installs, else `runc` in PATH.
 pub fn find_runc(named: Option<&Path>) -> Result<PathBuf> {
     let fix = "install runc or pass --runc /path/to/runc";

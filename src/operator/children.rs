@@ -113,6 +113,10 @@ pub fn member_secret(member: &str) -> String {
     format!("{member}-tls")
 }
 
+/// Where the agent image carries runc (Debian's runc package): the agent installs it on the
+/// host, whose systemd runs it.
+pub const IMAGE_RUNC: &str = "/usr/sbin/runc";
+
 /// Host paths the agent works in (ARCHITECTURE.md §5), mounted at the same place in its pod.
 const HOST_PATHS: [(&str, &str); 7] = [
     ("state", "/var/lib/runc-etcd"),
@@ -169,6 +173,10 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
                 &c.name(),
                 "--node",
                 "$(NODE_NAME)",
+                "--metrics-address",
+                &format!("0.0.0.0:{}", c.spec.ports.agent),
+                "--install-runc",
+                IMAGE_RUNC,
             ]
             .map(String::from)
             .to_vec(),

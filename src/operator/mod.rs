@@ -37,6 +37,33 @@ use kube::runtime::watcher;
 
 use crate::api::{EtcdBackup, EtcdCluster, EtcdMember};
 use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// Counts a reconcile's result in the metrics: ok, or the kind of its error.
+pub fn count<T, Q: std::error::Error>(
+    metrics: &Metrics,
+    controller: &str,
+    res: &std::result::Result<T, kube::runtime::controller::Error<crate::Error, Q>>,
+) {
+    let labels = |kind: &str| crate::metrics::KindLabels {
+        controller: controller.into(),
+        kind: kind.into(),
+    };
+    match res {
+        Ok(_) => {
+            metrics.reconciles.get_or_create(&labels("ok")).inc();
+        }
+        Err(kube::runtime::controller::Error::ReconcilerFailed(e, _)) => {
+            metrics
+                .reconcile_errors
+                .get_or_create(&labels(crate::metrics::error_kind(e)))
+                .inc();
+        }
+        Err(_) => {
+            metrics.reconcile_errors.get_or_create(&labels("watch")).inc();
+        }
+    }
+}
 
 /// How the operator runs.
 #[derive(Debug, Clone)]
@@ -51,7 +78,9 @@ pub struct OperatorConfig {
 
 /// Waits for leadership, then reconciles every EtcdCluster until leadership is lost (then it
 /// returns an error: the process exits and its restart competes again).
-pub async fn run(client: kube::Client, config: OperatorConfig) -> Result<()> {
+pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Result<()> {
+    // Ready once it runs: a standby is a healthy replica waiting for the Lease.
+    metrics.set_ready();
     let election = lease::Election {
         api: Api::namespaced(client.clone(), &config.namespace),
         name: "runc-etcd-operator".into(),
@@ -61,10 +90,12 @@ pub async fn run(client: kube::Client, config: OperatorConfig) -> Result<()> {
     tracing::info!("waiting to lead (lease {}/{})", config.namespace, election.name);
     election.acquire().await;
     tracing::info!("leading as {}", config.identity);
+    metrics.leader.set(1);
 
     let ctx = Arc::new(reconcile::Ctx {
         client: client.clone(),
         agent: config.agent.clone(),
+        metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -101,17 +132,23 @@ pub async fn run(client: kube::Client, config: OperatorConfig) -> Result<()> {
         )
         .with_config(Config::default().debounce(Duration::from_millis(100)))
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("reconcile: {e}");
+        .for_each(|res| {
+            count(&metrics, "cluster", &res);
+            async move {
+                if let Err(e) = res {
+                    tracing::debug!("reconcile: {e}");
+                }
             }
         });
     // Deleted EtcdBackups, also of clusters that no longer exist.
     let deleted_backups = Controller::new(Api::<EtcdBackup>::all(client.clone()), watcher::Config::default())
         .run(backups::finalize, backups::finalize_error, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("backup finalize: {e}");
+        .for_each(|res| {
+            count(&metrics, "backup", &res);
+            async move {
+                if let Err(e) = res {
+                    tracing::debug!("backup finalize: {e}");
+                }
             }
         });
     let controller = async {

@@ -36,6 +36,7 @@ use crate::operator::{backups, disaster, maintenance, status, upgrade};
 
 pub struct Ctx {
     pub client: kube::Client,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub agent: AgentImage,
     pub recorder: Recorder,
 }
@@ -312,6 +313,7 @@ fn membership_step(c: &EtcdCluster, view: &View) -> Step {
 async fn finish(c: &EtcdCluster, ctx: &Ctx, view: &View, step: Step, requeue: Duration) -> Result<Action> {
     let report = status::build(c, view, &step);
     ctx.patch_status(c, status_patch(&report)).await?;
+    ctx.metrics.observe_cluster(c, &report, &view.backups);
     write_endpoints(c, ctx, view).await?;
     Ok(Action::requeue(requeue))
 }
@@ -567,6 +569,7 @@ async fn finalize(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     let patch = children::finalizers_patch(c, None, Some(CLUSTER_FINALIZER));
     api.patch(&c.name(), &PatchParams::default(), &patch).await?;
     tracing::info!("{}: deleted; every member archived on its host", c.instance());
+    ctx.metrics.forget_cluster(&c.ns(), &c.name());
     Ok(Action::await_change())
 }
 

@@ -168,6 +168,22 @@ impl Plane {
         })
     }
 
+    /// GET `path` from `addr` inside the lab's LAN: (HTTP status, body).
+    pub fn http_get(&self, addr: &str, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, req) = (addr.to_string(), format!("GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n"));
+        let raw = runc_etcd::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            s.write_all(req.as_bytes()).await.expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            out
+        });
+        let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
     /// Reasons of the Events about the cluster.
     pub fn event_reasons(&self, cluster: &str) -> Vec<String> {
         self.events(cluster).into_iter().map(|(reason, _)| reason).collect()

@@ -2,8 +2,13 @@
 //! hosts in one run:
 //! - `host`: the host CLI's time to a 3-member cluster, next to plain etcd processes;
 //! - `operator`: apply → Available for 3 members, and the operator's memory and CPU with many
-//!   clusters.
+//!   clusters;
+//! - `backup`: backup throughput next to `etcdctl snapshot save` on the same database, and
+//!   restore time;
+//! - `day2`: fault → replacement healthy, and the time per member of a rolling upgrade.
 
+mod backup;
+mod day2;
 mod host;
 mod operator;
 
@@ -39,6 +44,14 @@ enum What {
         #[arg(long, default_value_t = 20)]
         clusters: u32,
     },
+    /// Backup MB/s next to `etcdctl snapshot save` on the same database, and restore time.
+    Backup {
+        /// Database size to fill, in MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+    },
+    /// Through the operator: a host powered off → its replacement healthy; per-member upgrade time.
+    Day2,
 }
 
 pub fn bin_dir() -> std::path::PathBuf {
@@ -77,5 +90,7 @@ fn main() -> ExitCode {
     match args.what {
         What::Host { rounds } => host::run(&args.version, rounds),
         What::Operator { rounds, clusters } => operator::run(&args.version, rounds, clusters),
+        What::Backup { mib } => backup::run(&args.version, mib),
+        What::Day2 => day2::run(),
     }
 }

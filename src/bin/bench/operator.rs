@@ -11,7 +11,7 @@ use runc_etcd::lab::control::ControlPlane;
 
 use super::{bin_dir, lab_up, secs};
 
-fn spec(name: &str, size: u32, image: &str, version: &str, base_port: u32) -> serde_json::Value {
+pub fn spec(name: &str, size: u32, image: &str, version: &str, base_port: u32) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
         "metadata": {"name": name, "namespace": "default"},
@@ -20,7 +20,7 @@ fn spec(name: &str, size: u32, image: &str, version: &str, base_port: u32) -> se
     })
 }
 
-fn available(c: &EtcdCluster, size: i32) -> bool {
+pub fn available(c: &EtcdCluster, size: i32) -> bool {
     let s = c.status.clone().unwrap_or_default();
     let cond = |t: &str| s.conditions.iter().find(|c| c.type_ == t).map(|c| c.status.clone());
     s.ready_members == size
@@ -29,7 +29,7 @@ fn available(c: &EtcdCluster, size: i32) -> bool {
         && cond("Progressing").as_deref() == Some("False")
 }
 
-async fn wait_until(api: &Api<EtcdCluster>, what: &str, cond: impl Fn(&[EtcdCluster]) -> bool) {
+pub async fn wait_until(api: &Api<EtcdCluster>, what: &str, cond: impl Fn(&[EtcdCluster]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let list = api.list(&Default::default()).await.expect("list").items;

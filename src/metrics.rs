@@ -1,0 +1,290 @@
+//! Prometheus metrics and health endpoints of the operator and the agent: `/metrics` (text
+//! exposition), `/healthz` (the process serves) and `/readyz` (it is connected and working:
+//! the operator once it has started its controllers, the agent once it watches its members).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::api::{EtcdBackup, EtcdCluster, EtcdClusterStatus};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    pub namespace: String,
+    pub cluster: String,
+    pub member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub namespace: String,
+    pub cluster: String,
+    pub member: String,
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub controller: String,
+    pub kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric either process exports (each sets the ones that are its own).
+pub struct Metrics {
+    registry: Registry,
+    ready: AtomicBool,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_errors: Family<KindLabels, Counter>,
+    pub leader: Gauge,
+    pub members: Family<ClusterLabels, Gauge>,
+    pub members_healthy: Family<ClusterLabels, Gauge>,
+    pub member_healthy: Family<MemberLabels, Gauge>,
+    pub member_role: Family<RoleLabels, Gauge>,
+    pub member_db_size: Family<MemberLabels, Gauge>,
+    pub upgrade_members_done: Family<ClusterLabels, Gauge>,
+    pub backup_age: Family<ClusterLabels, FloatGauge>,
+    pub backup_size: Family<ClusterLabels, Gauge>,
+    pub agent_member_running: Family<MemberLabels, Gauge>,
+    pub agent_unit_restarts: Family<MemberLabels, Gauge>,
+    pub agent_backups: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut r = Registry::with_prefix("runc_etcd");
+        let m = Metrics {
+            ready: AtomicBool::new(false),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            leader: Gauge::default(),
+            members: Family::default(),
+            members_healthy: Family::default(),
+            member_healthy: Family::default(),
+            member_role: Family::default(),
+            member_db_size: Family::default(),
+            upgrade_members_done: Family::default(),
+            backup_age: Family::default(),
+            backup_size: Family::default(),
+            agent_member_running: Family::default(),
+            agent_unit_restarts: Family::default(),
+            agent_backups: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "reconciles",
+            "Reconciles, by controller and result kind (ok, requeue)",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Reconcile errors, by controller and error kind (invalid, transient, kube, io, ...)",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "operator_leader",
+            "1 while this operator holds the leader Lease",
+            m.leader.clone(),
+        );
+        r.register("cluster_members", "Members in etcd's member list", m.members.clone());
+        r.register(
+            "cluster_members_healthy",
+            "Voting members that answer a quorum read",
+            m.members_healthy.clone(),
+        );
+        r.register("member_healthy", "1 when the member answers", m.member_healthy.clone());
+        r.register(
+            "member_role",
+            "1 for the member's role (leader, follower, learner)",
+            m.member_role.clone(),
+        );
+        r.register(
+            "member_db_size_bytes",
+            "Size of the member's database file",
+            m.member_db_size.clone(),
+        );
+        r.register(
+            "cluster_upgrade_members_done",
+            "Members that run the spec's version (equal to the size when no upgrade is under way)",
+            m.upgrade_members_done.clone(),
+        );
+        r.register(
+            "cluster_last_backup_age_seconds",
+            "Age of the newest successful backup",
+            m.backup_age.clone(),
+        );
+        r.register(
+            "cluster_last_backup_size_bytes",
+            "Size of the newest successful backup",
+            m.backup_size.clone(),
+        );
+        r.register(
+            "agent_member_running",
+            "1 while the agent reports its member Running",
+            m.agent_member_running.clone(),
+        );
+        r.register(
+            "agent_unit_restarts",
+            "How often systemd restarted the member's etcd",
+            m.agent_unit_restarts.clone(),
+        );
+        r.register(
+            "agent_backups",
+            "Backups this agent took, by result",
+            m.agent_backups.clone(),
+        );
+        Arc::new(Metrics { registry: r, ..m })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// The cluster's gauges from the status just reported (and its backups).
+    pub fn observe_cluster(&self, c: &EtcdCluster, s: &EtcdClusterStatus, backups: &[EtcdBackup]) {
+        let (namespace, cluster) = (
+            c.metadata.namespace.clone().unwrap_or_default(),
+            c.metadata.name.clone().unwrap_or_default(),
+        );
+        let labels = ClusterLabels {
+            namespace: namespace.clone(),
+            cluster: cluster.clone(),
+        };
+        self.members.get_or_create(&labels).set(s.members.len() as i64);
+        self.members_healthy
+            .get_or_create(&labels)
+            .set(i64::from(s.ready_members));
+        let done = s
+            .members
+            .iter()
+            .filter(|m| m.version.as_deref() == Some(c.spec.version.as_str()))
+            .count();
+        self.upgrade_members_done.get_or_create(&labels).set(done as i64);
+        for m in &s.members {
+            let ml = MemberLabels {
+                namespace: namespace.clone(),
+                cluster: cluster.clone(),
+                member: m.name.clone(),
+            };
+            self.member_healthy.get_or_create(&ml).set(i64::from(m.healthy));
+            self.member_db_size.get_or_create(&ml).set(m.db_size_bytes.unwrap_or(0));
+            for role in ["leader", "follower", "learner"] {
+                let rl = RoleLabels {
+                    namespace: namespace.clone(),
+                    cluster: cluster.clone(),
+                    member: m.name.clone(),
+                    role: role.into(),
+                };
+                self.member_role
+                    .get_or_create(&rl)
+                    .set(i64::from(m.role.as_deref() == Some(role)));
+            }
+        }
+        if let Some(b) = crate::backup::newest_good(backups, &cluster) {
+            let st = b.status.clone().unwrap_or_default();
+            if let Some(done) = st.completion_time {
+                let age = (k8s_openapi::jiff::Timestamp::now() - done.0).get_seconds().max(0);
+                self.backup_age.get_or_create(&labels).set(age as f64);
+            }
+            self.backup_size.get_or_create(&labels).set(st.size_bytes.unwrap_or(0));
+        }
+    }
+
+    /// Forgets a deleted cluster's series.
+    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        let labels = ClusterLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+        };
+        for f in [
+            &self.members,
+            &self.members_healthy,
+            &self.upgrade_members_done,
+            &self.backup_size,
+        ] {
+            f.remove(&labels);
+        }
+        self.backup_age.remove(&labels);
+    }
+}
+
+/// A result kind for the counters: "ok", or the error's kind.
+pub fn error_kind(e: &crate::Error) -> &'static str {
+    use crate::Error::*;
+    match e {
+        Invalid { .. } => "invalid",
+        Refused(_) => "refused",
+        Transient { .. } => "transient",
+        Timeout { .. } => "timeout",
+        Io { .. } => "io",
+        Image { .. } => "image",
+        Command { .. } => "command",
+        Kube(_) => "kube",
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> crate::Result<()> {
+    use axum::routing::get;
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = metrics.ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        crate::Error::invalid(
+            "--metrics-address",
+            format!("{addr}: {e}"),
+            "pick a free address and port",
+        )
+    })?;
+    tracing::info!("metrics and health on http://{addr}/metrics, /healthz, /readyz");
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| crate::Error::transient("serving metrics", e))
+}
