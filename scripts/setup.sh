@@ -2,7 +2,7 @@
 # Installs everything the lab and the tests need on a fresh Debian 12 machine (run as root):
 # build tools (protoc for etcd-client), runc, a real OCI registry, skopeo, dbus and iproute2 for the
 # simulated hosts, Debian's python3 (a port squatter in the tests; hosts do not see /root/.pyenv),
-# s3s-fs (an S3-compatible server, from crates.io), and Debian's etcd 3.4.23 (bookworm), 3.5.16 (trixie), 3.5.30 (sid) extracted
+# s3s-fs (an S3-compatible server, from crates.io), helm-python-sdk (PyPI), and Debian's etcd 3.4.23 (bookworm), 3.5.16 (trixie), 3.5.30 (sid) extracted
 # side by side under $RUNC_ETCD_LAB_CACHE/etcd/<version>/ (nothing from trixie/sid is installed:
 # a private apt state dir downloads the .debs, dpkg -x unpacks them).
 set -euo pipefail
@@ -45,6 +45,10 @@ fi
 # a real S3-compatible server for the backup tests (s3s-fs from crates.io; 0.14 builds with Rust 1.92+)
 if ! [ -x "$CACHE/tools/bin/s3s-fs" ]; then
   cargo install -q --locked --root "$CACHE/tools" s3s-fs --version 0.14.1 --features binary
+fi
+# Helm's engine for the chart tests (PyPI helm-python-sdk bundles it: no helm binary, no Go)
+if ! PYTHONPATH="$CACHE/pylib" python3 -c "import helm_python, yaml" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check --target "$CACHE/pylib" helm-python-sdk==0.2.2 pyyaml==6.0.2
 fi
 # one directory per upstream etcd version holding etcd, etcdctl and (3.5+) etcdutl
 for deb in "$A"/debs/*.deb; do

@@ -1,0 +1,126 @@
+"""The Helm chart rendered with Helm's own engine (PyPI helm-python-sdk), with its defaults and
+with each values file under charts/runc-etcd/ci/: the objects and names, the CRDs equal to crd/,
+and RBAC that grants exactly what the operator and the agent use (nothing beyond this list).
+
+Run: PYTHONPATH=<dir with helm_python> python3 -m unittest discover -s tests/chart
+"""
+
+import glob
+import os
+import unittest
+
+import helm_python
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHART = os.path.join(ROOT, "charts", "runc-etcd")
+
+# (apiGroup, resource) -> verbs. Each is used by the code (see the comments in the templates).
+OPERATOR = {
+    ("runc-etcd.io", "etcdclusters"): {"get", "list", "watch", "patch"},
+    ("runc-etcd.io", "etcdclusters/status"): {"patch"},
+    ("runc-etcd.io", "etcdbackups/status"): {"patch"},
+    ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("apps", "daemonsets"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "create", "patch", "delete"},
+    ("", "secrets"): {"get", "list", "create", "delete"},
+    ("", "nodes"): {"get", "list", "watch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+ELECTION = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+AGENT = {
+    ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "patch"},
+    ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "patch"},
+    ("runc-etcd.io", "etcdmembers/status"): {"patch"},
+    ("runc-etcd.io", "etcdbackups/status"): {"patch"},
+    ("", "secrets"): {"get"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "patch", "delete"},
+}
+
+
+def render(values):
+    docs = []
+    out = helm_python.Chart.load(CHART).render(values, name="rel", namespace="runc-etcd")
+    for text in out.values():
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def grants(role):
+    got = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                got.setdefault((group, res), set()).update(rule["verbs"])
+    return got
+
+
+def values_files():
+    yield "defaults", {}
+    for path in sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):
+        with open(path) as f:
+            yield os.path.basename(path), yaml.safe_load(f) or {}
+
+
+class ChartTest(unittest.TestCase):
+    def test_lints(self):
+        self.assertEqual(helm_python.lint(CHART)["errors"], [])
+
+    def test_crds_are_the_committed_ones(self):
+        with open(os.path.join(ROOT, "crd", "runc-etcd.io.yaml")) as a, open(
+            os.path.join(CHART, "crds", "runc-etcd.io.yaml")
+        ) as b:
+            self.assertEqual(a.read(), b.read())
+
+    def test_every_values_file_renders_the_expected_objects_and_rbac(self):
+        for name, values in values_files():
+            with self.subTest(values=name):
+                docs = render(values)
+                kinds = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in docs}
+                namespaces = values.get("clusterNamespaces") or ["runc-etcd"]
+                agent_sa = values.get("agent", {}).get("serviceAccountName", "runc-etcd-agent")
+                expected = {
+                    ("ServiceAccount", "runc-etcd-operator", "runc-etcd"),
+                    ("ClusterRole", "rel-operator", None),
+                    ("ClusterRoleBinding", "rel-operator", None),
+                    ("Role", "runc-etcd-operator-election", "runc-etcd"),
+                    ("RoleBinding", "runc-etcd-operator-election", "runc-etcd"),
+                    ("Deployment", "runc-etcd-operator", "runc-etcd"),
+                    ("Service", "runc-etcd-operator-metrics", "runc-etcd"),
+                }
+                for ns in namespaces:
+                    expected |= {
+                        ("ServiceAccount", agent_sa, ns),
+                        ("Role", "runc-etcd-agent", ns),
+                        ("RoleBinding", "runc-etcd-agent", ns),
+                    }
+                self.assertEqual(kinds, expected)
+                # No Role or ClusterRole grants anything beyond the lists above.
+                for d in docs:
+                    if d["kind"] == "ClusterRole":
+                        self.assertEqual(grants(d), OPERATOR)
+                    elif d["kind"] == "Role" and d["metadata"]["name"] == "runc-etcd-agent":
+                        self.assertEqual(grants(d), AGENT)
+                    elif d["kind"] == "Role":
+                        self.assertEqual(grants(d), ELECTION)
+                deploy = next(d for d in docs if d["kind"] == "Deployment")
+                self.assertEqual(deploy["spec"]["replicas"], values.get("replicaCount", 2))
+                pod = deploy["spec"]["template"]["spec"]
+                self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+                c = pod["containers"][0]
+                self.assertFalse(c["securityContext"]["allowPrivilegeEscalation"])
+                self.assertEqual(c["args"][0], "operator")
+                image = values.get("image", {})
+                want = f'{image.get("repository", "ghcr.io/runc-etcd/runc-etcd")}:{image.get("tag") or "0.1.0"}'
+                self.assertEqual(c["image"], want)
+                agent_image = values.get("agent", {}).get("image") or want
+                self.assertIn(f"--agent-image={agent_image}", c["args"])
+                self.assertIn(f"--agent-service-account={agent_sa}", c["args"])
+                self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+
+
+if __name__ == "__main__":
+    unittest.main()
