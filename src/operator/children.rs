@@ -182,8 +182,12 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
             .to_vec(),
         ),
         env: Some(vec![env_node]),
+        // Root and privileged: it writes unit files and member data on the host, talks to the
+        // host's systemd, and runs runc (the image's default user is the operator's non-root one).
         security_context: Some(SecurityContext {
             privileged: Some(true),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
             ..Default::default()
         }),
         volume_mounts: Some(
