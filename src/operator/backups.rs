@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::api::{EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
 use crate::backup::{self, Bucket};
 use crate::error::{Error, Result};
+use crate::operator::act::create_or_keep;
 use crate::operator::children::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL, finalizers_patch};
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
@@ -131,14 +132,6 @@ fn new_backup(c: &EtcdCluster, name: &str, reason: &str, scheduled: Option<DateT
         b.metadata.annotations = Some([(SCHEDULED_FOR.to_string(), at.to_rfc3339())].into());
     }
     b
-}
-
-async fn create_or_keep(api: &Api<EtcdBackup>, b: &EtcdBackup) -> Result<()> {
-    match api.create(&PostParams::default(), b).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// The gate before a resize or upgrade: None when its backup (one per spec generation) has
