@@ -232,25 +232,34 @@ pub fn display_name(m: &MemberInfo) -> String {
 
 /// Asks etcd through every planned member's client URL; None when none answers.
 pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access) -> Option<EtcdView> {
-    let endpoints: Vec<String> = members.iter().map(|m| children::client_url(c, &m.spec.ip)).collect();
-    if endpoints.is_empty() {
-        return None;
-    }
-    let list = async {
-        let client = access.connect(&endpoints).await?;
-        let list = etcd::members(&client).await?;
-        // Alarms are cluster-wide: one question, on the same connection.
-        let nospace = etcd::nospace_alarms(&client).await.unwrap_or_default();
-        Ok::<_, crate::Error>((list, nospace))
+    let mut endpoints: Vec<String> = members.iter().map(|m| children::client_url(c, &m.spec.ip)).collect();
+    // One member at a time, the ones healthy last time first: a client over all endpoints lets
+    // its balancer pick a dead one and fails the call instead of trying the next.
+    let was_healthy = |url: &String| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.members.iter().any(|m| m.healthy && &m.client_url == url))
     };
-    let (list, nospace) = match tokio::time::timeout(Duration::from_secs(8), list).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            tracing::debug!("{}: member list: {e}", c.instance());
-            return None;
+    endpoints.sort_by_key(|url| !was_healthy(url));
+    let mut found = None;
+    for endpoint in &endpoints {
+        let list = async {
+            let client = access.connect(std::slice::from_ref(endpoint)).await?;
+            let list = etcd::members(&client).await?;
+            // Alarms are cluster-wide: one question, on the same connection.
+            let nospace = etcd::nospace_alarms(&client).await.unwrap_or_default();
+            Ok::<_, crate::Error>((list, nospace))
+        };
+        match tokio::time::timeout(Duration::from_secs(4), list).await {
+            Ok(Ok(got)) => {
+                found = Some(got);
+                break;
+            }
+            Ok(Err(e)) => tracing::debug!("{}: member list from {endpoint}: {e}", c.instance()),
+            Err(_) => tracing::debug!("{}: member list from {endpoint}: timed out", c.instance()),
         }
-        Err(_) => return None,
-    };
+    }
+    let (list, nospace) = found?;
     let checks = list.iter().filter(|m| m.started()).map(|m| async move {
         let url = m.client_urls.first()?;
         let status = tokio::time::timeout(Duration::from_secs(4), access.health(url))
