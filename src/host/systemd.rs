@@ -79,6 +79,13 @@ pub async fn stop_and_disable(instance: &InstanceName) -> Result<()> {
     if state.is_enabled() {
         systemctl(&["disable", "--quiet", &unit]).await?;
     }
+    if state.active_state != "inactive" && state.active_state != "active" {
+        // Not serving (starting, crash-looping, failing): etcd runs as PID 1 of its container
+        // and ignores SIGTERM until it has set up its handler late in start-up, so a stop
+        // would wait out TimeoutStopSec. Such a member has nothing to shut down cleanly, and
+        // etcd's data survives a kill (as it survives a power cut).
+        let _ = systemctl(&["kill", "--signal=SIGKILL", &unit]).await;
+    }
     if state.active_state != "inactive" {
         systemctl(&["stop", &unit]).await?;
     }
