@@ -211,7 +211,7 @@ pub(super) async fn fetch_snapshot(ctx: &Ctx, name: &str) -> Result<PathBuf> {
         }
         PathBuf::from(location)
     };
-    if backup::sha256_file(&file)? != *sha256 {
+    if crate::host::sha256_file(&file)? != *sha256 {
         return Err(Error::invalid(
             field,
             format!("the snapshot of {name} at {location} does not match its sha256"),

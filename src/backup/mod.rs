@@ -192,14 +192,6 @@ pub fn host_dir(dest: &HostPathDestination, instance: &str, backup: &str) -> Res
     Ok(check_host_path(&dest.path)?.join(instance).join(backup))
 }
 
-/// sha256 of a file.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut f = std::fs::File::open(path).ctx("reading a snapshot", path)?;
-    std::io::copy(&mut f, &mut hasher).ctx("reading a snapshot", path)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// The newest Succeeded backup of a cluster (by completion time), among `backups`.
 pub fn newest_good<'a>(backups: &'a [EtcdBackup], cluster: &str) -> Option<&'a EtcdBackup> {
     backups

@@ -306,14 +306,10 @@ impl<'a> Fetcher<'a> {
         }
         // oci-client checks registry blobs too; checking here as well covers both sources.
         let path2 = path.to_path_buf();
-        let got = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            let mut hasher = Sha256::new();
-            std::io::copy(&mut std::fs::File::open(&path2)?, &mut hasher)?;
-            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-        })
-        .await
-        .expect("hash task does not panic")
-        .ctx("hashing a layer", path)?;
+        let got = tokio::task::spawn_blocking(move || super::sha256_file(&path2))
+            .await
+            .expect("hash task does not panic")
+            .map(|hex| format!("sha256:{hex}"))?;
         if got != desc.digest {
             return Err(self.err(format!("layer digest mismatch: expected {}, got {got}", desc.digest)));
         }

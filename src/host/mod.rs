@@ -266,6 +266,15 @@ pub struct InstanceLock {
     _file: std::fs::File,
 }
 
+/// sha256 (hex) of a file's content: snapshots, layers.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut f = std::fs::File::open(path).ctx("reading", path)?;
+    std::io::copy(&mut f, &mut hasher).ctx("reading", path)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, bytes).ctx("writing", &tmp)?;

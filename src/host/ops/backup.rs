@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::host::layout;
@@ -87,20 +86,13 @@ fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<
     let meta = found.with_file_name("backup.json");
     if let Ok(bytes) = std::fs::read(&meta)
         && let Ok(report) = serde_json::from_slice::<BackupReport>(&bytes)
+        && crate::host::sha256_file(&found)? != report.sha256
     {
-        let mut hasher = Sha256::new();
-        std::io::copy(
-            &mut std::fs::File::open(&found).ctx("reading the snapshot", &found)?,
-            &mut hasher,
-        )
-        .ctx("reading the snapshot", &found)?;
-        if hex::encode(hasher.finalize()) != report.sha256 {
-            return Err(Error::invalid(
-                "--snapshot",
-                format!("{} does not match its sha256 in backup.json", found.display()),
-                fix,
-            ));
-        }
+        return Err(Error::invalid(
+            "--snapshot",
+            format!("{} does not match its sha256 in backup.json", found.display()),
+            fix,
+        ));
     }
     Ok(found)
 }
