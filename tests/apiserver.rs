@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use runc_etcd::api::{EtcdCluster, EtcdMember};
@@ -297,4 +297,63 @@ async fn a_write_that_changes_nothing_is_not_an_event() {
         .await
         .unwrap();
     assert_ne!(first.metadata.resource_version, changed.metadata.resource_version);
+}
+
+#[tokio::test]
+async fn objects_need_their_namespace_and_go_with_it() {
+    runc_etcd::cli::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
+    let cm: ConfigMap = serde_json::from_value(cm).unwrap();
+    let elsewhere: Api<ConfigMap> = Api::namespaced(server.client(), "team-a");
+    let (code, message) = rejected(elsewhere.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!((code, message.as_str()), (404, r#"namespaces "team-a" not found"#));
+
+    let namespaces: Api<Namespace> = Api::all(server.client());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    elsewhere.create(&PostParams::default(), &cm).await.unwrap();
+    namespaces.delete("team-a", &DeleteParams::default()).await.unwrap();
+    assert!(elsewhere.get_opt("c").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_standalone_server_wants_https_and_its_token_and_is_reachable_through_a_relay() {
+    use runc_etcd::lab::external;
+    runc_etcd::cli::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, path) = external::standalone("127.0.0.1:0".parse().unwrap(), dir.path()).unwrap();
+    assert!(server.url().starts_with("https://127.0.0.1:"));
+
+    // Its kubeconfig (a CA file, a token) works; without the token the server says 401.
+    let kc = external::self_contained(&path, "default").unwrap();
+    let client = |kc: kube::config::Kubeconfig| async move {
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client(kc.clone()).await);
+    nodes.list(&ListParams::default()).await.unwrap();
+    let mut anonymous = kc.clone();
+    anonymous.auth_infos[0].auth_info.as_mut().unwrap().token = None;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client(anonymous).await);
+    assert_eq!(rejected(nodes.list(&ListParams::default()).await.unwrap_err()).0, 401);
+
+    // Reached through a relay at another address (as lab hosts reach it), the certificate is
+    // still checked against the server's own name.
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let (relay, _task) = external::relay(listener, &server.url()).await.unwrap();
+    let relayed = external::through_relay(&kc, relay).unwrap();
+    let cluster = relayed.clusters[0].cluster.as_ref().unwrap();
+    assert_eq!(cluster.tls_server_name.as_deref(), Some("127.0.0.1"));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client(relayed.clone()).await);
+    nodes.list(&ListParams::default()).await.unwrap();
+    let mut unverifiable = relayed;
+    unverifiable.clusters[0].cluster.as_mut().unwrap().tls_server_name = Some("example.com".into());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client(unverifiable).await);
+    assert!(
+        nodes.list(&ListParams::default()).await.is_err(),
+        "a certificate for another name is refused"
+    );
 }

@@ -14,7 +14,7 @@ use runc_etcd::api::{EtcdBackup, EtcdMember};
 use runc_etcd::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
 
 fn backups(p: &Plane) -> Vec<EtcdBackup> {
-    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), NS);
+    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
     p.rt.block_on(api.list(&ListParams::default())).unwrap().items
 }
 
@@ -102,7 +102,7 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
             gone.iter().all(|name| {
                 !p.lab
                     .host(n)
-                    .path(&format!("/var/backups/etcd/default.main/{name}"))
+                    .path(&format!("/var/backups/etcd/{}/{name}", p.instance("main")))
                     .exists()
             })
         })
@@ -148,7 +148,7 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
 fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     let p = Plane::up(5);
     let s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
-    let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
     let creds: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "s3-creds"},
         "stringData": {"accessKeyId": S3_ACCESS_KEY, "secretAccessKey": S3_SECRET_KEY}}))
@@ -165,7 +165,7 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     let backed_up = p.all_keys("main");
 
     // An on-demand backup, stored in the bucket with the checksum it reports.
-    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), NS);
+    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
     let b: EtcdBackup = serde_json::from_value(serde_json::json!({
         "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdBackup",
         "metadata": {"name": "nightly"}, "spec": {"clusterName": "main"}}))
@@ -179,9 +179,12 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     let s = b.status.clone().unwrap();
     assert_eq!(
         s.location.as_deref(),
-        Some("s3://etcd-backups/lab/default.main/nightly/snapshot.db")
+        Some(format!("s3://etcd-backups/lab/{}/nightly/snapshot.db", p.instance("main")).as_str())
     );
-    let object = p.lab.dir.join("s3/etcd-backups/lab/default.main/nightly/snapshot.db");
+    let object = p.lab.dir.join(format!(
+        "s3/etcd-backups/lab/{}/nightly/snapshot.db",
+        p.instance("main")
+    ));
     assert_eq!(sha256(&std::fs::read(&object).unwrap()), s.sha256.unwrap());
 
     // Writes after the backup, then two of the three members' hosts lose power.
@@ -215,13 +218,13 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     );
     eventually("a QuorumLost event", 30, || p.event_count("main", "QuorumLost") >= 1);
     std::thread::sleep(Duration::from_secs(10));
-    let objs: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
+    let objs: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
     assert_eq!(p.rt.block_on(objs.list(&ListParams::default())).unwrap().items.len(), 3);
-    let unit = "runc-etcd@default.main.service";
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
     assert!(
         p.lab
             .host(survivor)
-            .exec(&["systemctl", "is-active", "--quiet", unit])
+            .exec(&["systemctl", "is-active", "--quiet", &unit])
             .unwrap()
             .status
             .success()
@@ -229,7 +232,7 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     assert!(
         p.lab
             .host(survivor)
-            .path("/var/lib/runc-etcd/default.main/data/member")
+            .path(&format!("/var/lib/runc-etcd/{}/data/member", p.instance("main")))
             .is_dir()
     );
 
@@ -250,7 +253,10 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     assert_eq!(p.all_keys("main"), backed_up, "exactly the backed-up keys");
     assert_eq!(p.event_count("main", "RebuildFromBackupSucceeded"), 1);
     // The survivor's old data was archived, not deleted.
-    let archive = p.lab.host(survivor).path("/var/lib/runc-etcd/default.main/archive");
+    let archive = p
+        .lab
+        .host(survivor)
+        .path(&format!("/var/lib/runc-etcd/{}/archive", p.instance("main")));
     assert!(std::fs::read_dir(archive).unwrap().count() >= 1);
 
     // Deleting the EtcdBackup deletes its object in the bucket.

@@ -40,7 +40,7 @@ fn apply(p: &Plane, doc: &Value) {
     let (api_version, kind) = (doc["apiVersion"].as_str().unwrap(), doc["kind"].as_str().unwrap());
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    let api: Api<DynamicObject> = Api::namespaced_with(p.cp.client.clone(), NS, &ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(p.cp.client.clone(), p.ns(), &ar);
     let name = doc["metadata"]["name"].as_str().unwrap();
     p.rt.block_on(api.patch(name, &PatchParams::apply("kubectl").force(), &Patch::Apply(doc)))
         .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
@@ -70,7 +70,7 @@ fn every_example_reaches_available() {
     p.put_keys("etcd-prod", "example/", 10);
 
     apply_file(&p, &s3.address, "backup.yaml");
-    let backups: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), NS);
+    let backups: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
     common::eventually("the example backup succeeds", 60, || {
         p.rt.block_on(backups.get("etcd-prod-before-maintenance"))
             .unwrap()

@@ -17,13 +17,18 @@ use kube::Api;
 use runc_etcd::api::EtcdMember;
 use runc_etcd::lab::netns;
 
-const UNIT: &str = "runc-etcd@default.main.service";
-const STATE: &str = "/var/lib/runc-etcd/default.main";
+/// The unit and state folder of cluster "main" on the hosts.
+fn unit(p: &Plane) -> String {
+    format!("runc-etcd@{}.service", p.instance("main"))
+}
+fn state(p: &Plane) -> String {
+    format!("/var/lib/runc-etcd/{}", p.instance("main"))
+}
 
 fn unit_active(p: &Plane, n: u8) -> bool {
     p.lab
         .host(n)
-        .exec(&["systemctl", "is-active", "--quiet", UNIT])
+        .exec(&["systemctl", "is-active", "--quiet", &unit(p)])
         .unwrap()
         .status
         .success()
@@ -86,8 +91,8 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     assert_eq!(s.phase.as_deref(), Some("Running"));
     // Each member's agent reports it Running (its own poll, so eventually) and renews a
     // heartbeat Lease named after it.
-    let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
-    let leases: Api<Lease> = Api::namespaced(p.cp.client.clone(), NS);
+    let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let leases: Api<Lease> = Api::namespaced(p.cp.client.clone(), p.ns());
     eventually("every agent reports its member Running", 30, || {
         p.rt.block_on(members.list(&Default::default()))
             .unwrap()
@@ -112,9 +117,15 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     let (code, metrics) = p.http_get(&operator, "/metrics");
     assert_eq!(code, 200);
     for line in [
-        r#"runc_etcd_cluster_members_healthy{namespace="default",cluster="main"} 3"#,
-        r#"runc_etcd_cluster_upgrade_members_done{namespace="default",cluster="main"} 3"#,
-        "runc_etcd_operator_leader 1",
+        format!(
+            r#"runc_etcd_cluster_members_healthy{{namespace="{}",cluster="main"}} 3"#,
+            p.ns()
+        ),
+        format!(
+            r#"runc_etcd_cluster_upgrade_members_done{{namespace="{}",cluster="main"}} 3"#,
+            p.ns()
+        ),
+        "runc_etcd_operator_leader 1".into(),
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
     }
@@ -130,7 +141,8 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     let (code, metrics) = p.http_get(&agent, "/metrics");
     assert_eq!(code, 200);
     let running = format!(
-        r#"runc_etcd_agent_member_running{{namespace="default",cluster="main",member="{}"}} 1"#,
+        r#"runc_etcd_agent_member_running{{namespace="{}",cluster="main",member="{}"}} 1"#,
+        p.ns(),
         s.members[0].name
     );
     assert!(metrics.lines().any(|l| l == running), "{running} not in\n{metrics}");
@@ -141,16 +153,16 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
 
     // The agents put each member's certificates on its host, keys readable by root only.
     for n in 1..=5u8 {
-        let pki = p.lab.host(n).path(&format!("{STATE}/pki"));
+        let pki = p.lab.host(n).path(&format!("{}/pki", state(&p)));
         if !pki.exists() {
             continue;
         }
         for key in ["pki/server.key", "pki/peer.key", "client/client.key"] {
-            let meta = std::fs::metadata(p.lab.host(n).path(&format!("{STATE}/{key}"))).unwrap();
+            let meta = std::fs::metadata(p.lab.host(n).path(&format!("{}/{key}", state(&p)))).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600, "h{n} {key}");
         }
         assert!(
-            !p.lab.host(n).path(&format!("{STATE}/ca")).exists(),
+            !p.lab.host(n).path(&format!("{}/ca", state(&p))).exists(),
             "h{n}: the CA key stays in its Secret"
         );
     }
@@ -195,16 +207,16 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     p.delete("main");
     eventually("the cluster to be deleted", 120, || p.get("main").is_none());
     for n in 1..=5 {
-        assert!(!unit_active(&p, n), "h{n} still runs {UNIT}");
+        assert!(!unit_active(&p, n), "h{n} still runs {}", unit(&p));
         let h = p.lab.host(n);
         assert!(
-            !h.path(&format!("{STATE}/member.json")).exists(),
+            !h.path(&format!("{}/member.json", state(&p))).exists(),
             "h{n} still has a member record"
         );
     }
     let archived: usize = (1..=5)
         .filter(|n| {
-            std::fs::read_dir(p.lab.host(*n).path(&format!("{STATE}/archive")))
+            std::fs::read_dir(p.lab.host(*n).path(&format!("{}/archive", state(&p))))
                 .map(|d| d.flatten().any(|e| e.path().join("data/member").is_dir()))
                 .unwrap_or(false)
         })
@@ -508,7 +520,11 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     h.check(&[
         "sh",
         "-c",
-        &format!("systemctl kill -s KILL {UNIT}; echo garbage > {STATE}/data/member/snap/db"),
+        &format!(
+            "systemctl kill -s KILL {}; echo garbage > {}/data/member/snap/db",
+            unit(&p),
+            state(&p)
+        ),
     ])
     .unwrap();
     let c = p.wait("main", "the broken member replaced on its node", 240, |c| {
@@ -517,7 +533,7 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     });
     assert!(!members_on(&c).iter().any(|(n, _)| *n == old_name));
     assert_eq!(read_key(&p, &c, "before").as_deref(), Some("failures"));
-    let archive = h.path(&format!("{STATE}/archive"));
+    let archive = h.path(&format!("{}/archive", state(&p)));
     let kept = std::fs::read_dir(&archive)
         .unwrap()
         .flatten()
@@ -540,7 +556,7 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     lost.boot(true).unwrap();
     p.rt.block_on(p.cp.set_node_ready(lost, true)).unwrap();
     eventually("the returned host's stale member to be archived", 120, || {
-        !lost.path(&format!("{STATE}/member.json")).exists()
+        !lost.path(&format!("{}/member.json", state(&p))).exists()
     });
     assert!(!unit_active(&p, host_of(&lost_node)));
     let c = p.wait_ready("main", 3, 60);
@@ -638,7 +654,7 @@ fn rolling_upgrades_and_settings_go_member_by_member_and_a_downgrade_is_refused(
     p.apply(&tuned).unwrap();
     eventually("every member restarted with the new settings", 240, || {
         (1..=3).all(|n| {
-            std::fs::read_to_string(p.lab.host(n).path(&format!("{STATE}/etcd.conf.yml")))
+            std::fs::read_to_string(p.lab.host(n).path(&format!("{}/etcd.conf.yml", state(&p))))
                 .is_ok_and(|conf| conf.contains("heartbeat-interval: 150") && conf.contains("snapshot-count: 5000"))
         })
     });
@@ -654,7 +670,7 @@ fn rolling_upgrades_and_settings_go_member_by_member_and_a_downgrade_is_refused(
         degraded_by(c, "UnsupportedUpgrade", "downgrade")
     });
     assert_eq!(c.status.unwrap().current_version.as_deref(), Some(V_NEW));
-    let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), NS);
+    let members: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
     let images: Vec<String> =
         p.rt.block_on(members.list(&Default::default()))
             .unwrap()

@@ -132,6 +132,22 @@ pub async fn handle(
     }
 }
 
+/// Refuses a request without the server's bearer token, with the 401 a real API server sends.
+pub async fn authenticate(
+    State(expected): State<Arc<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if given != Some(expected.as_str()) {
+        return error(ApiError::new(401, "Unauthorized", "Unauthorized"));
+    }
+    next.run(request).await
+}
+
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body)
         .or_else(|_| serde_saphyr::from_slice(body))

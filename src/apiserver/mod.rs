@@ -8,17 +8,21 @@
 //! - finalizers and deletionTimestamp;
 //! - ownerReference garbage collection;
 //! - merge, JSON and apply patches (apply and strategic merge act as JSON merge patches);
-//! - schema and CEL validation of the project's custom resources;
+//! - namespaces: a namespaced object needs its namespace, and goes when it is deleted;
+//! - schema and CEL validation of the project's custom resources (CRDs can be stored, as a
+//!   harness installs them on a real cluster, but the schemas used are the code's);
+//! - optionally HTTPS and a bearer token (`serve_secured`), as a real cluster is reached;
 //! - discovery, a minimal OpenAPI v3 and Tables, so kubectl get/apply/delete work against it.
 //!
-//! Not kept: field managers, admission, defaulting from the schema (the Rust types default on
-//! read), bookmarks, Tables in watches.
+//! Not kept: RBAC (a client let in may do anything), field managers, admission, defaulting from
+//! the schema (the Rust types default on read), bookmarks, Tables in watches.
 
 mod discovery;
 mod http;
 mod resources;
 mod store;
 mod table;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -29,7 +33,16 @@ pub use store::ApiError;
 /// A running test API server; stops when dropped.
 pub struct ApiServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Serving as a real cluster does (the standalone server, `runc-etcd-lab apiserver`): HTTPS with
+/// a certificate its clients verify, and a bearer token every request must carry.
+pub struct Secured {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub token: String,
 }
 
 impl ApiServer {
@@ -41,31 +54,53 @@ impl ApiServer {
 
     /// Serves one store on every listener (e.g. loopback for the tests and a lab address for
     /// the operator and agents; a listener keeps the network namespace it was bound in). The
-    /// first listener is the server's address.
+    /// first listener is the server's address. Plain HTTP, no authentication.
     pub fn serve(listeners: Vec<std::net::TcpListener>) -> std::io::Result<ApiServer> {
+        Self::serve_with(listeners, None)
+    }
+
+    /// As `serve`, over HTTPS and refusing requests without the token.
+    pub fn serve_secured(listeners: Vec<std::net::TcpListener>, secured: Secured) -> std::io::Result<ApiServer> {
+        Self::serve_with(listeners, Some(secured))
+    }
+
+    fn serve_with(listeners: Vec<std::net::TcpListener>, secured: Option<Secured>) -> std::io::Result<ApiServer> {
         let store = Arc::new(Mutex::new(store::Store::new()));
-        let app = axum::Router::new().fallback(http::handle).with_state(store);
+        let mut app = axum::Router::new().fallback(http::handle).with_state(store);
         let addr = listeners
             .first()
             .ok_or_else(|| std::io::Error::other("no listener"))?
             .local_addr()?;
+        let acceptor = match secured {
+            Some(s) => {
+                let token = Arc::new(format!("Bearer {}", s.token));
+                app = app.layer(axum::middleware::from_fn_with_state(token, http::authenticate));
+                Some(tls::acceptor(&s.cert_pem, &s.key_pem)?)
+            }
+            None => None,
+        };
         let mut tasks = Vec::new();
         for l in listeners {
             l.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(l)?;
             let app = app.clone();
+            let acceptor = acceptor.clone();
             tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
+                let _ = match acceptor {
+                    Some(acceptor) => axum::serve(tls::Listener { listener, acceptor }, app).await,
+                    None => axum::serve(listener, app).await,
+                };
             }));
         }
-        Ok(ApiServer { addr, tasks })
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        Ok(ApiServer { addr, scheme, tasks })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// A client of this server, as the operator would get from a kubeconfig.
+    /// A client of this server, as the operator would get from a kubeconfig (plain HTTP only).
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url().parse().expect("a valid URL"));
         kube::Client::try_from(config).expect("a client for a plain-HTTP server")

@@ -82,6 +82,17 @@ pub static RESOURCES: &[Resource] = &[
         true,
         false,
     ),
+    // Stored so that a harness can install the CRDs as on a real cluster; the server itself
+    // serves and validates the project's resources from the code's CRDs.
+    res(
+        "apiextensions.k8s.io/customresourcedefinitions",
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        true,
+    ),
     res(
         "runc-etcd.io/etcdclusters",
         "runc-etcd.io",

@@ -86,14 +86,28 @@ fn now() -> String {
 }
 
 impl Store {
+    /// An empty store with the namespaces every cluster starts with.
     pub fn new() -> Self {
-        Store {
+        let mut store = Store {
             objects: BTreeMap::new(),
             rv: 1,
             log: Vec::new(),
             events: broadcast::channel(4096).0,
             uid: 0,
+        };
+        let namespaces = super::resources::by_key("core/namespaces").expect("namespaces are served");
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}});
+            store
+                .create(namespaces, "", obj)
+                .expect("a new store has no namespaces yet");
         }
+        store
+    }
+
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.objects
+            .contains_key(&("core/namespaces", String::new(), ns.to_string()))
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -141,6 +155,10 @@ impl Store {
             }
             self.uid += 1;
             name = format!("{prefix}{:05x}", self.uid);
+        }
+        // As in Kubernetes, a namespaced object needs its namespace to exist.
+        if r.namespaced && !self.namespace_exists(ns) {
+            return Err(ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found")));
         }
         let key = (r.key(), ns.to_string(), name.clone());
         if self.objects.contains_key(&key) {
@@ -259,9 +277,18 @@ impl Store {
         Ok(new)
     }
 
-    /// Deletes an object: at once without finalizers, else marks it for deletion.
+    /// Deletes an object: at once without finalizers, else marks it for deletion. Deleting a
+    /// namespace deletes what it holds; it is gone at once (Kubernetes keeps it Terminating
+    /// until its objects' finalizers are done, which no test here relies on).
     pub fn delete(&mut self, r: &Resource, ns: &str, name: &str) -> ApiResult<Value> {
         let mut obj = self.get(r, ns, name)?;
+        if r.key() == "core/namespaces" {
+            let inside: Vec<Key> = self.objects.keys().filter(|(_, n, _)| n == name).cloned().collect();
+            for (res, n, object) in inside {
+                let r = super::resources::by_key(res).expect("stored resources are known");
+                let _ = self.delete(r, &n, &object);
+            }
+        }
         let has_finalizers = meta(&obj)["finalizers"].as_array().is_some_and(|f| !f.is_empty());
         if has_finalizers {
             if meta(&obj).get("deletionTimestamp").is_none() {

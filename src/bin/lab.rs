@@ -41,6 +41,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Serve a Kubernetes API on its own, as a real cluster would be reached: HTTPS with its own
+    /// CA, a bearer token, and a kubeconfig written into --dir. Point RUNC_ETCD_TEST_KUBECONFIG
+    /// at that kubeconfig to run the control-plane tests through their real-cluster path.
+    /// Runs in the foreground until Ctrl-C or SIGTERM.
+    Apiserver {
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "/var/tmp/runc-etcd-lab/apiserver")]
+        dir: std::path::PathBuf,
+    },
     /// Tear down every lab no running process holds (kept ones, and leftovers of killed runs).
     Down,
 }
@@ -70,6 +80,7 @@ fn main() -> ExitCode {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
             ExitCode::from(out.status.code().unwrap_or(1) as u8)
         }
+        Cmd::Apiserver { listen, dir } => apiserver(listen, &dir),
         Cmd::Down => {
             for id in lab::down_all() {
                 println!("lab {id} down");
@@ -178,7 +189,33 @@ fn up_operator(hosts: u8, version: &str) -> ExitCode {
         println!("  kubectl delete etcdcluster main");
         println!("\nCtrl-C stops everything.");
         let _ = tokio::signal::ctrl_c().await;
-        drop(cp);
+        if let Err(e) = cp.release().await {
+            eprintln!("releasing the control plane: {e}");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// The standalone API server, until Ctrl-C or SIGTERM.
+fn apiserver(listen: std::net::SocketAddr, dir: &std::path::Path) -> ExitCode {
+    runc_etcd::cli::install_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async {
+        let (server, kubeconfig) = match lab::external::standalone(listen, dir) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("apiserver: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("API server: {}", server.url());
+        println!("kubeconfig: {}", kubeconfig.display());
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         ExitCode::SUCCESS
     })
 }

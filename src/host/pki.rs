@@ -139,19 +139,30 @@ fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>, usages: Vec<ExtendedKeyUsagePurpo
 /// the member's address (clients and peers connect by IP) and localhost.
 pub fn issue(ca: &Ca, name: &MemberName, ip: IpAddr) -> Result<MemberCerts> {
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-    let sans = || {
-        vec![
-            SanType::IpAddress(ip),
-            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
-            SanType::DnsName("localhost".try_into().expect("a valid DNS name")),
-        ]
-    };
     Ok(MemberCerts {
         ca_cert: ca.cert.clone(),
-        server: leaf(ca, &format!("{name} server"), sans(), vec![ServerAuth])?,
-        peer: leaf(ca, &format!("{name} peer"), sans(), vec![ServerAuth, ClientAuth])?,
+        server: issue_server(ca, &format!("{name} server"), ip)?,
+        peer: leaf(
+            ca,
+            &format!("{name} peer"),
+            serving_names(ip),
+            vec![ServerAuth, ClientAuth],
+        )?,
         client: leaf(ca, &format!("{name} runc-etcd client"), vec![], vec![ClientAuth])?,
     })
+}
+
+fn serving_names(ip: IpAddr) -> Vec<SanType> {
+    vec![
+        SanType::IpAddress(ip),
+        SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+        SanType::DnsName("localhost".try_into().expect("a valid DNS name")),
+    ]
+}
+
+/// A serving certificate and key for `ip` (and localhost), PEM.
+pub fn issue_server(ca: &Ca, cn: &str, ip: IpAddr) -> Result<(String, String)> {
+    leaf(ca, cn, serving_names(ip), vec![ExtendedKeyUsagePurpose::ServerAuth])
 }
 
 /// A client identity (for the controller and for users) issued by the cluster CA.

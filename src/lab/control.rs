@@ -9,13 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use super::{Lab, LabHost, netns};
+use super::{Lab, LabHost, external, netns};
 use crate::apiserver::ApiServer;
 use crate::operator::observe;
+use crate::operator::reconcile::delete_if_present;
 
 /// Where hosts find the API server.
 const HOST_KUBECONFIG: &str = "/etc/runc-etcd-lab/kubeconfig";
@@ -26,7 +28,10 @@ pub struct ControlPlane {
     /// The in-process API server (None against a real cluster).
     pub server: Option<ApiServer>,
     pub client: kube::Client,
-    /// Kubeconfig for the lab's LAN (operator, agents), and for this machine (kubectl).
+    /// The lab's namespace: its clusters, and its operator's election Lease.
+    pub namespace: String,
+    /// Kubeconfig for the lab's LAN (operator, agents), and for this machine (kubectl); both
+    /// default to the lab's namespace.
     pub lab_kubeconfig: PathBuf,
     pub local_kubeconfig: PathBuf,
     dir: PathBuf,
@@ -35,12 +40,14 @@ pub struct ControlPlane {
     hosts: Vec<LabHost>,
     lab_id: u8,
     operators: Vec<Child>,
-    kubelet: Option<tokio::task::JoinHandle<()>>,
+    /// The stand-in kubelet, and (against an outside API server) the relay to it.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-pub fn kubeconfig(server: &str) -> String {
+/// A kubeconfig for a plain-HTTP server without authentication (the in-process one).
+pub fn kubeconfig(server: &str, namespace: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: default\ncurrent-context: lab\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: {namespace}\ncurrent-context: lab\n"
     )
 }
 
@@ -53,42 +60,54 @@ impl ControlPlane {
     /// per host and starts the stand-in kubelet. Call inside a multi-threaded tokio runtime.
     pub async fn start(lab: &Lab, bin: &Path) -> crate::Result<ControlPlane> {
         let dir = lab.dir.clone();
-        let (server, client, lab_kubeconfig, local_kubeconfig) = match std::env::var_os(REAL_CLUSTER_ENV) {
+        let namespace = format!("runc-etcd-lab{}", lab.id);
+        let lab_kubeconfig = dir.join("kubeconfig-lan");
+        let local_kubeconfig = dir.join("kubeconfig");
+        let write = |path: &Path, text: &str| crate::host::write_atomic(path, text.as_bytes(), 0o600);
+        let mut tasks = Vec::new();
+        let (server, client) = match std::env::var_os(REAL_CLUSTER_ENV) {
             Some(path) => {
-                let path = PathBuf::from(path);
-                let config =
-                    kube::config::Kubeconfig::read_from(&path).map_err(|e| crate::Error::transient("kubeconfig", e))?;
-                let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+                let local = external::self_contained(Path::new(&path), &namespace)?;
+                let server = external::server_of(&local).unwrap_or_default();
+                let on_lan = netns::bind_in(&lab.client_ns(), (lab.net.gateway(), 0).into())
+                    .map_err(io("binding the API relay on the lab LAN"))?;
+                let (relay, task) = external::relay(on_lan, &server).await?;
+                tasks.push(task);
+                let on_lan = external::through_relay(&local, relay)?;
+                let json = |kc| serde_json::to_string_pretty(kc).expect("a kubeconfig serializes");
+                write(&local_kubeconfig, &json(&local))?;
+                write(&lab_kubeconfig, &json(&on_lan))?;
+                let config = kube::Config::from_custom_kubeconfig(local, &Default::default())
                     .await
                     .map_err(|e| crate::Error::transient("kubeconfig", e))?;
-                let client = kube::Client::try_from(config)?;
-                install_crds(&client).await?;
-                (None, client, path.clone(), path)
+                (None, kube::Client::try_from(config)?)
             }
             None => {
                 let local = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding the API server"))?;
-                let gateway = lab.net.gateway();
-                let on_lan =
-                    netns::bind_in(&lab.client_ns(), (gateway, 0).into()).map_err(io("binding on the lab LAN"))?;
+                let on_lan = netns::bind_in(&lab.client_ns(), (lab.net.gateway(), 0).into())
+                    .map_err(io("binding on the lab LAN"))?;
                 let lan_addr = on_lan.local_addr().map_err(io("lab address"))?;
                 let server = ApiServer::serve(vec![local, on_lan]).map_err(io("starting the API server"))?;
-                let lab_kc = dir.join("kubeconfig-lan");
-                let local_kc = dir.join("kubeconfig");
-                std::fs::write(&lab_kc, kubeconfig(&format!("http://{lan_addr}"))).map_err(io("kubeconfig"))?;
-                std::fs::write(&local_kc, kubeconfig(&server.url())).map_err(io("kubeconfig"))?;
+                write(&lab_kubeconfig, &kubeconfig(&format!("http://{lan_addr}"), &namespace))?;
+                write(&local_kubeconfig, &kubeconfig(&server.url(), &namespace))?;
                 let client = server.client();
-                (Some(server), client, lab_kc, local_kc)
+                (Some(server), client)
             }
         };
+        // A lab with this number that a killed run left on a shared cluster goes first.
+        release(&client, &namespace, lab.id).await?;
+        install_crds(&client).await?;
+        create_namespace(&client, &namespace).await?;
         let text = std::fs::read_to_string(&lab_kubeconfig).map_err(io("reading the kubeconfig"))?;
         for h in &lab.hosts {
             let path = h.path(HOST_KUBECONFIG);
             std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io("kubeconfig dir"))?;
-            std::fs::write(&path, &text).map_err(io("host kubeconfig"))?;
+            crate::host::write_atomic(&path, text.as_bytes(), 0o600)?;
         }
         let mut cp = ControlPlane {
             server,
             client,
+            namespace,
             lab_kubeconfig,
             local_kubeconfig,
             dir,
@@ -97,7 +116,7 @@ impl ControlPlane {
             hosts: lab.hosts.clone(),
             lab_id: lab.id,
             operators: Vec::new(),
-            kubelet: None,
+            tasks,
         };
         for h in &lab.hosts {
             cp.register_node(h, &BTreeMap::new()).await?;
@@ -107,8 +126,21 @@ impl ControlPlane {
             hosts: lab.hosts.clone(),
             node_names: lab.hosts.iter().map(|h| cp.node_name(h)).collect(),
         };
-        cp.kubelet = Some(tokio::spawn(kubelet.run()));
+        cp.tasks.push(tokio::spawn(kubelet.run()));
         Ok(cp)
+    }
+
+    /// Stops the lab's operators and takes what it made off the API server: its Nodes, and its
+    /// namespace with every object in it (finalizers dropped: no operator or agent is left to
+    /// honour them). What matters on a shared real cluster; the in-process one goes anyway.
+    pub async fn release(&mut self) -> crate::Result<()> {
+        for i in 0..self.operators.len() {
+            self.kill_operator(i);
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        release(&self.client, &self.namespace, self.lab_id).await
     }
 
     /// The Node name of a lab host (unique per lab, so labs can share a real cluster).
@@ -166,7 +198,7 @@ impl ControlPlane {
         cmd.arg(format!("--net=/run/netns/{}", self.switch_ns))
             .arg("--")
             .arg(self.bin.join("runc-etcd"))
-            .args(["operator", "--namespace", "runc-etcd", "--lease-seconds", "4"])
+            .args(["operator", "--namespace", &self.namespace, "--lease-seconds", "4"])
             .args(["--identity", &format!("operator-{i}")])
             .env("KUBECONFIG", &self.lab_kubeconfig)
             .env("RUNC_ETCD_LOG", "runc_etcd=debug,info")
@@ -234,10 +266,63 @@ impl Drop for ControlPlane {
         for i in 0..self.operators.len() {
             self.kill_operator(i);
         }
-        if let Some(k) = self.kubelet.take() {
-            k.abort();
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) -> crate::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(name, &PatchParams::apply("runc-etcd-lab").force(), &Patch::Apply(&ns))
+        .await?;
+    Ok(())
+}
+
+async fn drop_finalizers<K>(client: &kube::Client, ns: &str) -> crate::Result<()>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    for o in api.list(&ListParams::default()).await?.items {
+        let name = o.meta().name.clone().unwrap_or_default();
+        match api.patch(&name, &PatchParams::default(), &unfinalize).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            other => drop(other?),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes lab `id`'s Nodes and namespace `ns`, first dropping the finalizers of the project's
+/// objects in it, then waits until the namespace is gone (a real cluster empties it first).
+async fn release(client: &kube::Client, ns: &str, id: u8) -> crate::Result<()> {
+    use crate::api::{EtcdBackup, EtcdCluster, EtcdMember};
+    drop_finalizers::<EtcdBackup>(client, ns).await?;
+    drop_finalizers::<EtcdMember>(client, ns).await?;
+    drop_finalizers::<EtcdCluster>(client, ns).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    delete_if_present(&namespaces, ns).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mine = ListParams::default().labels(&format!("runc-etcd.io/lab={id}"));
+    for n in nodes.list(&mine).await?.items {
+        delete_if_present(&nodes, n.metadata.name.as_deref().unwrap_or_default()).await?;
+    }
+    for _ in 0..120 {
+        if namespaces.get_opt(ns).await?.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(crate::Error::transient(
+        "releasing the lab",
+        format!("namespace {ns} is still there after a minute"),
+    ))
 }
 
 async fn install_crds(client: &kube::Client) -> crate::Result<()> {
@@ -289,6 +374,9 @@ impl Kubelet {
             .list(&ListParams::default())
             .await?
             .items;
+        if recheck {
+            self.heartbeat(&nodes).await?;
+        }
         let mut want: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
         for ds in &sets {
             let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
@@ -327,6 +415,35 @@ impl Kubelet {
                 .expect("agent stop does not panic")
                 .map_err(|e| crate::Error::transient("stopping an agent", e))?;
             running.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Renews the node Lease of every running host, as its kubelet would: a real cluster's node
+    /// lifecycle controller marks a Node whose Lease lapses (40 s) not Ready and taints it.
+    async fn heartbeat(&self, nodes: &[Node]) -> crate::Result<()> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        for (h, name) in self.hosts.iter().zip(&self.node_names) {
+            let Some(node) = nodes.iter().find(|n| n.metadata.name.as_ref() == Some(name)) else {
+                continue;
+            };
+            if h.pid().is_none() {
+                continue; // powered off: its Lease lapses
+            }
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
+                    "name": name, "uid": node.metadata.uid}]},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                    "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+            });
+            leases
+                .patch(
+                    name,
+                    &PatchParams::apply("runc-etcd-lab").force(),
+                    &Patch::Apply(&lease),
+                )
+                .await?;
         }
         Ok(())
     }

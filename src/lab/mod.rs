@@ -6,6 +6,7 @@
 //! left behind by a killed run is cleaned up when its number is taken again.
 
 pub mod control;
+pub mod external;
 mod host;
 pub mod images;
 mod net;

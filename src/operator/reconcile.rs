@@ -573,7 +573,7 @@ async fn finalize(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

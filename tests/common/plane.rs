@@ -14,8 +14,6 @@ use runc_etcd::api::EtcdCluster;
 use runc_etcd::lab::Lab;
 use runc_etcd::lab::control::ControlPlane;
 
-pub const NS: &str = "default";
-
 pub struct Plane {
     pub cp: ControlPlane,
     pub rt: tokio::runtime::Runtime,
@@ -27,6 +25,15 @@ pub fn bin_dir() -> std::path::PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+impl Drop for Plane {
+    /// Takes the lab off the API server (on a shared real cluster, its Nodes and namespace).
+    fn drop(&mut self) {
+        if let Err(e) = self.rt.block_on(self.cp.release()) {
+            eprintln!("releasing the lab's control plane: {e}");
+        }
+    }
 }
 
 impl Plane {
@@ -51,8 +58,18 @@ impl Plane {
         Plane { cp, rt, lab }
     }
 
+    /// The lab's namespace, where tests put their clusters.
+    pub fn ns(&self) -> &str {
+        &self.cp.namespace
+    }
+
+    /// A cluster's instance on the hosts (`<namespace>.<name>`): its unit and state folder.
+    pub fn instance(&self, cluster: &str) -> String {
+        format!("{}.{cluster}", self.ns())
+    }
+
     pub fn clusters(&self) -> Api<EtcdCluster> {
-        Api::namespaced(self.cp.client.clone(), NS)
+        Api::namespaced(self.cp.client.clone(), self.ns())
     }
 
     /// `kubectl apply` of an EtcdCluster (server-side apply).
@@ -108,7 +125,7 @@ impl Plane {
     }
 
     fn secret(&self, name: &str) -> Option<Secret> {
-        let api: Api<Secret> = Api::namespaced(self.cp.client.clone(), NS);
+        let api: Api<Secret> = Api::namespaced(self.cp.client.clone(), self.ns());
         self.rt.block_on(api.get_opt(name)).unwrap()
     }
 
@@ -126,7 +143,7 @@ impl Plane {
 
     /// Client URLs from the Service's EndpointSlice (ready endpoints), as a client would find them.
     pub fn service_endpoints(&self, cluster: &str, scheme: &str) -> Vec<String> {
-        let api: Api<EndpointSlice> = Api::namespaced(self.cp.client.clone(), NS);
+        let api: Api<EndpointSlice> = Api::namespaced(self.cp.client.clone(), self.ns());
         let slice = self.rt.block_on(api.get(&format!("{cluster}-client"))).unwrap();
         let port = slice.ports.unwrap()[0].port.unwrap();
         slice
@@ -192,7 +209,7 @@ impl Plane {
     /// How often an Event with `reason` was emitted about the cluster (repeats of the same Event
     /// are one object with a series count, as on a real cluster).
     pub fn event_count(&self, cluster: &str, reason: &str) -> i32 {
-        let api: Api<Event> = Api::namespaced(self.cp.client.clone(), NS);
+        let api: Api<Event> = Api::namespaced(self.cp.client.clone(), self.ns());
         self.rt
             .block_on(api.list(&ListParams::default()))
             .unwrap()
@@ -206,7 +223,7 @@ impl Plane {
 
     /// (reason, note) of the Events about the cluster, oldest first.
     pub fn events(&self, cluster: &str) -> Vec<(String, String)> {
-        let api: Api<Event> = Api::namespaced(self.cp.client.clone(), NS);
+        let api: Api<Event> = Api::namespaced(self.cp.client.clone(), self.ns());
         let mut events: Vec<Event> = self
             .rt
             .block_on(api.list(&ListParams::default()))
@@ -230,7 +247,7 @@ impl Plane {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        let api: Api<K> = Api::namespaced(self.cp.client.clone(), NS);
+        let api: Api<K> = Api::namespaced(self.cp.client.clone(), self.ns());
         let lp = ListParams::default().labels(&format!("runc-etcd.io/cluster={cluster}"));
         let list = self.rt.block_on(api.list(&lp)).unwrap();
         list.items
@@ -263,6 +280,6 @@ pub fn tail(s: &str, lines: usize) -> String {
 
 pub fn cluster_yaml(name: &str, size: u32, image: &str, extra: &str) -> String {
     format!(
-        "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  size: {size}\n  version: 3.5.16\n  image: {image}\n{extra}"
+        "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata:\n  name: {name}\nspec:\n  size: {size}\n  version: 3.5.16\n  image: {image}\n{extra}"
     )
 }

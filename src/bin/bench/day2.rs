@@ -26,7 +26,7 @@ pub fn run() -> ExitCode {
     rt.block_on(async {
         let mut cp = ControlPlane::start(&lab, &bin_dir()).await.expect("control plane");
         cp.start_operator(&[]).expect("operator");
-        let api: Api<EtcdCluster> = Api::namespaced(cp.client.clone(), "default");
+        let api: Api<EtcdCluster> = Api::namespaced(cp.client.clone(), &cp.namespace);
         let apply = PatchParams::apply("bench").force();
         let with_recovery = |version: &str| {
             let mut s = spec("day2", 3, &lab.image(version), version, 2379);

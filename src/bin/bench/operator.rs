@@ -14,7 +14,7 @@ use super::{bin_dir, lab_up, secs};
 pub fn spec(name: &str, size: u32, image: &str, version: &str, base_port: u32) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name},
         "spec": {"size": size, "version": version, "image": image,
                  "ports": {"client": base_port, "peer": base_port + 1, "metrics": base_port + 2}},
     })
@@ -77,7 +77,7 @@ pub fn run(version: &str, rounds: u32, clusters: u32) -> ExitCode {
         let mut cp = ControlPlane::start(&lab, &bin_dir()).await.expect("control plane");
         cp.start_operator(&[]).expect("operator");
         let pid = cp.operator_pid(0);
-        let api: Api<EtcdCluster> = Api::namespaced(cp.client.clone(), "default");
+        let api: Api<EtcdCluster> = Api::namespaced(cp.client.clone(), &cp.namespace);
         let apply = PatchParams::apply("bench").force();
         let spec_of = |name: &str, size, port| spec(name, size, &image, version, port);
 
