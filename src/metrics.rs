@@ -2,9 +2,10 @@
 //! exposition), `/healthz` (the process serves) and `/readyz` (it is connected and working:
 //! the operator once it has started its controllers, the agent once it watches its members).
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -61,7 +62,12 @@ pub struct Metrics {
     pub agent_member_running: Family<MemberLabels, Gauge>,
     pub agent_unit_restarts: Family<MemberLabels, Gauge>,
     pub agent_backups: Family<KindLabels, Counter>,
+    /// The members whose series the operator publishes, per cluster: a member that leaves takes
+    /// its series along (a stale `member_healthy 0` would page someone for a member long gone).
+    published: Mutex<HashMap<ClusterLabels, BTreeSet<String>>>,
 }
+
+const ROLES: [&str; 3] = ["leader", "follower", "learner"];
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -82,6 +88,7 @@ impl Metrics {
             agent_member_running: Family::default(),
             agent_unit_restarts: Family::default(),
             agent_backups: Family::default(),
+            published: Mutex::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -187,7 +194,7 @@ impl Metrics {
             };
             self.member_healthy.get_or_create(&ml).set(i64::from(m.healthy));
             self.member_db_size.get_or_create(&ml).set(m.db_size_bytes.unwrap_or(0));
-            for role in ["leader", "follower", "learner"] {
+            for role in ROLES {
                 let rl = RoleLabels {
                     namespace: namespace.clone(),
                     cluster: cluster.clone(),
@@ -199,6 +206,8 @@ impl Metrics {
                     .set(i64::from(m.role.as_deref() == Some(role)));
             }
         }
+        let now: BTreeSet<String> = s.members.iter().map(|m| m.name.clone()).collect();
+        self.forget_members(&labels, Some(now));
         if let Some(b) = crate::backup::newest_good(backups, &cluster) {
             let st = b.status.clone().unwrap_or_default();
             if let Some(done) = st.completion_time {
@@ -224,6 +233,41 @@ impl Metrics {
             f.remove(&labels);
         }
         self.backup_age.remove(&labels);
+        self.forget_members(&labels, None);
+    }
+
+    /// Drops the series of the cluster's members not in `keep` (all of them for None), and
+    /// remembers `keep` as the published ones.
+    fn forget_members(&self, cluster: &ClusterLabels, keep: Option<BTreeSet<String>>) {
+        let mut published = self.published.lock().expect("not poisoned");
+        let before = published.remove(cluster).unwrap_or_default();
+        let keep = keep.unwrap_or_default();
+        for gone in before.difference(&keep) {
+            let member = MemberLabels {
+                namespace: cluster.namespace.clone(),
+                cluster: cluster.cluster.clone(),
+                member: gone.clone(),
+            };
+            self.member_healthy.remove(&member);
+            self.member_db_size.remove(&member);
+            for role in ROLES {
+                self.member_role.remove(&RoleLabels {
+                    namespace: member.namespace.clone(),
+                    cluster: member.cluster.clone(),
+                    member: member.member.clone(),
+                    role: role.into(),
+                });
+            }
+        }
+        if !keep.is_empty() {
+            published.insert(cluster.clone(), keep);
+        }
+    }
+
+    /// Drops an agent's series of a member it retired.
+    pub fn forget_agent_member(&self, member: &MemberLabels) {
+        self.agent_member_running.remove(member);
+        self.agent_unit_restarts.remove(member);
     }
 }
 
@@ -287,4 +331,56 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> crate::Result<()>
     axum::serve(listener, app)
         .await
         .map_err(|e| crate::Error::transient("serving metrics", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MemberStatus;
+
+    fn cluster() -> EtcdCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
+            "metadata": {"name": "main", "namespace": "prod"}, "spec": {"version": "3.5.16"},
+        }))
+        .unwrap()
+    }
+
+    fn status(members: &[&str]) -> EtcdClusterStatus {
+        EtcdClusterStatus {
+            members: members
+                .iter()
+                .map(|m| MemberStatus {
+                    name: m.to_string(),
+                    healthy: true,
+                    role: Some("follower".into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn series_of(m: &Metrics, member: &str) -> usize {
+        let label = format!("member=\"{member}\"");
+        m.encode().lines().filter(|l| l.contains(&label)).count()
+    }
+
+    #[test]
+    fn a_member_that_leaves_and_a_deleted_cluster_take_their_series_along() {
+        let m = Metrics::new();
+        m.observe_cluster(&cluster(), &status(&["a", "b", "c"]), &[]);
+        assert_eq!(
+            series_of(&m, "c"),
+            5,
+            "healthy, db size and three roles:\n{}",
+            m.encode()
+        );
+        m.observe_cluster(&cluster(), &status(&["a", "b"]), &[]);
+        assert_eq!(series_of(&m, "c"), 0, "{}", m.encode());
+        assert_eq!(series_of(&m, "a"), 5);
+        m.forget_cluster("prod", "main");
+        assert_eq!(series_of(&m, "a") + series_of(&m, "b"), 0, "{}", m.encode());
+        assert!(!m.encode().contains("cluster=\"main\""), "{}", m.encode());
+    }
 }

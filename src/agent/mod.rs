@@ -142,6 +142,14 @@ impl Ctx {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
+    fn member_labels(&self, member: &MemberName) -> crate::metrics::MemberLabels {
+        crate::metrics::MemberLabels {
+            namespace: self.config.namespace.clone(),
+            cluster: self.config.cluster.clone(),
+            member: member.to_string(),
+        }
+    }
+
     /// Writes the status when it changed (every write wakes the controller).
     async fn report(&self, m: &EtcdMember, status: EtcdMemberStatus) -> Result<()> {
         if m.status.as_ref() == Some(&status) {
@@ -284,11 +292,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
     } else {
         Duration::from_millis(500)
     };
-    let labels = crate::metrics::MemberLabels {
-        namespace: ctx.config.namespace.clone(),
-        cluster: ctx.config.cluster.clone(),
-        member: name.to_string(),
-    };
+    let labels = ctx.member_labels(&name);
     let running = status.phase.as_deref() == Some("Running");
     ctx.metrics
         .agent_member_running
@@ -350,5 +354,6 @@ async fn retire(m: &EtcdMember, ctx: &Ctx, name: &MemberName) -> Result<Action> 
         .await?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let _ = leases.delete(&m.name_any(), &Default::default()).await;
+    ctx.metrics.forget_agent_member(&ctx.member_labels(name));
     Ok(Action::await_change())
 }
