@@ -81,6 +81,20 @@ async fn create_conflicts_generation_and_status() {
     // A write based on a stale resourceVersion is a conflict.
     let (code, msg) = rejected(api.replace("main", &PostParams::default(), &resized).await.unwrap_err());
     assert_eq!(code, 409, "{msg}");
+    // So is a patch that names a stale one (how an agent claims a backup only if unmoved).
+    let stale =
+        json!({"metadata": {"resourceVersion": resized.metadata.resource_version}, "status": {"phase": "Failed"}});
+    let (code, msg) = rejected(
+        api.patch_status("main", &PatchParams::default(), &Patch::Merge(&stale))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 409, "{msg}");
+    let current =
+        json!({"metadata": {"resourceVersion": patched.metadata.resource_version}, "status": {"phase": "Failed"}});
+    api.patch_status("main", &PatchParams::default(), &Patch::Merge(&current))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -201,7 +201,10 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     }
     // The operator's metrics forget the members that left.
     let (_, metrics) = p.http_get(&format!("{}:8080", p.lab.net.gateway()), "/metrics");
-    let healthy = metrics.lines().filter(|l| l.starts_with("runc_etcd_member_healthy{")).count();
+    let healthy = metrics
+        .lines()
+        .filter(|l| l.starts_with("runc_etcd_member_healthy{"))
+        .count();
     assert_eq!(healthy, 3, "{metrics}");
     // Removed members were stopped and archived on their hosts.
     let running: Vec<u8> = (1..=5).filter(|n| unit_active(&p, *n)).collect();

@@ -57,17 +57,27 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     let Some(b) = ctx.backups().get_opt(&b.name_any()).await? else {
         return Ok(Action::await_change());
     };
-    if b.finished() {
+    let status = b.status.clone().unwrap_or_default();
+    if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
         return Ok(Action::await_change());
     }
-    let status = b.status.clone().unwrap_or_default();
     let running = EtcdBackupStatus {
         phase: Some("Running".into()),
         start_time: Some(now()),
         message: Some(format!("taking a snapshot on node {}", ctx.config.node)),
         ..status.clone()
     };
-    ctx.backup_status(&b, &running).await?;
+    // Claimed only if unchanged since that read: the controller may have just moved it to
+    // another node (it moves Pending backups whose member stopped being healthy).
+    let claim = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": running});
+    match ctx
+        .backups()
+        .patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(claim))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+        other => drop(other?),
+    }
     let done = match take(&b, &ctx, running.clone()).await {
         Ok(s) => s,
         Err(e) => EtcdBackupStatus {

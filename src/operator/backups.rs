@@ -83,11 +83,14 @@ pub fn expired(backups: &[EtcdBackup], retention: usize) -> Vec<String> {
     done.iter().take(extra).map(|b| b.name_any()).collect()
 }
 
-/// The member (and its node) to take a backup from: a healthy voter, a follower before the
-/// leader (a snapshot loads the member that sends it).
-pub fn pick_member(view: &View) -> Option<(String, String)> {
-    let etcd = view.etcd.as_ref()?;
-    view.members
+/// The healthy voters a backup can be taken from, as (is leader, member, node): a follower
+/// sorts before the leader (a snapshot loads the member that sends it).
+fn sources(view: &View) -> Vec<(bool, String, String)> {
+    let Some(etcd) = view.etcd.as_ref() else {
+        return Vec::new();
+    };
+    let mut all: Vec<_> = view
+        .members
         .iter()
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter_map(|o| {
@@ -101,8 +104,29 @@ pub fn pick_member(view: &View) -> Option<(String, String)> {
                 o.spec.node_name.clone(),
             ))
         })
-        .min()
-        .map(|(_, member, node)| (member, node))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The member and node a backup should (now) be taken on, when that changes: a new backup goes
+/// to the first of `sources`; a Pending one whose member is no longer a healthy voter (its host lost,
+/// the member replaced) moves, since no agent may ever come for it. One that is Running or
+/// finished stays where it is.
+pub fn assignment(b: &EtcdBackup, view: &View) -> Option<(String, String)> {
+    if b.finished() || b.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = b.status.clone().unwrap_or_default();
+    let sources = sources(view);
+    if status.node_name.is_some() {
+        let pending = status.phase.as_deref().is_none_or(|p| p == "Pending");
+        let source_left = !sources.iter().any(|(_, m, _)| Some(m) == status.member.as_ref());
+        if !(pending && source_left) {
+            return None;
+        }
+    }
+    sources.into_iter().next().map(|(_, member, node)| (member, node))
 }
 
 /// Whether `step` changes a cluster that had converged on an earlier spec (a resize or an
@@ -160,41 +184,47 @@ pub async fn gate(c: &EtcdCluster, ctx: &Ctx, view: &View, why: &str) -> Result<
     })
 }
 
-/// Assigns new backups to a node, keeps the schedule and retention. Returns when to look again.
+/// Assigns backups to a node, keeps the schedule and retention. Returns when to look again.
 pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Duration>> {
     let api: Api<EtcdBackup> = ctx.api(c);
-    for b in view.backups.iter().filter(|b| b.metadata.deletion_timestamp.is_none()) {
-        let assigned = b.status.as_ref().is_some_and(|s| s.node_name.is_some());
-        if assigned || b.finished() {
-            continue;
-        }
-        let Some((member, node)) = pick_member(view) else {
-            continue; // no healthy member yet: looked at again on the next pass
+    for b in &view.backups {
+        let status = b.status.clone().unwrap_or_default();
+        let node = match assignment(b, view) {
+            Some((member, node)) => {
+                if !assign(&api, b, c, &member, &node).await? {
+                    continue; // its agent started it meanwhile: it stays there
+                }
+                if let (Some(was), Some(from)) = (&status.node_name, &status.member) {
+                    let note = format!(
+                        "{}: {from} on {was} is not a healthy voter; {member} on {node} takes it",
+                        b.name_any()
+                    );
+                    ctx.event(c, EventType::Normal, "BackupMoved", None, note).await;
+                }
+                node
+            }
+            None if b.finished() || b.metadata.deletion_timestamp.is_some() => continue,
+            None => match status.node_name {
+                Some(node) => node,
+                None => continue, // no healthy member yet: looked at again on the next pass
+            },
         };
-        let mut labels = b.labels().clone();
-        labels.insert(CLUSTER_LABEL.into(), c.name_any());
-        labels.insert(NODE_LABEL.into(), node.clone());
-        let mut finalizers = b.finalizers().to_vec();
-        if !finalizers.iter().any(|f| f == BACKUP_FINALIZER) {
-            finalizers.push(BACKUP_FINALIZER.into());
+        // The node's agent finds the backup by label; the finalizer lets the snapshot be deleted
+        // with it. Written after the status (a crash in between is mended here on the next pass).
+        let labelled =
+            b.labels().get(NODE_LABEL) == Some(&node) && b.finalizers().iter().any(|f| f == BACKUP_FINALIZER);
+        if !labelled {
+            let mut labels = b.labels().clone();
+            labels.insert(CLUSTER_LABEL.into(), c.name_any());
+            labels.insert(NODE_LABEL.into(), node);
+            let mut finalizers = b.finalizers().to_vec();
+            if !finalizers.iter().any(|f| f == BACKUP_FINALIZER) {
+                finalizers.push(BACKUP_FINALIZER.into());
+            }
+            let meta = json!({"metadata": {"labels": labels, "finalizers": finalizers}});
+            api.patch(&b.name_any(), &PatchParams::default(), &Patch::Merge(meta))
+                .await?;
         }
-        let meta = json!({"metadata": {"labels": labels, "finalizers": finalizers}});
-        api.patch(&b.name_any(), &PatchParams::default(), &Patch::Merge(meta))
-            .await?;
-        let status = EtcdBackupStatus {
-            phase: Some("Pending".into()),
-            node_name: Some(node.clone()),
-            member: Some(member.clone()),
-            destination: Some(backup::destination(c.spec.backup.as_ref())),
-            message: Some(format!("the agent on node {node} takes it from {member}")),
-            ..Default::default()
-        };
-        api.patch_status(
-            &b.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
     }
 
     let Some(spec) = &c.spec.backup else {
@@ -241,6 +271,29 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Dura
         ctx.event(c, EventType::Normal, "BackupScheduled", None, name).await;
     }
     Ok(next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(50)))
+}
+
+/// Writes the backup's node, member and destination into its status, if it is still as this
+/// pass saw it (its resourceVersion): an agent that started it meanwhile keeps it. Returns
+/// whether it was written.
+async fn assign(api: &Api<EtcdBackup>, b: &EtcdBackup, c: &EtcdCluster, member: &str, node: &str) -> Result<bool> {
+    let status = EtcdBackupStatus {
+        phase: Some("Pending".into()),
+        node_name: Some(node.into()),
+        member: Some(member.into()),
+        destination: Some(backup::destination(c.spec.backup.as_ref())),
+        message: Some(format!("the agent on node {node} takes it from {member}")),
+        ..Default::default()
+    };
+    let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": status});
+    match api
+        .patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deleted EtcdBackups: the controller deletes S3 snapshots itself; a host-folder snapshot is
@@ -366,6 +419,43 @@ mod tests {
         assert_eq!(expired(&all, 1), vec!["b10", "b11"]);
         assert_eq!(expired(&all, 3), Vec::<String>::new());
         assert_eq!(expired(&all, 0), vec!["b10", "b11"], "at least one is kept");
+    }
+
+    #[test]
+    fn a_backup_goes_to_a_healthy_follower_and_moves_only_while_pending() {
+        use crate::operator::testing::view_with_objects;
+        // m1 leads; m2 and m3 answer: a new backup goes to a follower.
+        let all_up = view_with_objects(3, 3);
+        let mut b = backup("b", 10, "Pending", false);
+        b.status = None;
+        assert_eq!(assignment(&b, &all_up), Some(("m2".into(), "n2".into())));
+        // Assigned to m2, which still answers: it stays.
+        b.status = Some(EtcdBackupStatus {
+            phase: Some("Pending".into()),
+            node_name: Some("n2".into()),
+            member: Some("m2".into()),
+            ..Default::default()
+        });
+        assert_eq!(assignment(&b, &all_up), None);
+        // m2 and m3 stop answering (m3's host is lost): it moves to the one left, the leader.
+        let only_leader = view_with_objects(3, 1);
+        assert_eq!(assignment(&b, &only_leader), Some(("m1".into(), "n1".into())));
+        // m2's EtcdMember is being deleted (replaced): it moves too.
+        let mut replacing = view_with_objects(3, 3);
+        replacing.members[1].metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        assert_eq!(assignment(&b, &replacing), Some(("m3".into(), "n3".into())));
+        // Once its agent has started it, or it is done, it stays whatever happens.
+        for phase in ["Running", "Succeeded", "Failed"] {
+            b.status.as_mut().unwrap().phase = Some(phase.into());
+            assert_eq!(assignment(&b, &only_leader), None, "{phase}");
+        }
+        // Nobody answers: nothing is assigned.
+        let mut dark = view_with_objects(3, 0);
+        dark.etcd = None;
+        b.status = None;
+        assert_eq!(assignment(&b, &dark), None);
     }
 
     #[test]

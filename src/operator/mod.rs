@@ -21,6 +21,8 @@ pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod upgrade;
 
 use std::sync::Arc;

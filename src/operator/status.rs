@@ -267,58 +267,13 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::etcd::{EndpointStatus, MemberInfo};
-    use crate::operator::observe::EtcdView;
+    use crate::operator::testing::view;
 
     fn cluster() -> EtcdCluster {
         serde_saphyr::from_str(
             "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main, namespace: prod, generation: 4}\nspec: {size: 3, version: 3.5.16}\n",
         )
         .unwrap()
-    }
-
-    /// A view of `n` voters, the first the leader, `healthy` of them answering.
-    fn view(n: u64, healthy: u64) -> View {
-        let members = (1..=n)
-            .map(|id| MemberInfo {
-                id,
-                name: format!("m{id}"),
-                peer_urls: vec![format!("https://10.0.0.{id}:2380")],
-                client_urls: vec![format!("https://10.0.0.{id}:2379")],
-                is_learner: false,
-            })
-            .collect();
-        let healthy = (1..=healthy)
-            .map(|id| {
-                let s = EndpointStatus {
-                    endpoint: String::new(),
-                    member_id: id,
-                    cluster_id: 0xc1,
-                    version: "3.5.16".into(),
-                    db_size: 4096,
-                    db_size_in_use: 4096,
-                    leader: 1,
-                    raft_index: 9,
-                    revision: 5,
-                    is_learner: false,
-                    errors: vec![],
-                };
-                (id, s)
-            })
-            .collect();
-        View {
-            members: vec![],
-            backups: vec![],
-            restore: None,
-            nodes: vec![],
-            etcd: Some(EtcdView {
-                members,
-                healthy,
-                leader: 1,
-                cluster_id: 0xc1,
-                nospace: vec![],
-            }),
-        }
     }
 
     fn cond<'a>(s: &'a crate::api::EtcdClusterStatus, t: &str) -> &'a Condition {
