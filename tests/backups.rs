@@ -1,6 +1,6 @@
 //! Backups and restores end to end: EtcdBackups taken by the agents from real members, stored in
 //! a host folder or a real S3-compatible server (s3s-fs), kept as configured, restored into a
-//! new cluster, and used to rebuild a cluster that lost quorum, on request.
+//! new cluster, and used to rebuild a cluster that lost quorum, on request or after its timeout.
 
 mod common;
 
@@ -144,9 +144,8 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
     assert_eq!(after, expected);
 }
 
-#[test]
-fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
-    let p = Plane::up(5);
+/// An S3 bucket in the lab, its credentials Secret, and the `spec.backup` lines that use it.
+fn s3_destination(p: &Plane) -> (runc_etcd::lab::registry::Server, String) {
     let s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
     let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
     let creds: Secret = serde_json::from_value(serde_json::json!({
@@ -154,11 +153,44 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
         "stringData": {"accessKeyId": S3_ACCESS_KEY, "secretAccessKey": S3_SECRET_KEY}}))
     .unwrap();
     p.rt.block_on(secrets.create(&PostParams::default(), &creds)).unwrap();
-    let image = p.lab.image(V_MID);
     let spec = format!(
         "  backup:\n    s3:\n      endpoint: http://{}\n      bucket: etcd-backups\n      prefix: lab\n      credentialsSecret: s3-creds\n",
         s3.address
     );
+    (s3, spec)
+}
+
+/// Creates EtcdBackup `name` of cluster "main" and waits until it is finished.
+fn back_up(p: &Plane, name: &str) -> EtcdBackup {
+    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let b: EtcdBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": name}, "spec": {"clusterName": "main"}}))
+    .unwrap();
+    p.rt.block_on(api.create(&PostParams::default(), &b)).unwrap();
+    eventually("the backup finishes", 60, || {
+        backup(p, name).is_some_and(|b| b.finished())
+    });
+    backup(p, name).unwrap()
+}
+
+fn host_of(p: &Plane, node: &str) -> u8 {
+    (1..=p.lab.hosts.len() as u8)
+        .find(|n| p.cp.node_name(p.lab.host(*n)) == node)
+        .unwrap()
+}
+
+/// Cuts a host's power, and marks its Node not Ready as Kubernetes would.
+fn lose_host(p: &Plane, n: u8) {
+    p.lab.host(n).power_off(false);
+    p.rt.block_on(p.cp.set_node_ready(p.lab.host(n), false)).unwrap();
+}
+
+#[test]
+fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
+    let p = Plane::up(5);
+    let (s3, spec) = s3_destination(&p);
+    let image = p.lab.image(V_MID);
     p.apply(&cluster_yaml("main", 3, &image, &spec)).unwrap();
     let before = p.wait_ready("main", 3, 180);
     p.put_keys("main", "a/", 30);
@@ -166,15 +198,7 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
 
     // An on-demand backup, stored in the bucket with the checksum it reports.
     let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
-    let b: EtcdBackup = serde_json::from_value(serde_json::json!({
-        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdBackup",
-        "metadata": {"name": "nightly"}, "spec": {"clusterName": "main"}}))
-    .unwrap();
-    p.rt.block_on(api.create(&PostParams::default(), &b)).unwrap();
-    eventually("the backup succeeds", 60, || {
-        backup(&p, "nightly").is_some_and(|b| b.finished())
-    });
-    let b = backup(&p, "nightly").unwrap();
+    let b = back_up(&p, "nightly");
     assert_complete(&b);
     let s = b.status.clone().unwrap();
     assert_eq!(
@@ -190,12 +214,9 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     // Writes after the backup, then two of the three members' hosts lose power.
     p.put_keys("main", "b/", 10);
     let members = before.status.unwrap().members;
-    let host_of = |node: &str| (1..=5u8).find(|n| p.cp.node_name(p.lab.host(*n)) == node).unwrap();
-    let lost: Vec<u8> = members.iter().take(2).map(|m| host_of(&m.node)).collect();
-    let survivor = host_of(&members[2].node);
-    for &n in &lost {
-        p.lab.host(n).power_off(false);
-        p.rt.block_on(p.cp.set_node_ready(p.lab.host(n), false)).unwrap();
+    let survivor = host_of(&p, &members[2].node);
+    for m in members.iter().take(2) {
+        lose_host(&p, host_of(&p, &m.node));
     }
 
     // Manual (the default): reported, with what to do, and nothing is destroyed.
@@ -263,5 +284,36 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     p.rt.block_on(api.delete("nightly", &DeleteParams::default())).unwrap();
     eventually("the EtcdBackup is gone", 30, || backup(&p, "nightly").is_none());
     assert!(!object.exists());
+    drop(s3);
+}
+
+#[test]
+fn with_restore_from_backup_a_lost_quorum_is_rebuilt_after_its_timeout() {
+    let p = Plane::up(2);
+    let (s3, spec) = s3_destination(&p);
+    let recovery = "  recovery:\n    quorumLoss: RestoreFromBackup\n    quorumLossTimeout: 10s\n";
+    let image = p.lab.image(V_MID);
+    p.apply(&cluster_yaml("main", 1, &image, &format!("{spec}{recovery}")))
+        .unwrap();
+    let before = p.wait_ready("main", 1, 180).status.unwrap();
+    p.put_keys("main", "a/", 20);
+    let backed_up = p.all_keys("main");
+    assert_complete(&back_up(&p, "nightly"));
+    p.put_keys("main", "b/", 5);
+
+    // Its only member's host is lost: quorum is lost, and nobody asks for anything.
+    let lost = before.members[0].node.clone();
+    lose_host(&p, host_of(&p, &lost));
+    p.wait("main", "QuorumLost reported", 90, |c| {
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("QuorumLost")
+    });
+
+    // Past quorumLossTimeout, it is rebuilt from the backup on the other host: a new cluster ID,
+    // exactly the backed-up keys.
+    let after = p.wait_ready("main", 1, 300).status.unwrap();
+    assert_ne!(after.members[0].node, lost);
+    assert_ne!(after.cluster_id, before.cluster_id);
+    assert_eq!(p.all_keys("main"), backed_up, "exactly the backed-up keys");
+    assert_eq!(p.event_count("main", "RebuildFromBackupSucceeded"), 1);
     drop(s3);
 }
