@@ -306,14 +306,16 @@ async fn release(client: &kube::Client, ns: &str, id: u8) -> crate::Result<()> {
     drop_finalizers::<EtcdBackup>(client, ns).await?;
     drop_finalizers::<EtcdMember>(client, ns).await?;
     drop_finalizers::<EtcdCluster>(client, ns).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    delete_if_present(&namespaces, ns).await?;
+    // Nodes first: on a real cluster the agent pods bound to them are only let go (by the pod
+    // garbage collector) once their Node is gone, and the namespace waits for its pods.
     let nodes: Api<Node> = Api::all(client.clone());
     let mine = ListParams::default().labels(&format!("runc-etcd.io/lab={id}"));
     for n in nodes.list(&mine).await?.items {
         delete_if_present(&nodes, n.metadata.name.as_deref().unwrap_or_default()).await?;
     }
-    for _ in 0..120 {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    delete_if_present(&namespaces, ns).await?;
+    for _ in 0..360 {
         if namespaces.get_opt(ns).await?.is_none() {
             return Ok(());
         }
@@ -321,7 +323,7 @@ async fn release(client: &kube::Client, ns: &str, id: u8) -> crate::Result<()> {
     }
     Err(crate::Error::transient(
         "releasing the lab",
-        format!("namespace {ns} is still there after a minute"),
+        format!("namespace {ns} is still there after three minutes"),
     ))
 }
 
