@@ -392,6 +392,14 @@ fn kubectl(p: &Plane, args: &[&str], stdin: Option<&str>) -> std::process::Outpu
 #[test]
 fn kubectl_applies_lists_and_deletes_etcdclusters() {
     let p = Plane::up(1);
+    // `kubectl get -w`, started before the cluster exists, prints each change as a row.
+    let watcher = std::process::Command::new("kubectl")
+        .args(["get", "etcdclusters", "-w", "--no-headers"])
+        .env("KUBECONFIG", &p.cp.local_kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Plain HTTP, as the spec asks: no TLS Secrets, http:// endpoints.
     let yaml = cluster_yaml("main", 1, &p.lab.image(V_MID), "  tls: {enabled: false}\n");
     let out = kubectl(&p, &["apply", "-f", "-"], Some(&yaml));
@@ -405,6 +413,15 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         cols.get(..5) == Some(&["main", "1", "1", V_MID, "Running"][..])
     });
+    let mut watcher = watcher;
+    let _ = watcher.kill();
+    let watched = String::from_utf8_lossy(&watcher.wait_with_output().unwrap().stdout).to_string();
+    assert!(
+        watched
+            .lines()
+            .any(|l| l.split_whitespace().take(5).eq(["main", "1", "1", V_MID, "Running"])),
+        "kubectl get -w printed:\n{watched}"
+    );
     let endpoints = p.service_endpoints("main", "http");
     let value = netns::run_in(&p.lab.client_ns(), move || async move {
         let mut c = connect(endpoints, None).await;

@@ -93,7 +93,7 @@ pub async fn handle(
     }
     let result = match (&method, route.name.as_deref()) {
         (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            return watch(store, r, route.namespace, q);
+            return watch(store, r, route.namespace, q, wants_table(&headers));
         }
         (&Method::GET, None) => list(&store, r, route.namespace.as_deref(), &q).map(|l| as_table(&headers, r, l)),
         (&Method::GET, Some(name)) => store.lock().unwrap().get(r, &ns, name).map(|o| {
@@ -256,15 +256,19 @@ fn split_terms(sel: &str) -> Vec<String> {
     terms
 }
 
+/// Whether the client asks for Tables (kubectl get does).
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
 /// A list (or one object, as a list of one) as a Table when the client asks for one; else the
 /// list, or the object itself.
 fn as_table(headers: &HeaderMap, r: &Resource, list: Value) -> Value {
-    let wants_table = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"));
     let items = list["items"].as_array().cloned().unwrap_or_default();
-    if wants_table {
+    if wants_table(headers) {
         let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0");
         super::table::table(r, &items, rv)
     } else if list.get("kind").is_none() {
@@ -286,8 +290,15 @@ fn list(store: &Shared, r: &Resource, ns: Option<&str>, q: &HashMap<String, Stri
 }
 
 /// A watch: events after `resourceVersion` (or every current object as ADDED when none is
-/// given), then live ones, one JSON object per line, until `timeoutSeconds`.
-fn watch(store: Shared, r: &'static Resource, ns: Option<String>, q: HashMap<String, String>) -> Response {
+/// given), then live ones, one JSON object per line, until `timeoutSeconds`. Each event's object
+/// is a one-row Table when the client asks for Tables (`kubectl get -w`).
+fn watch(
+    store: Shared,
+    r: &'static Resource,
+    ns: Option<String>,
+    q: HashMap<String, String>,
+    tables: bool,
+) -> Response {
     let (backlog, rx, last_rv) = {
         let s = store.lock().unwrap();
         let rx = s.events.subscribe();
@@ -331,7 +342,16 @@ fn watch(store: Shared, r: &'static Resource, ns: Option<String>, q: HashMap<Str
     let stream = backlog
         .chain(live)
         .take_until(tokio::time::sleep(timeout))
-        .map(|e| Ok::<_, std::convert::Infallible>(Bytes::from(format!("{e}\n"))));
+        .map(move |mut e| {
+            if tables {
+                let rv = e["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .to_string();
+                e["object"] = super::table::table(r, std::slice::from_ref(&e["object"]), &rv);
+            }
+            Ok::<_, std::convert::Infallible>(Bytes::from(format!("{e}\n")))
+        });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],

@@ -12,10 +12,11 @@
 //! - schema and CEL validation of the project's custom resources (CRDs can be stored, as a
 //!   harness installs them on a real cluster, but the schemas used are the code's);
 //! - optionally HTTPS and a bearer token (`serve_secured`), as a real cluster is reached;
-//! - discovery, a minimal OpenAPI v3 and Tables, so kubectl get/apply/delete work against it.
+//! - discovery, a minimal OpenAPI v3 and Tables (in watches too), so kubectl get [-w], apply
+//!   and delete work against it.
 //!
 //! Not kept: RBAC (a client let in may do anything), field managers, admission, defaulting from
-//! the schema (the Rust types default on read), bookmarks, Tables in watches.
+//! the schema (the Rust types default on read), bookmarks.
 
 mod discovery;
 mod http;
