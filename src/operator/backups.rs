@@ -129,6 +129,23 @@ pub fn assignment(b: &EtcdBackup, view: &View) -> Option<(String, String)> {
     sources.into_iter().next().map(|(_, member, node)| (member, node))
 }
 
+/// How long a Running backup may go on once its member is no longer a healthy voter, before it
+/// is given up as Failed: its host was lost mid-snapshot, and no agent will ever finish it.
+const ABANDONED_AFTER: Duration = Duration::from_secs(300);
+
+/// Whether a Running backup is to be given up (see `ABANDONED_AFTER`).
+pub fn abandoned(b: &EtcdBackup, view: &View, now: DateTime<Utc>) -> bool {
+    if b.phase() != "Running" || b.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let status = b.status.clone().unwrap_or_default();
+    let source_left = !sources(view).iter().any(|(_, m, _)| Some(m) == status.member.as_ref());
+    let started = status
+        .start_time
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+    source_left && started.is_some_and(|t| (now - t).to_std().is_ok_and(|d| d > ABANDONED_AFTER))
+}
+
 /// Whether `step` changes a cluster that had converged on an earlier spec (a resize or an
 /// upgrade, not its first build or a member replacement): such a change waits for a backup.
 pub fn before_change(c: &EtcdCluster, step: &Step) -> Option<&'static str> {
@@ -188,42 +205,10 @@ pub async fn gate(c: &EtcdCluster, ctx: &Ctx, view: &View, why: &str) -> Result<
 pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Duration>> {
     let api: Api<EtcdBackup> = ctx.api(c);
     for b in &view.backups {
-        let status = b.status.clone().unwrap_or_default();
-        let node = match assignment(b, view) {
-            Some((member, node)) => {
-                if !assign(&api, b, c, &member, &node).await? {
-                    continue; // its agent started it meanwhile: it stays there
-                }
-                if let (Some(was), Some(from)) = (&status.node_name, &status.member) {
-                    let note = format!(
-                        "{}: {from} on {was} is not a healthy voter; {member} on {node} takes it",
-                        b.name_any()
-                    );
-                    ctx.event(c, EventType::Normal, "BackupMoved", None, note).await;
-                }
-                node
-            }
-            None if b.finished() || b.metadata.deletion_timestamp.is_some() => continue,
-            None => match status.node_name {
-                Some(node) => node,
-                None => continue, // no healthy member yet: looked at again on the next pass
-            },
-        };
-        // The node's agent finds the backup by label; the finalizer lets the snapshot be deleted
-        // with it. Written after the status (a crash in between is mended here on the next pass).
-        let labelled =
-            b.labels().get(NODE_LABEL) == Some(&node) && b.finalizers().iter().any(|f| f == BACKUP_FINALIZER);
-        if !labelled {
-            let mut labels = b.labels().clone();
-            labels.insert(CLUSTER_LABEL.into(), c.name_any());
-            labels.insert(NODE_LABEL.into(), node);
-            let mut finalizers = b.finalizers().to_vec();
-            if !finalizers.iter().any(|f| f == BACKUP_FINALIZER) {
-                finalizers.push(BACKUP_FINALIZER.into());
-            }
-            let meta = json!({"metadata": {"labels": labels, "finalizers": finalizers}});
-            api.patch(&b.name_any(), &PatchParams::default(), &Patch::Merge(meta))
-                .await?;
+        if abandoned(b, view, Utc::now()) {
+            give_up(c, ctx, &api, b).await?;
+        } else if let Some(node) = place(c, ctx, &api, b, view).await? {
+            label(c, &api, b, &node).await?;
         }
     }
 
@@ -273,9 +258,78 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Dura
     Ok(next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(50)))
 }
 
+/// Marks an abandoned backup Failed, saying why.
+async fn give_up(c: &EtcdCluster, ctx: &Ctx, api: &Api<EtcdBackup>, b: &EtcdBackup) -> Result<()> {
+    let status = b.status.clone().unwrap_or_default();
+    let member = status.member.clone().unwrap_or_default();
+    let why = format!(
+        "{member} stopped being a healthy voter while this backup ran, and did not come back within {}s (its host lost?); delete it to take another",
+        ABANDONED_AFTER.as_secs()
+    );
+    let failed = EtcdBackupStatus {
+        phase: Some("Failed".into()),
+        completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        )),
+        message: Some(why.clone()),
+        ..status
+    };
+    if write_status(api, b, &failed).await? {
+        let note = format!("{}: {why}", b.name_any());
+        ctx.event(c, EventType::Warning, "BackupAbandoned", None, note).await;
+    }
+    Ok(())
+}
+
+/// Assigns or moves the backup when `assignment` says so. Returns the node it is on (None while
+/// it has none, or is finished or going away).
+async fn place(
+    c: &EtcdCluster,
+    ctx: &Ctx,
+    api: &Api<EtcdBackup>,
+    b: &EtcdBackup,
+    view: &View,
+) -> Result<Option<String>> {
+    let status = b.status.clone().unwrap_or_default();
+    let Some((member, node)) = assignment(b, view) else {
+        let current = !b.finished() && b.metadata.deletion_timestamp.is_none();
+        return Ok(status.node_name.filter(|_| current));
+    };
+    if !assign(api, b, c, &member, &node).await? {
+        return Ok(None); // its agent started it meanwhile: it stays there
+    }
+    if let (Some(was), Some(from)) = (&status.node_name, &status.member) {
+        let note = format!(
+            "{}: {from} on {was} is not a healthy voter; {member} on {node} takes it",
+            b.name_any()
+        );
+        ctx.event(c, EventType::Normal, "BackupMoved", None, note).await;
+    }
+    Ok(Some(node))
+}
+
+/// The node's agent finds the backup by label; the finalizer lets the snapshot be deleted with
+/// it. Written after the status (a crash in between is mended on the next pass).
+async fn label(c: &EtcdCluster, api: &Api<EtcdBackup>, b: &EtcdBackup, node: &str) -> Result<()> {
+    let has_finalizer = b.finalizers().iter().any(|f| f == BACKUP_FINALIZER);
+    if b.labels().get(NODE_LABEL).map(String::as_str) == Some(node) && has_finalizer {
+        return Ok(());
+    }
+    let mut labels = b.labels().clone();
+    labels.insert(CLUSTER_LABEL.into(), c.name_any());
+    labels.insert(NODE_LABEL.into(), node.into());
+    let mut finalizers = b.finalizers().to_vec();
+    if !has_finalizer {
+        finalizers.push(BACKUP_FINALIZER.into());
+    }
+    let meta = json!({"metadata": {"labels": labels, "finalizers": finalizers}});
+    api.patch(&b.name_any(), &PatchParams::default(), &Patch::Merge(meta))
+        .await?;
+    Ok(())
+}
+
 /// Writes the backup's node, member and destination into its status, if it is still as this
-/// pass saw it (its resourceVersion): an agent that started it meanwhile keeps it. Returns
-/// whether it was written.
+/// pass saw it: an agent that started it meanwhile keeps it. Returns whether it was written.
 async fn assign(api: &Api<EtcdBackup>, b: &EtcdBackup, c: &EtcdCluster, member: &str, node: &str) -> Result<bool> {
     let status = EtcdBackupStatus {
         phase: Some("Pending".into()),
@@ -285,6 +339,12 @@ async fn assign(api: &Api<EtcdBackup>, b: &EtcdBackup, c: &EtcdCluster, member: 
         message: Some(format!("the agent on node {node} takes it from {member}")),
         ..Default::default()
     };
+    write_status(api, b, &status).await
+}
+
+/// Writes `status` if the backup is unchanged since this pass read it (its resourceVersion is
+/// the precondition). Returns whether it was written.
+async fn write_status(api: &Api<EtcdBackup>, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<bool> {
     let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": status});
     match api
         .patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(patch))
@@ -451,6 +511,17 @@ mod tests {
             b.status.as_mut().unwrap().phase = Some(phase.into());
             assert_eq!(assignment(&b, &only_leader), None, "{phase}");
         }
+        // Running on a member that left: given up only after ABANDONED_AFTER.
+        let started = |mins: i64| {
+            let t = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_mins(mins);
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t))
+        };
+        b.status.as_mut().unwrap().phase = Some("Running".into());
+        b.status.as_mut().unwrap().start_time = started(6);
+        assert!(abandoned(&b, &only_leader, Utc::now()));
+        assert!(!abandoned(&b, &all_up, Utc::now()), "its member still answers");
+        b.status.as_mut().unwrap().start_time = started(1);
+        assert!(!abandoned(&b, &only_leader, Utc::now()), "not for long yet");
         // Nobody answers: nothing is assigned.
         let mut dark = view_with_objects(3, 0);
         dark.etcd = None;
