@@ -207,7 +207,7 @@ impl Metrics {
             }
         }
         let now: BTreeSet<String> = s.members.iter().map(|m| m.name.clone()).collect();
-        self.forget_members(&labels, Some(now));
+        self.forget_members(&labels, now);
         if let Some(b) = crate::backup::newest_good(backups, &cluster) {
             let st = b.status.clone().unwrap_or_default();
             if let Some(done) = st.completion_time {
@@ -233,15 +233,14 @@ impl Metrics {
             f.remove(&labels);
         }
         self.backup_age.remove(&labels);
-        self.forget_members(&labels, None);
+        self.forget_members(&labels, BTreeSet::new());
     }
 
-    /// Drops the series of the cluster's members not in `keep` (all of them for None), and
-    /// remembers `keep` as the published ones.
-    fn forget_members(&self, cluster: &ClusterLabels, keep: Option<BTreeSet<String>>) {
+    /// Drops the series of the cluster's members not in `keep`, and remembers `keep` as the
+    /// published ones.
+    fn forget_members(&self, cluster: &ClusterLabels, keep: BTreeSet<String>) {
         let mut published = self.published.lock().expect("not poisoned");
         let before = published.remove(cluster).unwrap_or_default();
-        let keep = keep.unwrap_or_default();
         for gone in before.difference(&keep) {
             let member = MemberLabels {
                 namespace: cluster.namespace.clone(),

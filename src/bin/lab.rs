@@ -46,6 +46,7 @@ enum Cmd {
     /// at that kubeconfig to run the control-plane tests through their real-cluster path.
     /// Runs in the foreground until Ctrl-C or SIGTERM.
     Apiserver {
+        /// The address clients use (its certificate names this IP); port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: std::net::SocketAddr,
         #[arg(long, default_value = "/var/tmp/runc-etcd-lab/apiserver")]
