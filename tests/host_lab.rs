@@ -168,6 +168,26 @@ fn systemd_restarts_a_killed_etcd_and_a_rebooted_host_comes_back() {
     });
     assert_eq!(keys(&lab, h2, "before/").len(), 1, "data intact on h2");
 
+    // A cgroup that runc left frozen (killed while it had it frozen) does not keep etcd down:
+    // without the unit's thaw, every start fails with "container's cgroup unexpectedly frozen".
+    h2.check(&["systemctl", "stop", "runc-etcd@etcd.service"]).unwrap();
+    let scope = "/sys/fs/cgroup/freezer/system.slice/runc-etcd-etcd.scope";
+    h2.check(&[
+        "sh",
+        "-c",
+        &format!("mkdir -p {scope} && echo FROZEN > {scope}/freezer.state"),
+    ])
+    .unwrap();
+    assert_eq!(
+        h2.check(&["cat", &format!("{scope}/freezer.state")]).unwrap().trim(),
+        "FROZEN"
+    );
+    h2.check(&["systemctl", "start", "--no-block", "runc-etcd@etcd.service"])
+        .unwrap();
+    eventually("h2 serving again from a frozen cgroup", 30, || {
+        ok(h1, &["status"]).contains("3/3 members healthy")
+    });
+
     // A graceful reboot keeping the disk: the enabled unit starts etcd by itself.
     put(&lab, h1, "before/reboot", "2");
     h3.reboot(true).unwrap();

@@ -129,9 +129,12 @@ fn spec(
 }
 
 /// The member's service: `etcd --config-file /etc/etcd/etcd.conf.yml`.
+/// The member's cgroup: systemd scope `<prefix>-<instance>.scope` in system.slice.
+pub const MEMBER_CGROUP_PREFIX: &str = "runc-etcd";
+
 pub fn member_spec(instance: &InstanceName, paths: &MemberPaths, rootfs: &Path) -> Spec {
     let args = vec![container::ETCD.into(), "--config-file".into(), container::CONF.into()];
-    spec("runc-etcd", instance, paths, rootfs, args, vec![])
+    spec(MEMBER_CGROUP_PREFIX, instance, paths, rootfs, args, vec![])
 }
 
 /// A one-off command in the member's image with `dir` mounted read-write at `/restore`.

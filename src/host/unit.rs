@@ -32,6 +32,14 @@ pub fn render(layout: &Layout, runc: &Path) -> Result<String> {
         layout.runc_root.display()
     );
     let state = layout.state_dir.display();
+    let scope = format!("system.slice/{}-%i.scope", crate::host::bundle::MEMBER_CGROUP_PREFIX);
+    let thaw = [
+        format!("echo THAWED 2>/dev/null >/sys/fs/cgroup/freezer/{scope}/freezer.state"),
+        format!("echo 0 2>/dev/null >/sys/fs/cgroup/unified/{scope}/cgroup.freeze"),
+        format!("echo 0 2>/dev/null >/sys/fs/cgroup/{scope}/cgroup.freeze"),
+        "true".to_string(),
+    ]
+    .join("; ");
     Ok(format!(
         "\
 # Written by runc-etcd. One instance per etcd member: runc-etcd@<instance>.service
@@ -52,6 +60,10 @@ TimeoutStartSec=infinity
 TimeoutStopSec=60
 # Left over from a crash or a power cut: runc refuses to start a container whose state exists.
 ExecStartPre=-{runc} delete --force %i
+# runc 1.1 freezes the container's cgroup while it sets device rules or kills etcd; killed in
+# between (a stop that timed out, a member retired while starting), it leaves it frozen and then
+# refuses every start (\"container's cgroup unexpectedly frozen\"). Thaw what is left over.
+ExecStartPre=-/bin/sh -c '{thaw}'
 ExecStart={runc} run --bundle {state}/%i/bundle %i
 ExecStopPost=-{runc} delete --force %i
 Restart=always
