@@ -69,14 +69,8 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     };
     // Claimed only if unchanged since that read: the controller may have just moved it to
     // another node (it moves Pending backups whose member stopped being healthy).
-    let claim = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": running});
-    match ctx
-        .backups()
-        .patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(claim))
-        .await
-    {
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
-        other => drop(other?),
+    if !backup::write_status_if_unchanged(&ctx.backups(), &b, &running).await? {
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let done = match take(&b, &ctx, running.clone()).await {
         Ok(s) => s,

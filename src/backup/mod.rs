@@ -200,6 +200,30 @@ pub fn newest_good<'a>(backups: &'a [EtcdBackup], cluster: &str) -> Option<&'a E
         .max_by_key(|b| b.status.as_ref().and_then(|s| s.completion_time.clone()).map(|t| t.0))
 }
 
+/// Writes a backup's `status` only if the backup is unchanged since `b` was read (its
+/// resourceVersion is the precondition): how the controller assigns, moves or gives up a backup
+/// and how an agent claims it, so that exactly one of them wins. Returns whether it was written.
+pub async fn write_status_if_unchanged(
+    api: &kube::Api<EtcdBackup>,
+    b: &EtcdBackup,
+    status: &crate::api::EtcdBackupStatus,
+) -> Result<bool> {
+    use kube::ResourceExt;
+    let patch = serde_json::json!({"metadata": {"resourceVersion": b.resource_version()}, "status": status});
+    let written = api
+        .patch_status(
+            &b.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

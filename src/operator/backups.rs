@@ -274,7 +274,7 @@ async fn give_up(c: &EtcdCluster, ctx: &Ctx, api: &Api<EtcdBackup>, b: &EtcdBack
         message: Some(why.clone()),
         ..status
     };
-    if write_status(api, b, &failed).await? {
+    if backup::write_status_if_unchanged(api, b, &failed).await? {
         let note = format!("{}: {why}", b.name_any());
         ctx.event(c, EventType::Warning, "BackupAbandoned", None, note).await;
     }
@@ -339,21 +339,7 @@ async fn assign(api: &Api<EtcdBackup>, b: &EtcdBackup, c: &EtcdCluster, member: 
         message: Some(format!("the agent on node {node} takes it from {member}")),
         ..Default::default()
     };
-    write_status(api, b, &status).await
-}
-
-/// Writes `status` if the backup is unchanged since this pass read it (its resourceVersion is
-/// the precondition). Returns whether it was written.
-async fn write_status(api: &Api<EtcdBackup>, b: &EtcdBackup, status: &EtcdBackupStatus) -> Result<bool> {
-    let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": status});
-    match api
-        .patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    backup::write_status_if_unchanged(api, b, &status).await
 }
 
 /// Deleted EtcdBackups: the controller deletes S3 snapshots itself; a host-folder snapshot is
