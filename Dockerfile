@@ -8,6 +8,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
+# the product only: no test harness, no failpoints
 RUN cargo build --release --locked --bin runc-etcd \
  && strip target/release/runc-etcd
 

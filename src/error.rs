@@ -1,36 +1,22 @@
-//! One error type for the host engine, split by what the caller should do about it:
-//! fix the input (`Invalid`, `Refused`), retry later (`Transient`), or look at the host (the rest).
+//! The one error type of this crate (operator, agent, host CLI, backups), used crate-wide and
+//! split by what the caller should do about it:
+//!
+//! - the user must change something (an invalid spec, a refused action): [`Error::is_user_error`];
+//!   the controllers wait for the object to change (`Action::await_change`) instead of retrying;
+//! - everything else may work later (etcd, a registry, the API server, the host): the controllers
+//!   retry with exponential backoff and jitter.
+//!
+//! The host engine's own errors ([`runc_etcd_host::Error`]) are kept whole, so the CLI prints the
+//! same field-and-fix message the engine wrote.
 
-use std::path::PathBuf;
+pub use runc_etcd_host::error::IoContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input: names the field and the fix. Nothing was changed.
-    #[error("invalid {field}: {problem}. Fix: {fix}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-        fix: String,
-    },
-    /// A valid request that is unsafe or impossible in the current state. Nothing was changed.
-    #[error("refused: {0}")]
-    Refused(String),
-    /// etcd or a registry did not answer as hoped; the same call may work later.
-    #[error("{what}: {message}")]
-    Transient { what: String, message: String },
-    #[error("{what} did not happen within {secs}s: {last}")]
-    Timeout { what: String, secs: u64, last: String },
-    #[error("{context} ({path}): {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("image {reference}: {message}")]
-    Image { reference: String, message: String },
-    #[error("`{command}` failed: {message}")]
-    Command { command: String, message: String },
-    /// The Kubernetes API refused or did not answer; retried with backoff.
+    /// From the host engine: bad input, a refusal, or a host/etcd/registry failure.
+    #[error(transparent)]
+    Engine(#[from] runc_etcd_host::Error),
+    /// The Kubernetes API refused or did not answer.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -38,38 +24,23 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Bad input: names the field and the fix. Nothing was changed.
     pub fn invalid(field: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Error::Invalid {
-            field,
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        runc_etcd_host::Error::invalid(field, problem, fix).into()
     }
 
+    /// A valid request that is unsafe or impossible in the current state. Nothing was changed.
+    pub fn refused(why: impl Into<String>) -> Self {
+        runc_etcd_host::Error::Refused(why.into()).into()
+    }
+
+    /// Something outside did not answer as hoped; the same call may work later.
     pub fn transient(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        Error::Transient {
-            what: what.into(),
-            message: message.to_string(),
-        }
+        runc_etcd_host::Error::transient(what, message).into()
     }
 
     /// The input was wrong or the action unsafe: the user must change something, retrying won't help.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::Invalid { .. } | Error::Refused(_))
-    }
-}
-
-/// Attach the path and what was being done to an io::Error.
-pub trait IoContext<T> {
-    fn ctx(self, context: &'static str, path: impl Into<PathBuf>) -> Result<T>;
-}
-
-impl<T> IoContext<T> for std::io::Result<T> {
-    fn ctx(self, context: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            context,
-            path: path.into(),
-            source,
-        })
+        matches!(self, Error::Engine(e) if e.is_user_error())
     }
 }

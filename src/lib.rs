@@ -1,24 +1,18 @@
-//! runc-etcd: etcd clusters on the hosts themselves (systemd → runc → etcd).
+//! runc-etcd: etcd clusters on the hosts themselves (systemd → runc → etcd). This crate is the
+//! product the image ships; it is built from two libraries:
+//! [`runc_etcd_host`] (the host engine, no Kubernetes) and [`runc_etcd_api`] (the custom resources
+//! and the controller–agent contract).
 //!
-//! - [`operator`]: the controller; [`agent`]: the host agent it drives through EtcdMembers.
-//! - [`api`]: the custom resources EtcdCluster and EtcdMember.
-//! - [`host`]: the host engine (images, bundles, units, etcd membership) — no Kubernetes.
+//! - [`operator`]: the controller; [`agent`]: the host agent it drives through EtcdMembers. The
+//!   two share nothing but the API crate.
+//! - [`backup`]: snapshot destinations (S3, host folders); [`metrics`]: Prometheus metrics.
 //! - [`cli`]: the `runc-etcd` command line.
-//! - [`lab`]: simulated hosts with a real systemd, runc, etcd and registry, for tests and demos.
 
 pub mod agent;
-pub mod api;
-pub mod apiserver;
 pub mod backup;
 pub mod cli;
 pub mod error;
-pub mod host;
-pub mod lab;
 pub mod metrics;
-pub mod names;
 pub mod operator;
-
-#[cfg(test)]
-mod testutil;
 
 pub use error::{Error, Result};

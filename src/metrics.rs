@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::{EtcdBackup, EtcdCluster, EtcdClusterStatus};
+use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdClusterStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
@@ -270,18 +270,43 @@ impl Metrics {
     }
 }
 
+/// Counts a reconcile's result in the metrics: ok, or the kind of its error.
+pub fn count_reconcile<T, Q: std::error::Error>(
+    metrics: &Metrics,
+    controller: &str,
+    res: &std::result::Result<T, kube::runtime::controller::Error<crate::Error, Q>>,
+) {
+    let labels = |kind: &str| KindLabels {
+        controller: controller.into(),
+        kind: kind.into(),
+    };
+    match res {
+        Ok(_) => {
+            metrics.reconciles.get_or_create(&labels("ok")).inc();
+        }
+        Err(kube::runtime::controller::Error::ReconcilerFailed(e, _)) => {
+            metrics.reconcile_errors.get_or_create(&labels(error_kind(e))).inc();
+        }
+        Err(_) => {
+            metrics.reconcile_errors.get_or_create(&labels("watch")).inc();
+        }
+    }
+}
+
 /// A result kind for the counters: "ok", or the error's kind.
 pub fn error_kind(e: &crate::Error) -> &'static str {
-    use crate::Error::*;
+    use runc_etcd_host::Error::*;
     match e {
-        Invalid { .. } => "invalid",
-        Refused(_) => "refused",
-        Transient { .. } => "transient",
-        Timeout { .. } => "timeout",
-        Io { .. } => "io",
-        Image { .. } => "image",
-        Command { .. } => "command",
-        Kube(_) => "kube",
+        crate::Error::Kube(_) => "kube",
+        crate::Error::Engine(e) => match e {
+            Invalid { .. } => "invalid",
+            Refused(_) => "refused",
+            Transient { .. } => "transient",
+            Timeout { .. } => "timeout",
+            Io { .. } => "io",
+            Image { .. } => "image",
+            Command { .. } => "command",
+        },
     }
 }
 
@@ -335,7 +360,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> crate::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MemberStatus;
+    use runc_etcd_api::MemberStatus;
 
     fn cluster() -> EtcdCluster {
         serde_json::from_value(serde_json::json!({

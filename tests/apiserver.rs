@@ -7,8 +7,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use runc_etcd::api::{EtcdCluster, EtcdMember};
-use runc_etcd::apiserver::ApiServer;
+use runc_etcd_api::{EtcdCluster, EtcdMember};
+use runc_etcd_testkit::apiserver::ApiServer;
 use serde_json::json;
 
 fn cluster(name: &str, spec: serde_json::Value) -> EtcdCluster {
@@ -41,7 +41,7 @@ fn rejected(e: kube::Error) -> (u16, String) {
 
 #[tokio::test]
 async fn create_conflicts_generation_and_status() {
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let api: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
     let created = api
@@ -99,7 +99,7 @@ async fn create_conflicts_generation_and_status() {
 
 #[tokio::test]
 async fn invalid_specs_are_refused_with_the_fix() {
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let api: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
     for (spec, want) in [
@@ -145,7 +145,7 @@ async fn invalid_specs_are_refused_with_the_fix() {
 
 #[tokio::test]
 async fn finalizers_and_owner_garbage_collection() {
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let clusters: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
     let members: Api<EtcdMember> = Api::namespaced(server.client(), "default");
@@ -179,7 +179,7 @@ async fn finalizers_and_owner_garbage_collection() {
 
 #[tokio::test]
 async fn patches_and_selectors() {
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
     // Server-side apply creates, then updates.
@@ -230,7 +230,7 @@ async fn patches_and_selectors() {
 
 #[tokio::test]
 async fn watches_see_every_change_in_order() {
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let clusters: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
     let owner = clusters
@@ -293,7 +293,7 @@ async fn watches_see_every_change_in_order() {
 async fn a_write_that_changes_nothing_is_not_an_event() {
     // Controllers apply their children on every pass: a no-op must not wake their watchers,
     // or a controller that owns what it applies would reconcile in a loop.
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
@@ -315,7 +315,7 @@ async fn a_write_that_changes_nothing_is_not_an_event() {
 
 #[tokio::test]
 async fn objects_need_their_namespace_and_go_with_it() {
-    runc_etcd::cli::install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let server = ApiServer::start().await.unwrap();
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
     let cm: ConfigMap = serde_json::from_value(cm).unwrap();
@@ -333,8 +333,8 @@ async fn objects_need_their_namespace_and_go_with_it() {
 
 #[tokio::test]
 async fn the_standalone_server_wants_https_and_its_token_and_is_reachable_through_a_relay() {
-    use runc_etcd::lab::external;
-    runc_etcd::cli::install_crypto_provider();
+    use runc_etcd_testkit::lab::external;
+    runc_etcd_host::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let (server, path) = external::standalone("127.0.0.1:0".parse().unwrap(), dir.path()).unwrap();
     assert!(server.url().starts_with("https://127.0.0.1:"));

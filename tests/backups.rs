@@ -10,8 +10,8 @@ use common::plane::*;
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use runc_etcd::api::{EtcdBackup, EtcdMember};
-use runc_etcd::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
+use runc_etcd_api::{EtcdBackup, EtcdMember};
+use runc_etcd_testkit::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
 
 fn backups(p: &Plane) -> Vec<EtcdBackup> {
     let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
@@ -145,7 +145,7 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
 }
 
 /// An S3 bucket in the lab, its credentials Secret, and the `spec.backup` lines that use it.
-fn s3_destination(p: &Plane) -> (runc_etcd::lab::registry::Server, String) {
+fn s3_destination(p: &Plane) -> (runc_etcd_testkit::lab::registry::Server, String) {
     let s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
     let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
     let creds: Secret = serde_json::from_value(serde_json::json!({

@@ -71,7 +71,7 @@ fn the_runtime_runs_as_non_root_and_carries_runc_where_the_agent_takes_it() {
     let files = Command::new("dpkg").args(["-L", "runc"]).output().unwrap();
     let files = String::from_utf8(files.stdout).unwrap();
     assert!(
-        files.lines().any(|l| l == runc_etcd::operator::children::IMAGE_RUNC),
+        files.lines().any(|l| l == runc_etcd_api::contract::IMAGE_RUNC),
         "{files}"
     );
 }

@@ -6,8 +6,8 @@ mod common;
 
 use common::plane::*;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use runc_etcd::api::EtcdBackup;
-use runc_etcd::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
+use runc_etcd_api::EtcdBackup;
+use runc_etcd_testkit::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
 use serde_json::{Value, json};
 
 fn docs(file: &str) -> Vec<Value> {

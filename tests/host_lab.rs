@@ -67,7 +67,7 @@ fn create_and_joins_make_a_three_member_cluster() {
     assert!(endpoint(h1).starts_with("https://"));
     let ca = std::fs::read_to_string(h1.path("/var/lib/runc-etcd/etcd/pki/ca.crt")).unwrap();
     let ep = endpoint(h1);
-    let anonymous = runc_etcd::lab::netns::run_in(&lab.client_ns(), move || async move {
+    let anonymous = runc_etcd_testkit::lab::netns::run_in(&lab.client_ns(), move || async move {
         let tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
         let opts = etcd_client::ConnectOptions::new()
             .with_tls(tls)
@@ -137,7 +137,7 @@ fn create_and_joins_make_a_three_member_cluster() {
         .join("rootfs");
     assert!(rootfs.join("usr/local/bin/etcd").is_file());
     assert!(
-        !rootfs.join(runc_etcd::lab::images::WHITED_OUT).exists(),
+        !rootfs.join(runc_etcd_testkit::lab::images::WHITED_OUT).exists(),
         "whiteout applied"
     );
 
@@ -343,7 +343,7 @@ fn remove_deregisters_stops_and_archives() {
 }
 
 /// The host has no trace of a member: no unit file, no enabled instance, no member folder.
-fn assert_untouched(h: &runc_etcd::lab::LabHost) {
+fn assert_untouched(h: &runc_etcd_testkit::lab::LabHost) {
     assert!(
         !h.path("/etc/systemd/system/runc-etcd@.service").exists(),
         "no unit file on {}",

@@ -14,8 +14,8 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::Api;
-use runc_etcd::api::EtcdMember;
-use runc_etcd::lab::netns;
+use runc_etcd_api::EtcdMember;
+use runc_etcd_testkit::lab::netns;
 
 /// The unit and state folder of cluster "main" on the hosts.
 fn unit(p: &Plane) -> String {
@@ -251,6 +251,11 @@ fn member_list(p: &Plane, endpoints: Vec<String>) -> Vec<(u64, bool, bool)> {
 #[test]
 fn a_new_leader_finishes_the_scale_up_its_predecessor_died_in() {
     // Operator 0 dies right after etcd registered a learner, before anything else happened.
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "this test needs the operator's failpoints: cargo nextest run --features runc-etcd/failpoints (as .ci/run does)"
+        );
+    }
     let mut p = Plane::up_with(3, &[("RUNC_ETCD_FAILPOINT", "after-add-learner")]);
     let image = p.lab.image(V_MID);
     p.apply(&cluster_yaml("main", 1, &image, "")).unwrap();
@@ -361,7 +366,7 @@ fn bad_specs_are_refused_and_impossible_ones_reported() {
     assert!(unit_active(&p, 3));
 }
 
-fn condition_of<'a>(s: &'a runc_etcd::api::EtcdClusterStatus, type_: &str) -> &'a str {
+fn condition_of<'a>(s: &'a runc_etcd_api::EtcdClusterStatus, type_: &str) -> &'a str {
     s.conditions
         .iter()
         .find(|c| c.type_ == type_)
@@ -467,7 +472,7 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
 }
 
 /// Every write the writer saw acknowledged is readable through the cluster's endpoints.
-fn assert_no_write_lost(p: &Plane, c: &runc_etcd::api::EtcdCluster, acked: &[String]) {
+fn assert_no_write_lost(p: &Plane, c: &runc_etcd_api::EtcdCluster, acked: &[String]) {
     let (endpoints, tls) = (c.status.clone().unwrap().client_endpoints, p.client_tls("main"));
     let have = netns::run_in(&p.lab.client_ns(), move || async move {
         let mut c = connect(endpoints, tls).await;
@@ -492,7 +497,7 @@ fn host_of(node: &str) -> u8 {
     node.rsplit_once("-h").unwrap().1.parse().unwrap()
 }
 
-fn follower_nodes(c: &runc_etcd::api::EtcdCluster) -> Vec<String> {
+fn follower_nodes(c: &runc_etcd_api::EtcdCluster) -> Vec<String> {
     let s = c.status.clone().unwrap();
     s.members
         .iter()
@@ -501,7 +506,7 @@ fn follower_nodes(c: &runc_etcd::api::EtcdCluster) -> Vec<String> {
         .collect()
 }
 
-fn read_key(p: &Plane, c: &runc_etcd::api::EtcdCluster, key: &str) -> Option<String> {
+fn read_key(p: &Plane, c: &runc_etcd_api::EtcdCluster, key: &str) -> Option<String> {
     let (endpoints, tls, key) = (
         c.status.clone().unwrap().client_endpoints,
         p.client_tls("main"),
@@ -514,7 +519,7 @@ fn read_key(p: &Plane, c: &runc_etcd::api::EtcdCluster, key: &str) -> Option<Str
     })
 }
 
-fn members_on(c: &runc_etcd::api::EtcdCluster) -> Vec<(String, String)> {
+fn members_on(c: &runc_etcd_api::EtcdCluster) -> Vec<(String, String)> {
     let s = c.status.clone().unwrap();
     s.members.iter().map(|m| (m.name.clone(), m.node.clone())).collect()
 }
@@ -590,7 +595,7 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     );
 }
 
-fn available_with(c: &runc_etcd::api::EtcdCluster, n: i32) -> bool {
+fn available_with(c: &runc_etcd_api::EtcdCluster, n: i32) -> bool {
     let s = c.status.clone().unwrap_or_default();
     s.ready_members == n && s.members.len() == n as usize && condition(c, "Available") == Some("True")
 }
@@ -602,7 +607,7 @@ fn at_version(p: &Plane, version: &str) -> String {
 }
 
 /// Whether the cluster reports `reason` in its Degraded condition with a message containing `text`.
-fn degraded_by(c: &runc_etcd::api::EtcdCluster, reason: &str, text: &str) -> bool {
+fn degraded_by(c: &runc_etcd_api::EtcdCluster, reason: &str, text: &str) -> bool {
     c.status
         .clone()
         .unwrap_or_default()

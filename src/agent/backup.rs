@@ -13,11 +13,11 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::Ctx;
-use crate::api::{EtcdBackup, EtcdBackupStatus};
 use crate::backup::{self, Bucket};
 use crate::error::{Error, IoContext, Result};
-use crate::host::write_atomic;
-use crate::operator::children::{self, BACKUP_FINALIZER};
+use runc_etcd_api::contract::BACKUP_FINALIZER;
+use runc_etcd_api::{EtcdBackup, EtcdBackupStatus};
+use runc_etcd_host::write_atomic;
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
@@ -39,7 +39,7 @@ impl Ctx {
         Ok(())
     }
 
-    async fn bucket(&self, dest: &crate::api::S3Destination) -> Result<Bucket> {
+    async fn bucket(&self, dest: &runc_etcd_api::S3Destination) -> Result<Bucket> {
         let creds = backup::read_credentials(&self.client, &self.config.namespace, &dest.credentials_secret).await?;
         Bucket::open(dest, &creds)
     }
@@ -100,7 +100,7 @@ async fn take(b: &EtcdBackup, ctx: &Ctx, status: EtcdBackupStatus) -> Result<Etc
     let record = ctx
         .engine
         .load(&ctx.instance)?
-        .ok_or_else(|| Error::Refused(format!("no member of {} runs on this node", ctx.instance)))?;
+        .ok_or_else(|| Error::refused(format!("no member of {} runs on this node", ctx.instance)))?;
     let access = ctx.engine.access(&record)?;
     let endpoint = record.client_url();
     let etcd = access.status(&endpoint).await?;
@@ -127,7 +127,7 @@ async fn take(b: &EtcdBackup, ctx: &Ctx, status: EtcdBackupStatus) -> Result<Etc
     })
 }
 
-async fn store(b: &EtcdBackup, ctx: &Ctx, dest: &crate::api::BackupDestination, file: &Path) -> Result<String> {
+async fn store(b: &EtcdBackup, ctx: &Ctx, dest: &runc_etcd_api::BackupDestination, file: &Path) -> Result<String> {
     let name = b.name_any();
     if let Some(s3) = &dest.s3 {
         let bucket = ctx.bucket(s3).await?;
@@ -168,7 +168,7 @@ async fn delete_stored(b: &EtcdBackup, ctx: &Ctx, status: &EtcdBackupStatus) -> 
             tracing::info!("backup {}: deleted {}", b.name_any(), dir.display());
         }
     }
-    let patch = children::finalizers_patch(b, None, Some(BACKUP_FINALIZER));
+    let patch = runc_etcd_api::objects::finalizers_patch(b, None, Some(BACKUP_FINALIZER));
     ctx.backups()
         .patch(&b.name_any(), &PatchParams::default(), &patch)
         .await?;
@@ -215,7 +215,7 @@ pub(super) async fn fetch_snapshot(ctx: &Ctx, name: &str) -> Result<PathBuf> {
         }
         PathBuf::from(location)
     };
-    if crate::host::sha256_file(&file)? != *sha256 {
+    if runc_etcd_host::sha256_file(&file)? != *sha256 {
         return Err(Error::invalid(
             field,
             format!("the snapshot of {name} at {location} does not match its sha256"),

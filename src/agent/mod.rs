@@ -20,14 +20,13 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::api::{EtcdBackup, EtcdMember, EtcdMemberStatus};
 use crate::error::{Error, Result};
-use crate::host::member::ClusterState;
-use crate::host::{self, Engine, systemd};
 use crate::metrics::Metrics;
-use crate::names::{InstanceName, MemberName};
-use crate::operator::children::{self, CLUSTER_LABEL, MEMBER_FINALIZER, NODE_LABEL};
-use crate::operator::lease;
+use runc_etcd_api::contract::{CLUSTER_LABEL, MEMBER_FINALIZER, NODE_LABEL};
+use runc_etcd_api::{EtcdBackup, EtcdMember, EtcdMemberStatus};
+use runc_etcd_host::member::ClusterState;
+use runc_etcd_host::names::{InstanceName, MemberName};
+use runc_etcd_host::{self as host, Engine, systemd};
 
 pub use wanted::wanted_member;
 
@@ -71,7 +70,7 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metr
     let backups = Controller::new(backups, watcher::Config::default().labels(&selector))
         .run(backup::reconcile, backup::error_policy, ctx.clone())
         .for_each(|res| {
-            crate::operator::count(&metrics, "agent-backup", &res);
+            crate::metrics::count_reconcile(&metrics, "agent-backup", &res);
             async move {
                 if let Err(e) = res {
                     tracing::debug!("backup reconcile: {e}");
@@ -81,7 +80,7 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metr
     let members = Controller::new(members, watcher::Config::default().labels(&selector))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| {
-            crate::operator::count(&metrics, "agent-member", &res);
+            crate::metrics::count_reconcile(&metrics, "agent-member", &res);
             async move {
                 if let Err(e) = res {
                     tracing::debug!("reconcile: {e}");
@@ -178,7 +177,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         Some(secret) => {
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
             let s = secrets.get_opt(secret).await?;
-            match s.as_ref().and_then(children::read_member_certs) {
+            match s.as_ref().and_then(runc_etcd_api::contract::read_member_certs) {
                 Some(c) => Some(c),
                 None => {
                     let message = format!("waiting for Secret {secret} with the member's certificates");
@@ -230,7 +229,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
                 ctx.report(&m, phase(base.clone(), "Reconfiguring", message)).await?;
                 if let Err(e) = host::reconfigure_member(&ctx.engine, &ctx.instance, wanted.tuning.clone()).await {
                     ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
             if record.image.reference != wanted.image {
@@ -240,7 +239,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
                 ctx.report(&m, phase(base.clone(), "Upgrading", message)).await?;
                 if let Err(e) = host::upgrade(&ctx.engine, &ctx.instance, &wanted.image, true).await {
                     ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
             base
@@ -256,7 +255,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         Ok(r) => r,
         Err(e) => {
             ctx.report(&m, phase(base, "Failed", e.to_string())).await?;
-            return Err(e);
+            return Err(e.into());
         }
     };
     let unit = systemd::show(&ctx.instance).await?;
@@ -269,8 +268,8 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         Ok(access) => tokio::time::timeout(Duration::from_secs(4), access.status(&record.client_url()))
             .await
             .map_err(|_| Error::transient("etcd status", "timed out"))
-            .and_then(|r| r),
-        Err(e) => Err(e),
+            .and_then(|r| r.map_err(Error::from)),
+        Err(e) => Err(e.into()),
     };
     status = match etcd {
         Ok(s) => EtcdMemberStatus {
@@ -304,7 +303,7 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
         .set(i64::from(status.restart_count));
     ctx.report(&m, status).await?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    lease::heartbeat(&leases, &m.name_any(), &ctx.config.node, RESYNC * 4).await?;
+    runc_etcd_api::contract::heartbeat(&leases, &m.name_any(), &ctx.config.node, RESYNC * 4).await?;
     Ok(Action::requeue(next))
 }
 
@@ -348,7 +347,7 @@ async fn retire(m: &EtcdMember, ctx: &Ctx, name: &MemberName) -> Result<Action> 
     if let Some(dir) = &archived {
         tracing::info!("{name}: retired; data archived in {}", dir.display());
     }
-    let patch = children::finalizers_patch(m, None, Some(MEMBER_FINALIZER));
+    let patch = runc_etcd_api::objects::finalizers_patch(m, None, Some(MEMBER_FINALIZER));
     ctx.members()
         .patch(&m.name_any(), &PatchParams::default(), &patch)
         .await?;

@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 
-use crate::api::{EtcdMemberSpec, InitialClusterState};
 use crate::error::{Error, Result};
-use crate::host::WantedMember;
-use crate::host::member::{ClusterState, Tuning};
-use crate::host::pki::MemberCerts;
-use crate::names::{InstanceName, MemberName, check_member_ip, parse_ip};
+use runc_etcd_api::{EtcdMemberSpec, InitialClusterState};
+use runc_etcd_host::WantedMember;
+use runc_etcd_host::member::{ClusterState, Tuning};
+use runc_etcd_host::names::{InstanceName, MemberName, check_member_ip, parse_ip};
+use runc_etcd_host::pki::MemberCerts;
 
 fn port(field: &'static str, p: i32) -> Result<u16> {
     u16::try_from(p)

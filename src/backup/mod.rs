@@ -13,8 +13,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::api::{BackupDestination, EtcdBackup, HostPathDestination, S3Destination};
 use crate::error::{Error, IoContext, Result};
+use runc_etcd_api::{BackupDestination, EtcdBackup, HostPathDestination, S3Destination};
 
 /// The host folder used when a cluster names no backup destination.
 pub const DEFAULT_HOST_DIR: &str = "/var/lib/runc-etcd/backups";
@@ -81,7 +81,7 @@ pub fn check_host_path(path: &str) -> Result<PathBuf> {
 }
 
 /// The destination a cluster's backups go to.
-pub fn destination(spec: Option<&crate::api::BackupSpec>) -> BackupDestination {
+pub fn destination(spec: Option<&runc_etcd_api::BackupSpec>) -> BackupDestination {
     match spec {
         Some(b) if b.s3.is_some() || b.host_path.is_some() => BackupDestination {
             s3: b.s3.clone(),
@@ -141,7 +141,7 @@ impl Bucket {
             .strip_prefix("s3://")
             .and_then(|rest| rest.strip_prefix(self.bucket.as_str()))
             .and_then(|rest| rest.strip_prefix('/'))
-            .ok_or_else(|| Error::Refused(format!("{location} is not in bucket {}", self.bucket)))
+            .ok_or_else(|| Error::refused(format!("{location} is not in bucket {}", self.bucket)))
     }
 
     /// Uploads a file (in parts when large).
@@ -206,7 +206,7 @@ pub fn newest_good<'a>(backups: &'a [EtcdBackup], cluster: &str) -> Option<&'a E
 pub async fn write_status_if_unchanged(
     api: &kube::Api<EtcdBackup>,
     b: &EtcdBackup,
-    status: &crate::api::EtcdBackupStatus,
+    status: &runc_etcd_api::EtcdBackupStatus,
 ) -> Result<bool> {
     use kube::ResourceExt;
     let patch = serde_json::json!({"metadata": {"resourceVersion": b.resource_version()}, "status": status});

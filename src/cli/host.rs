@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::error::Result;
-use crate::host::image::PullOptions;
-use crate::host::layout::Layout;
-use crate::host::{self as engine, ClusterStatus, Engine, NewMember, pki};
-use crate::names::{InstanceName, MemberName, parse_ip};
+use runc_etcd_host::image::PullOptions;
+use runc_etcd_host::layout::Layout;
+use runc_etcd_host::names::{InstanceName, MemberName, parse_ip};
+use runc_etcd_host::{self as engine, ClusterStatus, Engine, NewMember, pki};
 
 pub const DEFAULT_IMAGE: &str = "gcr.io/etcd-development/etcd:v3.5.16";
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::host::image::PullOptions;
-use crate::host::layout::Layout;
-use crate::host::{Engine, find_runc};
 use crate::operator::children::AgentImage;
+use runc_etcd_host::image::PullOptions;
+use runc_etcd_host::layout::Layout;
+use runc_etcd_host::{Engine, find_runc};
 
 #[derive(Debug, Args)]
 pub struct OperatorArgs {
@@ -96,7 +96,7 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
 
 pub async fn agent(args: AgentArgs) -> Result<()> {
     if let Some(from) = &args.install_runc {
-        crate::host::install_runc(from)?;
+        runc_etcd_host::install_runc(from)?;
     }
     let metrics = crate::metrics::Metrics::new();
     if let Some(addr) = args.metrics_address {

@@ -61,17 +61,11 @@ pub fn init_tracing(debug: bool, json: bool, timed: bool) {
     }
 }
 
-/// Installs aws-lc-rs as rustls' process-wide provider: oci-client and etcd-client both use
-/// rustls, and with no default chosen rustls panics at the first TLS connection.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let timed = matches!(cli.command, Command::Operator(_) | Command::Agent(_));
     init_tracing(cli.debug, cli.log_json, timed);
-    install_crypto_provider();
+    runc_etcd_host::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,7 +77,7 @@ pub fn main() -> ExitCode {
             Command::Operator(args) => kube::operator(args).await,
             Command::Agent(args) => kube::agent(args).await,
             Command::Crd => {
-                print!("{}", crate::api::crds_yaml());
+                print!("{}", runc_etcd_api::crds_yaml());
                 Ok(())
             }
         }

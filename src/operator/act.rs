@@ -7,19 +7,21 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use crate::api::{EtcdCluster, EtcdMember, InitialClusterState, Operation};
 use crate::error::{Error, Result};
-use crate::host::etcd::{self, Access};
-use crate::host::pki;
-use crate::names::MemberName;
-use crate::operator::children::{self, ClusterNames, MEMBER_FINALIZER};
+use crate::operator::children;
 use crate::operator::observe::{self, View};
 use crate::operator::plan;
 use crate::operator::reconcile::Ctx;
+use runc_etcd_api::contract::{ClusterNames, MEMBER_FINALIZER};
+use runc_etcd_api::objects::create_or_keep;
+use runc_etcd_api::{EtcdCluster, EtcdMember, InitialClusterState, Operation};
+use runc_etcd_host::etcd::{self, Access};
+use runc_etcd_host::names::MemberName;
+use runc_etcd_host::pki;
 
 /// The result of carrying out (part of) a recorded change.
 #[derive(Debug)]
@@ -32,7 +34,9 @@ pub(super) enum Outcome {
 }
 
 /// Test hook: `RUNC_ETCD_FAILPOINT=after-add-learner` makes the process die right after etcd
-/// registered a learner, before its EtcdMember exists: the worst moment for a crash.
+/// registered a learner, before its EtcdMember exists: the worst moment for a crash. Only in
+/// builds with the `failpoints` feature (the lab tests'); the release build and the image have none.
+#[cfg(feature = "failpoints")]
 fn failpoint(name: &str) {
     if std::env::var("RUNC_ETCD_FAILPOINT").is_ok_and(|f| f == name) {
         tracing::error!("failpoint {name}: exiting");
@@ -40,16 +44,8 @@ fn failpoint(name: &str) {
     }
 }
 
-pub(super) async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<()>
-where
-    K: Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
+#[cfg(not(feature = "failpoints"))]
+fn failpoint(_: &str) {}
 
 fn node_ip(view: &View, node: &str) -> Option<String> {
     view.nodes.iter().find(|n| n.name == node && n.eligible)?.ip.clone()
@@ -194,7 +190,7 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
             // Its host is gone or unreachable, and its agent with it: nobody can archive the data
             // now. etcd has already let the member go; the agent archives what is left when the
             // host comes back (a member record with no EtcdMember is an orphan to it).
-            let patch = children::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
+            let patch = runc_etcd_api::objects::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
             members.patch(&o.name_any(), &PatchParams::default(), &patch).await?;
             ctx.event(
                 c,
@@ -215,7 +211,7 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
     }
     let secrets: Api<Secret> = ctx.api(c);
     let _ = secrets
-        .delete(&children::member_secret(name), &DeleteParams::default())
+        .delete(&runc_etcd_api::contract::member_secret(name), &DeleteParams::default())
         .await;
     Ok(Outcome::Done(format!("{name} removed, stopped and archived")))
 }
@@ -232,7 +228,7 @@ async fn rebuild(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Outcome> {
         }
         let node_ready = view.nodes.iter().any(|n| n.name == o.spec.node_name && n.ready);
         if !node_ready && o.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
-            let patch = children::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
+            let patch = runc_etcd_api::objects::finalizers_patch(o, None, Some(MEMBER_FINALIZER));
             members.patch(&o.name_any(), &PatchParams::default(), &patch).await?;
         }
     }
@@ -252,7 +248,7 @@ async fn rebuild(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Outcome> {
 async fn move_leadership(
     access: &Access,
     etcd_view: &observe::EtcdView,
-    m: &crate::host::etcd::MemberInfo,
+    m: &runc_etcd_host::etcd::MemberInfo,
     name: &str,
 ) -> Result<Outcome> {
     let Some(to) = etcd_view
@@ -393,13 +389,17 @@ async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) 
         return Ok(());
     }
     let secrets: Api<Secret> = ctx.api(c);
-    if secrets.get_opt(&children::member_secret(name)).await?.is_some() {
+    if secrets
+        .get_opt(&runc_etcd_api::contract::member_secret(name))
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let ca_secret = secrets.get(&c.ca_secret()).await?;
-    let ca =
-        children::read_ca(&ca_secret).ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
-    let ip = crate::names::parse_ip(ip)?;
+    let ca = runc_etcd_api::contract::read_ca(&ca_secret)
+        .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
+    let ip = runc_etcd_host::names::parse_ip(ip)?;
     let certs = pki::issue(&ca, &MemberName::new(name)?, ip)?;
-    create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await
+    Ok(create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await?)
 }

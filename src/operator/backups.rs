@@ -14,14 +14,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use crate::api::{EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
 use crate::backup::{self, Bucket};
 use crate::error::{Error, Result};
-use crate::operator::act::create_or_keep;
-use crate::operator::children::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL, finalizers_patch};
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
 use crate::operator::reconcile::Ctx;
+use runc_etcd_api::contract::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL};
+use runc_etcd_api::objects::create_or_keep;
+use runc_etcd_api::objects::finalizers_patch;
+use runc_etcd_api::{EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
 
 /// Why a backup was made: scheduled, before-change (or absent: on demand by a user).
 pub const REASON_LABEL: &str = "runc-etcd.io/backup-reason";
@@ -352,7 +353,7 @@ pub async fn finalize(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = b.namespace().unwrap_or_default();
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let status = b.status.clone().unwrap_or_default();
-    let dest = status.destination.clone().unwrap_or(crate::api::BackupDestination {
+    let dest = status.destination.clone().unwrap_or(runc_etcd_api::BackupDestination {
         s3: None,
         host_path: None,
     });
@@ -523,7 +524,7 @@ mod tests {
         .unwrap();
         let grow = Step::AddLearner { node: "n4".into() };
         assert_eq!(before_change(&c, &grow), None, "never converged: its first build");
-        c.status = Some(crate::api::EtcdClusterStatus {
+        c.status = Some(runc_etcd_api::EtcdClusterStatus {
             converged_generation: Some(3),
             ..Default::default()
         });

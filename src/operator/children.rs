@@ -15,44 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use crate::api::{EtcdCluster, EtcdMember, EtcdMemberSpec, InitialClusterState};
-use crate::host::pki::{ClientTls, MemberCerts};
+use runc_etcd_api::contract::{CLUSTER_LABEL, ClusterNames, IMAGE_RUNC, MEMBER_FINALIZER, NODE_LABEL, member_secret};
+use runc_etcd_api::{EtcdCluster, EtcdMember, EtcdMemberSpec, InitialClusterState};
+use runc_etcd_host::pki::{ClientTls, MemberCerts};
 
-/// Label on every object the controller makes for a cluster (value: the cluster's name).
-pub const CLUSTER_LABEL: &str = "runc-etcd.io/cluster";
-/// Label on EtcdMembers: the node that runs them (agents select on it; CRDs have no field selectors).
-pub const NODE_LABEL: &str = "runc-etcd.io/node";
-/// The controller's finalizer on EtcdClusters: members retired and hosts clean before it goes.
-pub const CLUSTER_FINALIZER: &str = "runc-etcd.io/cluster";
-/// The agent's finalizer on EtcdMembers, set by the controller at creation so no member can be
-/// deleted before its host has stopped and archived it.
-pub const MEMBER_FINALIZER: &str = "runc-etcd.io/agent";
-/// The field manager of the controller's server-side applies.
-/// On EtcdBackups: the stored snapshot is deleted before the object goes.
-pub const BACKUP_FINALIZER: &str = "runc-etcd.io/snapshot";
 pub const MANAGER: &str = "runc-etcd-operator";
-
-/// A merge patch that sets `obj`'s finalizers to its current ones with `add` added or `remove`
-/// taken out. It carries the object's resourceVersion: written against a stale copy, it is a
-/// 409, never a lost finalizer.
-pub fn finalizers_patch<K: kube::ResourceExt>(
-    obj: &K,
-    add: Option<&str>,
-    remove: Option<&str>,
-) -> kube::api::Patch<serde_json::Value> {
-    let mut finalizers: Vec<String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| Some(f.as_str()) != remove)
-        .cloned()
-        .collect();
-    if let Some(f) = add.filter(|f| !finalizers.iter().any(|x| x == f)) {
-        finalizers.push(f.to_string());
-    }
-    kube::api::Patch::Merge(serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
-    }))
-}
 
 /// What the DaemonSet runs; set by the operator's flags (its own image, by default).
 #[derive(Debug, Clone)]
@@ -78,44 +45,6 @@ fn meta(c: &EtcdCluster, name: String) -> ObjectMeta {
         ..Default::default()
     }
 }
-
-pub trait ClusterNames {
-    fn name(&self) -> String;
-    fn ns(&self) -> String;
-    fn agent_name(&self) -> String {
-        format!("{}-agent", self.name())
-    }
-    fn client_service(&self) -> String {
-        format!("{}-client", self.name())
-    }
-    fn ca_secret(&self) -> String {
-        format!("{}-ca", self.name())
-    }
-    fn client_secret(&self) -> String {
-        format!("{}-client-tls", self.name())
-    }
-    /// The host engine's instance: `<namespace>.<cluster>` (unit runc-etcd@<instance>.service).
-    fn instance(&self) -> String {
-        format!("{}.{}", self.ns(), self.name())
-    }
-}
-
-impl ClusterNames for EtcdCluster {
-    fn name(&self) -> String {
-        self.meta().name.clone().unwrap_or_default()
-    }
-    fn ns(&self) -> String {
-        self.meta().namespace.clone().unwrap_or_else(|| "default".into())
-    }
-}
-
-pub fn member_secret(member: &str) -> String {
-    format!("{member}-tls")
-}
-
-/// Where the agent image carries runc (Debian's runc package): the agent installs it on the
-/// host, whose systemd runs it.
-pub const IMAGE_RUNC: &str = "/usr/sbin/runc";
 
 /// Host paths the agent works in (ARCHITECTURE.md §5), mounted at the same place in its pod.
 const HOST_PATHS: [(&str, &str); 7] = [
@@ -318,7 +247,7 @@ fn secret(c: &EtcdCluster, name: String, files: &[(&str, &str)]) -> Secret {
     }
 }
 
-pub fn ca_secret(c: &EtcdCluster, ca: &crate::host::pki::Ca) -> Secret {
+pub fn ca_secret(c: &EtcdCluster, ca: &runc_etcd_host::pki::Ca) -> Secret {
     secret(c, c.ca_secret(), &[("ca.crt", &ca.cert), ("ca.key", &ca.key)])
 }
 
@@ -345,37 +274,6 @@ pub fn member_tls_secret(c: &EtcdCluster, member: &str, certs: &MemberCerts) -> 
             ("client.key", &certs.client.1),
         ],
     )
-}
-
-fn file(s: &Secret, key: &str) -> Option<String> {
-    s.data
-        .as_ref()?
-        .get(key)
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-}
-
-pub fn read_ca(s: &Secret) -> Option<crate::host::pki::Ca> {
-    Some(crate::host::pki::Ca {
-        cert: file(s, "ca.crt")?,
-        key: file(s, "ca.key")?,
-    })
-}
-
-pub fn read_client(s: &Secret) -> Option<ClientTls> {
-    Some(ClientTls {
-        ca: file(s, "ca.crt")?,
-        cert: file(s, "tls.crt")?,
-        key: file(s, "tls.key")?,
-    })
-}
-
-pub fn read_member_certs(s: &Secret) -> Option<MemberCerts> {
-    Some(MemberCerts {
-        ca_cert: file(s, "ca.crt")?,
-        server: (file(s, "server.crt")?, file(s, "server.key")?),
-        peer: (file(s, "peer.crt")?, file(s, "peer.key")?),
-        client: (file(s, "client.crt")?, file(s, "client.key")?),
-    })
 }
 
 /// A member as the controller plans it.
@@ -412,8 +310,8 @@ pub fn image(c: &EtcdCluster) -> String {
 }
 
 /// The cluster's etcd settings as its members carry them (None: all defaults).
-pub fn tuning(c: &EtcdCluster) -> Option<crate::api::EtcdTuning> {
-    (c.spec.etcd != crate::api::EtcdTuning::default()).then(|| c.spec.etcd.clone())
+pub fn tuning(c: &EtcdCluster) -> Option<runc_etcd_api::EtcdTuning> {
+    (c.spec.etcd != runc_etcd_api::EtcdTuning::default()).then(|| c.spec.etcd.clone())
 }
 
 pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
@@ -493,33 +391,16 @@ mod tests {
     }
 
     #[test]
-    fn finalizer_patches_keep_the_others_and_name_the_version() {
-        let mut c = cluster(SPEC);
-        c.metadata.finalizers = Some(vec!["other".into()]);
-        c.metadata.resource_version = Some("42".into());
-        let kube::api::Patch::Merge(add) = finalizers_patch(&c, Some(CLUSTER_FINALIZER), None) else {
-            panic!("a merge patch")
-        };
-        assert_eq!(
-            add["metadata"]["finalizers"],
-            serde_json::json!(["other", CLUSTER_FINALIZER])
-        );
-        assert_eq!(add["metadata"]["resourceVersion"], "42");
-        c.metadata.finalizers = Some(vec!["other".into(), CLUSTER_FINALIZER.into()]);
-        let kube::api::Patch::Merge(remove) = finalizers_patch(&c, None, Some(CLUSTER_FINALIZER)) else {
-            panic!("a merge patch")
-        };
-        assert_eq!(remove["metadata"]["finalizers"], serde_json::json!(["other"]));
-    }
-
-    #[test]
     fn secrets_round_trip() {
         let c = cluster(SPEC);
-        let ca = crate::host::pki::new_ca("main").unwrap();
-        let certs = crate::host::pki::issue(&ca, &"m1".parse().unwrap(), "10.0.0.1".parse().unwrap()).unwrap();
+        let ca = runc_etcd_host::pki::new_ca("main").unwrap();
+        let certs = runc_etcd_host::pki::issue(&ca, &"m1".parse().unwrap(), "10.0.0.1".parse().unwrap()).unwrap();
         let s = member_tls_secret(&c, "m1", &certs);
-        let back = read_member_certs(&s).unwrap();
+        let back = runc_etcd_api::contract::read_member_certs(&s).unwrap();
         assert_eq!(back.server, certs.server);
-        assert_eq!(read_ca(&ca_secret(&c, &ca)).unwrap().key, ca.key);
+        assert_eq!(
+            runc_etcd_api::contract::read_ca(&ca_secret(&c, &ca)).unwrap().key,
+            ca.key
+        );
     }
 }

@@ -9,13 +9,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{EtcdBackup, EtcdCluster, QuorumLossPolicy, parse_duration};
 use crate::backup;
 use crate::operator::plan::Step;
+use runc_etcd_api::{EtcdBackup, EtcdCluster, QuorumLossPolicy, parse_duration};
 
-/// `kubectl annotate etcdcluster <name> runc-etcd.io/restore-from-backup=latest` (or the name of
-/// an EtcdBackup): rebuild a cluster that lost quorum from that backup.
-pub const RESTORE_ANNOTATION: &str = "runc-etcd.io/restore-from-backup";
+use runc_etcd_api::contract::RESTORE_ANNOTATION;
 
 /// How long quorum must stay lost before `RestoreFromBackup` acts, when no timeout is given.
 const DEFAULT_QUORUM_LOSS_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -105,8 +103,8 @@ pub fn seed_node(backup: Option<&EtcdBackup>, name: &str, eligible: &[&str]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackupDestination, EtcdBackupSpec, EtcdBackupStatus, HostPathDestination};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use runc_etcd_api::{BackupDestination, EtcdBackupSpec, EtcdBackupStatus, HostPathDestination};
 
     fn cluster(extra: serde_json::Value) -> EtcdCluster {
         let mut v = serde_json::json!({"apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::error::Result;
 
@@ -108,27 +108,6 @@ impl Election {
             }
         }
     }
-}
-
-/// The agent's heartbeat for a member: a Lease named after it, renewed by its node.
-pub async fn heartbeat(api: &Api<Lease>, name: &str, holder: &str, duration: Duration) -> Result<()> {
-    let lease = serde_json::json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name},
-        "spec": {
-            "holderIdentity": holder,
-            "leaseDurationSeconds": duration.as_secs(),
-            "renewTime": MicroTime(Timestamp::now()),
-        }
-    });
-    api.patch(
-        name,
-        &PatchParams::apply("runc-etcd-agent").force(),
-        &Patch::Apply(&lease),
-    )
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -37,35 +37,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-use crate::api::{EtcdBackup, EtcdCluster, EtcdMember};
 use crate::error::Result;
 use crate::metrics::Metrics;
-
-/// Counts a reconcile's result in the metrics: ok, or the kind of its error.
-pub fn count<T, Q: std::error::Error>(
-    metrics: &Metrics,
-    controller: &str,
-    res: &std::result::Result<T, kube::runtime::controller::Error<crate::Error, Q>>,
-) {
-    let labels = |kind: &str| crate::metrics::KindLabels {
-        controller: controller.into(),
-        kind: kind.into(),
-    };
-    match res {
-        Ok(_) => {
-            metrics.reconciles.get_or_create(&labels("ok")).inc();
-        }
-        Err(kube::runtime::controller::Error::ReconcilerFailed(e, _)) => {
-            metrics
-                .reconcile_errors
-                .get_or_create(&labels(crate::metrics::error_kind(e)))
-                .inc();
-        }
-        Err(_) => {
-            metrics.reconcile_errors.get_or_create(&labels("watch")).inc();
-        }
-    }
-}
+use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember};
 
 /// How the operator runs.
 #[derive(Debug, Clone)]
@@ -135,7 +109,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
         .with_config(Config::default().debounce(Duration::from_millis(100)))
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|res| {
-            count(&metrics, "cluster", &res);
+            crate::metrics::count_reconcile(&metrics, "cluster", &res);
             async move {
                 if let Err(e) = res {
                     tracing::debug!("reconcile: {e}");
@@ -146,7 +120,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
     let deleted_backups = Controller::new(Api::<EtcdBackup>::all(client.clone()), watcher::Config::default())
         .run(backups::finalize, backups::finalize_error, ctx)
         .for_each(|res| {
-            count(&metrics, "backup", &res);
+            crate::metrics::count_reconcile(&metrics, "backup", &res);
             async move {
                 if let Err(e) = res {
                     tracing::debug!("backup finalize: {e}");
@@ -158,6 +132,6 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
     };
     tokio::select! {
         () = controller => Ok(()),
-        () = election.hold() => Err(crate::error::Error::Refused("leadership lost; exiting so a restart competes again".into())),
+        () = election.hold() => Err(crate::Error::refused("leadership lost; exiting so a restart competes again")),
     }
 }

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use k8s_openapi::api::core::v1::Node;
 
-use crate::api::{EtcdCluster, EtcdMember};
-use crate::host::etcd::{self, Access, EndpointStatus, MemberInfo};
-use crate::operator::children::{self, ClusterNames};
+use crate::operator::children;
 use crate::operator::{maintenance, plan, upgrade};
+use runc_etcd_api::contract::ClusterNames;
+use runc_etcd_api::{EtcdCluster, EtcdMember};
+use runc_etcd_host::etcd::{self, Access, EndpointStatus, MemberInfo};
 
 /// A node as the controller sees it for one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,38 +40,13 @@ pub struct EtcdView {
 pub struct View {
     pub members: Vec<EtcdMember>,
     /// The cluster's EtcdBackups.
-    pub backups: Vec<crate::api::EtcdBackup>,
+    pub backups: Vec<runc_etcd_api::EtcdBackup>,
     /// The backup a new seed would start from (`disaster::restore_source`; it may be another
     /// cluster's).
-    pub restore: Option<crate::api::EtcdBackup>,
+    pub restore: Option<runc_etcd_api::EtcdBackup>,
     pub nodes: Vec<NodeInfo>,
     /// None: no member answered (none started yet, or quorum lost).
     pub etcd: Option<EtcdView>,
-}
-
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key_ok = match (t.key.as_deref(), t.operator.as_deref()) {
-            (None | Some(""), Some("Exists")) => true,
-            (Some(k), Some("Exists")) => k == taint.key,
-            (Some(k), _) => k == taint.key && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-            (None, _) => false,
-        };
-        effect_ok && key_ok
-    })
-}
-
-/// Whether a pod with this node selector and these tolerations may run on `node` (taints that
-/// keep pods off: NoSchedule and NoExecute).
-pub fn placeable(selector: &BTreeMap<String, String>, tolerations: &[Toleration], node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        && taints
-            .iter()
-            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-            .all(|t| tolerates(tolerations, t))
 }
 
 /// Whether a member of `c` may be placed on `node`: selector and taints allow it, and the node
@@ -91,7 +67,10 @@ pub fn node_info(c: &EtcdCluster, node: &Node) -> NodeInfo {
         .any(|c| c.type_ == "Ready" && c.status == "True");
     let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
     NodeInfo {
-        eligible: placeable(&c.spec.node_selector, &c.spec.tolerations, node) && ready && schedulable && ip.is_some(),
+        eligible: runc_etcd_api::scheduling::placeable(&c.spec.node_selector, &c.spec.tolerations, node)
+            && ready
+            && schedulable
+            && ip.is_some(),
         ready,
         name,
         ip,
@@ -284,7 +263,7 @@ pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeSpec, NodeStatus};
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeSpec, NodeStatus, Taint};
 
     fn cluster(extra: &str) -> EtcdCluster {
         serde_saphyr::from_str(&format!(
@@ -347,7 +326,7 @@ mod tests {
             node: "n1".into(),
             ip: "10.0.0.1".into(),
             initial_cluster: vec![],
-            state: crate::api::InitialClusterState::Existing,
+            state: runc_etcd_api::InitialClusterState::Existing,
             restore_from: None,
         };
         let obj = children::etcd_member(&c, &p);
@@ -399,8 +378,8 @@ mod tests {
         };
         let now = Timestamp::now();
         let since = |secs: i64| {
-            let mut status = crate::api::EtcdClusterStatus::default();
-            status.members.push(crate::api::MemberStatus {
+            let mut status = runc_etcd_api::EtcdClusterStatus::default();
+            status.members.push(runc_etcd_api::MemberStatus {
                 name: "main-b".into(),
                 unhealthy_since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     now - SignedDuration::from_secs(secs),

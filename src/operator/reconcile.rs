@@ -23,16 +23,18 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{EtcdBackup, EtcdCluster, EtcdMember, Operation};
 use crate::error::{Error, Result};
-use crate::host::etcd::Access;
-use crate::host::pki;
-use crate::names::{InstanceName, MemberName};
-use crate::operator::act::{Outcome, act, create_or_keep};
-use crate::operator::children::{self, AgentImage, CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, MANAGER};
+use crate::operator::act::{Outcome, act};
+use crate::operator::children::{self, AgentImage, MANAGER};
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
 use crate::operator::{backups, disaster, maintenance, status, upgrade};
+use runc_etcd_api::contract::{CLUSTER_FINALIZER, CLUSTER_LABEL, ClusterNames, RESTORE_ANNOTATION};
+use runc_etcd_api::objects::{create_or_keep, delete_if_present};
+use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember, Operation};
+use runc_etcd_host::etcd::Access;
+use runc_etcd_host::names::{InstanceName, MemberName};
+use runc_etcd_host::pki;
 
 pub struct Ctx {
     pub client: kube::Client,
@@ -103,7 +105,7 @@ impl Ctx {
 }
 
 /// The whole status as a merge patch: fields that are now empty are cleared, not left stale.
-fn status_patch(s: &crate::api::EtcdClusterStatus) -> serde_json::Value {
+fn status_patch(s: &runc_etcd_api::EtcdClusterStatus) -> serde_json::Value {
     let mut v = serde_json::to_value(s).expect("status serializes");
     let obj = v.as_object_mut().expect("status is an object");
     for key in [
@@ -127,7 +129,7 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
     }
     if !c.finalizers().iter().any(|f| f == CLUSTER_FINALIZER) {
         let api: Api<EtcdCluster> = ctx.api(&c);
-        let patch = children::finalizers_patch(&*c, Some(CLUSTER_FINALIZER), None);
+        let patch = runc_etcd_api::objects::finalizers_patch(&*c, Some(CLUSTER_FINALIZER), None);
         api.patch(&c.name(), &PatchParams::default(), &patch).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
@@ -231,11 +233,11 @@ async fn plan_next(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<(Step, Dur
         step = Step::Wait { reason };
     }
     if let Some(op) = operation(c, view, &step) {
-        if matches!(step, Step::Rebuild { .. }) && c.annotations().contains_key(disaster::RESTORE_ANNOTATION) {
+        if matches!(step, Step::Rebuild { .. }) && c.annotations().contains_key(RESTORE_ANNOTATION) {
             // The request is used up before the rebuild is recorded: a crash in between asks
             // the person again rather than rebuilding twice.
             let api: Api<EtcdCluster> = ctx.api(c);
-            let patch = json!({"metadata": {"annotations": {disaster::RESTORE_ANNOTATION: null}}});
+            let patch = json!({"metadata": {"annotations": {RESTORE_ANNOTATION: null}}});
             api.patch(&c.name(), &PatchParams::default(), &Patch::Merge(patch))
                 .await?;
         }
@@ -481,7 +483,7 @@ async fn ensure_tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
     let ca = match secrets
         .get_opt(&c.ca_secret())
         .await?
-        .and_then(|s| children::read_ca(&s))
+        .and_then(|s| runc_etcd_api::contract::read_ca(&s))
     {
         Some(ca) => ca,
         None => {
@@ -489,20 +491,23 @@ async fn ensure_tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
             create_or_keep(&secrets, &children::ca_secret(c, &ca)).await?;
             // Another pass may have won the race: use what is stored.
             let stored = secrets.get(&c.ca_secret()).await?;
-            children::read_ca(&stored).ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?
+            runc_etcd_api::contract::read_ca(&stored)
+                .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?
         }
     };
     if let Some(tls) = secrets
         .get_opt(&c.client_secret())
         .await?
-        .and_then(|s| children::read_client(&s))
+        .and_then(|s| runc_etcd_api::contract::read_client(&s))
     {
         return Ok(Access::tls(tls));
     }
     let tls = pki::issue_client(&ca, &format!("{} client", c.instance()))?;
     create_or_keep(&secrets, &children::client_secret(c, &tls)).await?;
     let stored = secrets.get(&c.client_secret()).await?;
-    Ok(Access::tls(children::read_client(&stored).unwrap_or(tls)))
+    Ok(Access::tls(
+        runc_etcd_api::contract::read_client(&stored).unwrap_or(tls),
+    ))
 }
 
 async fn write_endpoints(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
@@ -566,22 +571,11 @@ async fn finalize(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
         delete_if_present(&secrets, &s.name_any()).await?;
     }
     let api: Api<EtcdCluster> = ctx.api(c);
-    let patch = children::finalizers_patch(c, None, Some(CLUSTER_FINALIZER));
+    let patch = runc_etcd_api::objects::finalizers_patch(c, None, Some(CLUSTER_FINALIZER));
     api.patch(&c.name(), &PatchParams::default(), &patch).await?;
     tracing::info!("{}: deleted; every member archived on its host", c.instance());
     ctx.metrics.forget_cluster(&c.ns(), &c.name());
     Ok(Action::await_change())
-}
-
-pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Requeue policy for errors: a bad spec waits for a change; anything else is retried.
@@ -625,7 +619,7 @@ mod tests {
             generation: Some(generation),
             ..Default::default()
         };
-        c.status = Some(crate::api::EtcdClusterStatus {
+        c.status = Some(runc_etcd_api::EtcdClusterStatus {
             last_operation: Some(failed(4)),
             ..Default::default()
         });
@@ -641,7 +635,7 @@ mod tests {
 
     #[test]
     fn the_status_patch_clears_what_is_gone_and_leaves_the_operation_alone() {
-        let s = crate::api::EtcdClusterStatus {
+        let s = runc_etcd_api::EtcdClusterStatus {
             last_operation: Some(Operation::default()),
             ..Default::default()
         };

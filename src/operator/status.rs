@@ -4,10 +4,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::api::{EtcdCluster, EtcdClusterStatus, MemberStatus};
 use crate::operator::children;
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
+use runc_etcd_api::{EtcdCluster, EtcdClusterStatus, MemberStatus};
 
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
@@ -276,7 +276,7 @@ mod tests {
         .unwrap()
     }
 
-    fn cond<'a>(s: &'a crate::api::EtcdClusterStatus, t: &str) -> &'a Condition {
+    fn cond<'a>(s: &'a runc_etcd_api::EtcdClusterStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
 
@@ -311,7 +311,7 @@ mod tests {
     fn what_an_agent_could_not_do_is_reported() {
         let c = cluster();
         let mut v = view(1, 1);
-        let mut m = crate::api::EtcdMember::new(
+        let mut m = runc_etcd_api::EtcdMember::new(
             "main-a",
             serde_json::from_value(serde_json::json!({
                 "cluster": "main", "memberName": "main-a", "nodeName": "n2", "ip": "10.0.0.2",
@@ -319,7 +319,7 @@ mod tests {
                 "image": "etcd:v3.5.16"}))
             .unwrap(),
         );
-        m.status = Some(crate::api::EtcdMemberStatus {
+        m.status = Some(runc_etcd_api::EtcdMemberStatus {
             phase: Some("Failed".into()),
             message: Some("10.0.0.2:2379 is already in use".into()),
             ..Default::default()

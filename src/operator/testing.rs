@@ -1,8 +1,8 @@
 //! Views of a cluster for the controller's unit tests.
 
-use crate::api::EtcdMember;
-use crate::host::etcd::{EndpointStatus, MemberInfo};
 use crate::operator::observe::{EtcdView, View};
+use runc_etcd_api::EtcdMember;
+use runc_etcd_host::etcd::{EndpointStatus, MemberInfo};
 
 /// A view of `n` voters, the first the leader, `healthy` of them answering.
 pub fn view(n: u64, healthy: u64) -> View {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
-use runc_etcd::lab::{Lab, LabHost, netns};
+use runc_etcd_testkit::lab::{Lab, LabHost, netns};
 
 pub const V_OLD: &str = "3.4.23";
 pub const V_MID: &str = "3.5.16";

@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use runc_etcd::api::EtcdCluster;
-use runc_etcd::lab::Lab;
-use runc_etcd::lab::control::ControlPlane;
+use runc_etcd_api::EtcdCluster;
+use runc_etcd_testkit::lab::Lab;
+use runc_etcd_testkit::lab::control::ControlPlane;
 
 pub struct Plane {
     pub cp: ControlPlane,
@@ -50,7 +50,7 @@ impl Plane {
             .enable_all()
             .build()
             .unwrap();
-        runc_etcd::cli::install_crypto_provider();
+        runc_etcd_host::install_crypto_provider();
         let mut cp = rt
             .block_on(ControlPlane::start(&lab, &bin_dir()))
             .unwrap_or_else(|e| panic!("control plane: {e}"));
@@ -161,7 +161,7 @@ impl Plane {
             self.client_tls(cluster),
             prefix.to_string(),
         );
-        runc_etcd::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+        runc_etcd_testkit::lab::netns::run_in(&self.lab.client_ns(), move || async move {
             let mut c = super::connect(endpoints, tls).await;
             for i in 0..n {
                 c.put(format!("{prefix}{i}"), format!("v{i}"), None).await.expect("put");
@@ -172,7 +172,7 @@ impl Plane {
     /// Every key (with its value) through the cluster's Service endpoints.
     pub fn all_keys(&self, cluster: &str) -> BTreeMap<String, String> {
         let (endpoints, tls) = (self.service_endpoints(cluster, "https"), self.client_tls(cluster));
-        runc_etcd::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+        runc_etcd_testkit::lab::netns::run_in(&self.lab.client_ns(), move || async move {
             let mut c = super::connect(endpoints, tls).await;
             let r = c
                 .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
@@ -189,7 +189,7 @@ impl Plane {
     pub fn http_get(&self, addr: &str, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (addr, req) = (addr.to_string(), format!("GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n"));
-        let raw = runc_etcd::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+        let raw = runc_etcd_testkit::lab::netns::run_in(&self.lab.client_ns(), move || async move {
             let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
             s.write_all(req.as_bytes()).await.expect("send");
             let mut out = String::new();

@@ -1,0 +1,119 @@
+//! The contract between the controller and the host agents, beside the custom resources: the
+//! labels and finalizers both sides set and select on, the names derived from a cluster's, the
+//! Secrets the controller writes and the agents read, and the agents' heartbeats.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use runc_etcd_host::pki::{Ca, ClientTls, MemberCerts};
+
+use crate::EtcdCluster;
+
+/// Label on every object the controller makes for a cluster (value: the cluster's name).
+pub const CLUSTER_LABEL: &str = "runc-etcd.io/cluster";
+/// Label on EtcdMembers: the node that runs them (agents select on it; CRDs have no field selectors).
+pub const NODE_LABEL: &str = "runc-etcd.io/node";
+/// The controller's finalizer on EtcdClusters: members retired and hosts clean before it goes.
+pub const CLUSTER_FINALIZER: &str = "runc-etcd.io/cluster";
+/// The agent's finalizer on EtcdMembers, set by the controller at creation so no member can be
+/// deleted before its host has stopped and archived it.
+pub const MEMBER_FINALIZER: &str = "runc-etcd.io/agent";
+/// On EtcdBackups: the stored snapshot is deleted before the object goes.
+pub const BACKUP_FINALIZER: &str = "runc-etcd.io/snapshot";
+/// A user's request to rebuild a cluster that lost quorum from a backup (`latest` or a name).
+pub const RESTORE_ANNOTATION: &str = "runc-etcd.io/restore-from-backup";
+
+/// Where the agent image carries runc (Debian's runc package): the agent installs it on the
+/// host, whose systemd runs it.
+pub const IMAGE_RUNC: &str = "/usr/sbin/runc";
+
+pub trait ClusterNames {
+    fn name(&self) -> String;
+    fn ns(&self) -> String;
+    fn agent_name(&self) -> String {
+        format!("{}-agent", self.name())
+    }
+    fn client_service(&self) -> String {
+        format!("{}-client", self.name())
+    }
+    fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name())
+    }
+    fn client_secret(&self) -> String {
+        format!("{}-client-tls", self.name())
+    }
+    /// The host engine's instance: `<namespace>.<cluster>` (unit runc-etcd@<instance>.service).
+    fn instance(&self) -> String {
+        format!("{}.{}", self.ns(), self.name())
+    }
+}
+
+impl ClusterNames for EtcdCluster {
+    fn name(&self) -> String {
+        self.meta().name.clone().unwrap_or_default()
+    }
+    fn ns(&self) -> String {
+        self.meta().namespace.clone().unwrap_or_else(|| "default".into())
+    }
+}
+
+pub fn member_secret(member: &str) -> String {
+    format!("{member}-tls")
+}
+
+fn file(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+pub fn read_ca(s: &Secret) -> Option<Ca> {
+    Some(Ca {
+        cert: file(s, "ca.crt")?,
+        key: file(s, "ca.key")?,
+    })
+}
+
+pub fn read_client(s: &Secret) -> Option<ClientTls> {
+    Some(ClientTls {
+        ca: file(s, "ca.crt")?,
+        cert: file(s, "tls.crt")?,
+        key: file(s, "tls.key")?,
+    })
+}
+
+pub fn read_member_certs(s: &Secret) -> Option<MemberCerts> {
+    Some(MemberCerts {
+        ca_cert: file(s, "ca.crt")?,
+        server: (file(s, "server.crt")?, file(s, "server.key")?),
+        peer: (file(s, "peer.crt")?, file(s, "peer.key")?),
+        client: (file(s, "client.crt")?, file(s, "client.key")?),
+    })
+}
+
+/// The agent's heartbeat for a member: a Lease named after it, renewed by its node.
+pub async fn heartbeat(api: &Api<Lease>, name: &str, holder: &str, duration: Duration) -> kube::Result<()> {
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name},
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": duration.as_secs(),
+            "renewTime": MicroTime(Timestamp::now()),
+        }
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("runc-etcd-agent").force(),
+        &Patch::Apply(&lease),
+    )
+    .await?;
+    Ok(())
+}

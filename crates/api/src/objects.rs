@@ -1,0 +1,80 @@
+//! Writing objects so that running the same step twice is harmless: create unless present,
+//! delete unless gone, and finalizer changes that cannot overwrite a newer copy.
+
+use kube::api::{Api, DeleteParams, PostParams};
+
+/// A merge patch that sets `obj`'s finalizers to its current ones with `add` added or `remove`
+/// taken out. It carries the object's resourceVersion: written against a stale copy, it is a
+/// 409, never a lost finalizer.
+pub fn finalizers_patch<K: kube::ResourceExt>(
+    obj: &K,
+    add: Option<&str>,
+    remove: Option<&str>,
+) -> kube::api::Patch<serde_json::Value> {
+    let mut finalizers: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| Some(f.as_str()) != remove)
+        .cloned()
+        .collect();
+    if let Some(f) = add.filter(|f| !finalizers.iter().any(|x| x == f)) {
+        finalizers.push(f.to_string());
+    }
+    kube::api::Patch::Merge(serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
+    }))
+}
+
+/// Creates `obj`; one that exists already (a retried or raced step) is kept as it is.
+pub async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> kube::Result<()>
+where
+    K: Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes `name`; one already gone is fine.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> kube::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EtcdCluster;
+    use crate::contract::CLUSTER_FINALIZER;
+
+    #[test]
+    fn finalizer_patches_keep_the_others_and_name_the_version() {
+        let mut c: EtcdCluster = serde_saphyr::from_str(
+            "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main}\nspec: {version: 3.5.16}\n",
+        )
+        .unwrap();
+        c.metadata.finalizers = Some(vec!["other".into()]);
+        c.metadata.resource_version = Some("42".into());
+        let kube::api::Patch::Merge(add) = finalizers_patch(&c, Some(CLUSTER_FINALIZER), None) else {
+            panic!("a merge patch")
+        };
+        assert_eq!(
+            add["metadata"]["finalizers"],
+            serde_json::json!(["other", CLUSTER_FINALIZER])
+        );
+        assert_eq!(add["metadata"]["resourceVersion"], "42");
+        c.metadata.finalizers = Some(vec!["other".into(), CLUSTER_FINALIZER.into()]);
+        let kube::api::Patch::Merge(remove) = finalizers_patch(&c, None, Some(CLUSTER_FINALIZER)) else {
+            panic!("a merge patch")
+        };
+        assert_eq!(remove["metadata"]["finalizers"], serde_json::json!(["other"]));
+    }
+}

@@ -1,0 +1,230 @@
+//! `backup` (snapshot + config into a timestamped folder) and `restore` (a new one-member
+//! cluster from a snapshot, made by the image's own etcdutl/etcdctl run through runc).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::layout;
+use crate::member::{ClusterState, MemberRecord};
+use crate::names::InstanceName;
+use crate::{Engine, bundle, runc, systemd, write_atomic};
+
+use super::{HEALTH_TIMEOUT, require_yes};
+
+/// `backup.json` beside each snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReport {
+    pub dir: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub etcd_version: String,
+    pub raft_index: u64,
+    pub taken_at: String,
+}
+
+pub async fn backup(engine: &Engine, instance: &InstanceName) -> Result<BackupReport> {
+    let record = engine.require(instance)?;
+    take_backup(engine, &record, "backup").await
+}
+
+async fn take_backup(engine: &Engine, record: &MemberRecord, why: &str) -> Result<BackupReport> {
+    let paths = engine.paths(&record.instance);
+    let endpoint = record.client_url();
+    let access = engine.access(record)?;
+    let status = access.status(&endpoint).await?;
+    let dir = layout::timestamped(&paths.backups(), why);
+    std::fs::create_dir_all(&dir).ctx("creating a backup folder", &dir)?;
+    let taken = async {
+        let (size, sha256) = access.snapshot(&endpoint, &dir.join("snapshot.db")).await?;
+        for f in [paths.etcd_conf(), paths.member_json(), paths.config_json()] {
+            let to = dir.join(f.file_name().expect("member files have names"));
+            std::fs::copy(&f, &to).ctx("copying config into the backup", &f)?;
+        }
+        let report = BackupReport {
+            dir: dir.clone(),
+            size,
+            sha256,
+            etcd_version: status.version.clone(),
+            raft_index: status.raft_index,
+            taken_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let json = serde_json::to_vec_pretty(&report).expect("report serializes");
+        write_atomic(&dir.join("backup.json"), &json, 0o600)?;
+        Ok(report)
+    }
+    .await;
+    if taken.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    taken
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub snapshot: PathBuf,
+    /// The backup taken of what ran before (None when etcd was not running).
+    pub backup_before: Option<PathBuf>,
+    pub archive: PathBuf,
+    pub record: MemberRecord,
+}
+
+/// A snapshot argument: a snapshot file, a backup folder, or a backup folder's name.
+fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<PathBuf> {
+    let fix = "pass a snapshot file, a backup folder, or the name of a folder under backups/ (see `ls /var/lib/runc-etcd/<cluster>/backups`)";
+    let mut candidates = vec![PathBuf::from(arg), Path::new(arg).join("snapshot.db")];
+    if !arg.contains('/') && !arg.starts_with('.') {
+        candidates.push(engine.paths(instance).backups().join(arg).join("snapshot.db"));
+    }
+    let found = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::invalid("--snapshot", format!("no snapshot at {arg:?}"), fix))?;
+    // A backup made by runc-etcd knows its checksum: refuse a damaged file before stopping anything.
+    let meta = found.with_file_name("backup.json");
+    if let Ok(bytes) = std::fs::read(&meta)
+        && let Ok(report) = serde_json::from_slice::<BackupReport>(&bytes)
+        && crate::sha256_file(&found)? != report.sha256
+    {
+        return Err(Error::invalid(
+            "--snapshot",
+            format!("{} does not match its sha256 in backup.json", found.display()),
+            fix,
+        ));
+    }
+    Ok(found)
+}
+
+pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, yes: bool) -> Result<RestoreReport> {
+    let record = engine.require(instance)?;
+    let snapshot = find_snapshot(engine, instance, snapshot)?;
+    require_yes(
+        yes,
+        "restore replaces this member's keys with the snapshot's and starts a new one-member cluster \
+         (the current data is backed up and archived first)",
+    )?;
+    let _lock = engine.lock(instance)?;
+    let paths = engine.paths(instance);
+
+    let backup_before = match take_backup(engine, &record, "before-restore").await {
+        Ok(b) => Some(b.dir),
+        Err(e) => {
+            tracing::warn!("could not snapshot the running member ({e}); its data folder is archived as it is");
+            None
+        }
+    };
+    tracing::info!("stopping {}", systemd::unit_name(instance));
+    systemd::stop(instance).await?;
+
+    // Restore into a scratch folder with the image's own tool; the live data is untouched until
+    // the restored copy is complete.
+    let work = prepare_work(&paths, &snapshot)?;
+    let mut new = record.clone();
+    // A new token gives the restored cluster a new cluster ID: members of the old cluster cannot
+    // mistake it for theirs.
+    new.cluster_token = format!("{instance}-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    new.initial_cluster = vec![(record.name.clone(), record.peer_url())];
+    new.initial_cluster_state = ClusterState::New;
+    new.hide_initial_cluster = false;
+    if let Err(e) = run_restore_tool(engine, &new, &work).await {
+        // The live data was not touched: bring the member back as it was.
+        let _ = std::fs::remove_dir_all(&work);
+        systemd::start(instance).await?;
+        return Err(e);
+    }
+
+    let archive = engine.archive_member(instance, "before-restore", true)?;
+    std::fs::rename(work.join("data"), paths.data()).ctx("moving the restored data into place", paths.data())?;
+    let _ = std::fs::remove_dir_all(&work);
+    engine.write_member_files(&new, &engine.rootfs(&new)?)?;
+    systemd::enable_and_start(instance).await?;
+    engine.wait_member_healthy(&new, HEALTH_TIMEOUT).await?;
+    Ok(RestoreReport {
+        snapshot,
+        backup_before,
+        archive,
+        record: new,
+    })
+}
+
+/// A clean `restore-work` folder holding a copy of the snapshot.
+fn prepare_work(paths: &layout::MemberPaths, snapshot: &Path) -> Result<PathBuf> {
+    let work = paths.dir.join("restore-work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).ctx("creating a restore folder", &work)?;
+    std::fs::copy(snapshot, work.join("snapshot.db")).ctx("copying the snapshot", snapshot)?;
+    Ok(work)
+}
+
+/// Writes a new member's data folder from a snapshot (its record, not yet on disk, names the
+/// member, its peer URL and cluster token). The folder must not hold data.
+pub(crate) async fn restore_data(engine: &Engine, record: &MemberRecord, snapshot: &Path) -> Result<()> {
+    let paths = engine.paths(&record.instance);
+    let work = prepare_work(&paths, snapshot)?;
+    // The tool's bundle mounts what the member's does: the data and pki folders and the config
+    // (written for real once the data is in place; until then an empty one).
+    let data = paths.data();
+    std::fs::create_dir_all(&data).ctx("creating the data folder", &data)?;
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .ctx("protecting the data folder", &data)?;
+    std::fs::create_dir_all(paths.pki()).ctx("creating the pki folder", paths.pki())?;
+    if !paths.etcd_conf().exists() {
+        write_atomic(&paths.etcd_conf(), b"", 0o600)?;
+    }
+    let restored = run_restore_tool(engine, record, &work).await;
+    if restored.is_ok() {
+        // rename replaces the (empty) folder made above.
+        std::fs::rename(work.join("data"), &data).ctx("moving the restored data into place", &data)?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    restored
+}
+
+/// `etcdutl snapshot restore` (etcd 3.5+) or `etcdctl snapshot restore` (3.4) in the member's
+/// image, writing `work/data`.
+async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path) -> Result<()> {
+    let rootfs = engine.rootfs(m)?;
+    let tool = if rootfs.join("usr/local/bin/etcdutl").is_file() {
+        "/usr/local/bin/etcdutl"
+    } else {
+        "/usr/local/bin/etcdctl"
+    };
+    let args = vec![
+        tool.to_string(),
+        "snapshot".into(),
+        "restore".into(),
+        "/restore/snapshot.db".into(),
+        "--data-dir".into(),
+        "/restore/data".into(),
+        "--name".into(),
+        m.name.to_string(),
+        "--initial-cluster".into(),
+        format!("{}={}", m.name, m.peer_url()),
+        "--initial-advertise-peer-urls".into(),
+        m.peer_url(),
+        "--initial-cluster-token".into(),
+        m.cluster_token.clone(),
+    ];
+    let paths = engine.paths(&m.instance);
+    let bundle_dir = work.join("bundle");
+    std::fs::create_dir_all(&bundle_dir).ctx("creating the restore bundle", &bundle_dir)?;
+    let spec = bundle::oneoff_spec(&m.instance, &paths, &rootfs, args, work);
+    write_atomic(
+        &bundle_dir.join("config.json"),
+        bundle::to_json(&spec).as_bytes(),
+        0o644,
+    )?;
+    tracing::info!("restoring the snapshot with the image's {tool}");
+    let id = format!("{}-restore", m.instance);
+    let out = runc::run_oneoff(&engine.runc, &engine.layout.runc_root, &bundle_dir, &id).await?;
+    tracing::debug!("{out}");
+    if !work.join("data/member").is_dir() {
+        return Err(Error::Command {
+            command: format!("{tool} snapshot restore"),
+            message: format!("no data was written: {}", out.trim()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! What the agent asks of the engine: make a member the controller planned real on this host, or
+//! retire one. Unlike `create`/`join`, these make no etcd membership calls (the controller makes
+//! them) and do not wait for etcd: they converge the host and return, and are safe to repeat after
+//! a crash at any point.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::member::{ClusterState, MemberRecord, Tuning};
+use crate::names::{InstanceName, MemberName, check_ports};
+use crate::pki::{self, MemberCerts};
+use crate::{Engine, check_listen, image, systemd};
+
+/// A member as the controller wants it on this host.
+pub struct WantedMember {
+    pub instance: InstanceName,
+    pub name: MemberName,
+    pub ip: IpAddr,
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// Image reference (a tag or a digest).
+    pub image: String,
+    pub initial_cluster: Vec<(MemberName, String)>,
+    pub state: ClusterState,
+    /// None: plain HTTP.
+    pub certs: Option<MemberCerts>,
+    pub tuning: Tuning,
+    /// Start from this snapshot (a local file, already fetched and checked) instead of empty
+    /// data: the seed of a restored cluster, which gets a new cluster ID.
+    pub restore: Option<PathBuf>,
+}
+
+/// Installs the member (image, certificates, files, unit) unless it is installed, and makes sure
+/// its unit is enabled and running. A different member of the same cluster left on this host
+/// (replaced, or removed while the agent was away) is stopped and archived first.
+pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberRecord> {
+    check_ports(w.client_port, w.peer_port)?;
+    let _lock = engine.lock(&w.instance)?;
+    if let Some(record) = engine.load(&w.instance)? {
+        if record.name == w.name {
+            ensure_running(engine, &record).await?;
+            return Ok(record);
+        }
+        tracing::info!(
+            "{} on this host is {}, not {}: archiving it",
+            w.instance,
+            record.name,
+            w.name
+        );
+        systemd::stop_and_disable(&w.instance).await?;
+        engine.archive_member(&w.instance, "replaced", false)?;
+    }
+    archive_leftovers(engine, &w.instance)?;
+    check_listen(w.ip, w.client_port, w.peer_port)?;
+    let img = image::ensure(&engine.layout.images_dir(), &w.image, &engine.pull).await?;
+    let record = MemberRecord {
+        instance: w.instance.clone(),
+        name: w.name.clone(),
+        ip: w.ip,
+        client_port: w.client_port,
+        peer_port: w.peer_port,
+        image: img.record,
+        previous_image: None,
+        initial_cluster: w.initial_cluster,
+        initial_cluster_state: w.state,
+        // A restored cluster's seed gets its own token, hence a new cluster ID: members of the
+        // cluster it came from cannot mistake it for theirs.
+        cluster_token: match &w.restore {
+            Some(_) => format!("{}-{}", w.instance, w.name),
+            None => w.instance.to_string(),
+        },
+        hide_initial_cluster: false,
+        tls: w.certs.is_some(),
+        tuning: w.tuning,
+    };
+    record.check()?;
+    engine.install_unit().await?;
+    if let Some(certs) = &w.certs {
+        pki::write(&engine.paths(&w.instance), certs, None)?;
+    }
+    if let Some(snapshot) = &w.restore {
+        // The data first, the record last: a crash in between leaves data without a record,
+        // which the next pass archives (archive_leftovers) before restoring again.
+        super::backup::restore_data(engine, &record, snapshot).await?;
+    }
+    engine.write_member_files(&record, &img.rootfs)?;
+    tracing::info!("starting {} ({})", systemd::unit_name(&w.instance), w.name);
+    systemd::enable_and_start(&w.instance).await?;
+    Ok(record)
+}
+
+/// Rewrites a member's etcd settings and restarts it, waiting until it serves again (the
+/// controller does this one member at a time). On failure the previous settings are put back.
+pub async fn reconfigure_member(engine: &Engine, instance: &InstanceName, tuning: Tuning) -> Result<MemberRecord> {
+    tuning.check()?;
+    let _lock = engine.lock(instance)?;
+    let before = engine.require(instance)?;
+    let record = MemberRecord {
+        tuning,
+        ..before.clone()
+    };
+    let rootfs = engine.rootfs(&record)?;
+    tracing::info!("restarting {} with new etcd settings", systemd::unit_name(instance));
+    systemd::stop(instance).await?;
+    engine.write_member_files(&record, &rootfs)?;
+    systemd::start(instance).await?;
+    if let Err(e) = engine.wait_member_healthy(&record, super::HEALTH_TIMEOUT).await {
+        tracing::warn!("{instance} did not come back with the new settings: putting the old ones back");
+        systemd::stop(instance).await?;
+        engine.write_member_files(&before, &rootfs)?;
+        systemd::start(instance).await?;
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// Starts the unit if systemd is not running it (systemd restarts a crashed etcd by itself; this
+/// covers a unit stopped by hand or left disabled by a crash between writing and starting).
+async fn ensure_running(engine: &Engine, record: &MemberRecord) -> Result<()> {
+    let unit = systemd::show(&record.instance).await?;
+    let running = matches!(unit.active_state.as_str(), "active" | "activating" | "reloading");
+    if !running || !unit.is_enabled() {
+        tracing::info!(
+            "{} is {} ({}): starting it",
+            systemd::unit_name(&record.instance),
+            unit.active_state,
+            unit.unit_file_state
+        );
+        engine.install_unit().await?;
+        systemd::enable_and_start(&record.instance).await?;
+    }
+    Ok(())
+}
+
+/// Stops member `name` of `instance` and archives its files. Returns the archive folder, or None
+/// when this host holds nothing of that member (already retired).
+pub async fn retire_member(engine: &Engine, instance: &InstanceName, name: &MemberName) -> Result<Option<PathBuf>> {
+    let _lock = engine.lock(instance)?;
+    match engine.load(instance)? {
+        Some(record) if &record.name == name => {
+            systemd::stop_and_disable(instance).await?;
+            let dir = engine.archive_member(instance, "removed", false)?;
+            tracing::info!("{name} stopped; its files are in {}", dir.display());
+            Ok(Some(dir))
+        }
+        Some(record) => Err(Error::Refused(format!(
+            "{instance} on this host is member {}, not {name}; leaving it alone",
+            record.name
+        ))),
+        None => archive_leftovers(engine, instance),
+    }
+}
+
+/// A crash half-way through archiving leaves files but no member record: finish the move.
+fn archive_leftovers(engine: &Engine, instance: &InstanceName) -> Result<Option<PathBuf>> {
+    let paths = engine.paths(instance);
+    let has_data = std::fs::read_dir(paths.data()).is_ok_and(|mut d| d.next().is_some());
+    if has_data || paths.etcd_conf().exists() {
+        let dir = engine.archive_member(instance, "leftover", false)?;
+        tracing::info!("files of an earlier member moved to {}", dir.display());
+        return Ok(Some(dir));
+    }
+    Ok(None)
+}

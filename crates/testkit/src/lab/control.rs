@@ -1,0 +1,488 @@
+//! The lab's control plane (ARCHITECTURE.md §7, tier 3): a Kubernetes API (the in-process test
+//! server, or a real cluster named by `RUNC_ETCD_TEST_KUBECONFIG`), a Node object per lab host,
+//! operator processes in the lab's LAN, and a stand-in kubelet that plays each agent DaemonSet's
+//! pods by running `runc-etcd agent` as a systemd service inside every matching host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::{Lab, LabHost, external, netns};
+use crate::apiserver::ApiServer;
+use runc_etcd_api::objects::delete_if_present;
+use runc_etcd_api::scheduling::placeable;
+
+/// Where hosts find the API server.
+const HOST_KUBECONFIG: &str = "/etc/runc-etcd-lab/kubeconfig";
+/// The env var naming a real cluster to run the control-plane tests against.
+pub const REAL_CLUSTER_ENV: &str = "RUNC_ETCD_TEST_KUBECONFIG";
+
+pub struct ControlPlane {
+    /// The in-process API server (None against a real cluster).
+    pub server: Option<ApiServer>,
+    pub client: kube::Client,
+    /// The lab's namespace: its clusters, and its operator's election Lease.
+    pub namespace: String,
+    /// Kubeconfig for the lab's LAN (operator, agents), and for this machine (kubectl); both
+    /// default to the lab's namespace.
+    pub lab_kubeconfig: PathBuf,
+    pub local_kubeconfig: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+    switch_ns: String,
+    hosts: Vec<LabHost>,
+    lab_id: u8,
+    operators: Vec<Child>,
+    /// The stand-in kubelet, and (against an outside API server) the relay to it.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A kubeconfig for a plain-HTTP server without authentication (the in-process one).
+pub fn kubeconfig(server: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: {namespace}\ncurrent-context: lab\n"
+    )
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> crate::Error + '_ {
+    move |e| crate::Error::transient(what, e)
+}
+
+impl ControlPlane {
+    /// Starts the API (in-process unless `RUNC_ETCD_TEST_KUBECONFIG` is set), registers a Node
+    /// per host and starts the stand-in kubelet. Call inside a multi-threaded tokio runtime.
+    pub async fn start(lab: &Lab, bin: &Path) -> crate::Result<ControlPlane> {
+        let dir = lab.dir.clone();
+        let namespace = format!("runc-etcd-lab{}", lab.id);
+        let lab_kubeconfig = dir.join("kubeconfig-lan");
+        let local_kubeconfig = dir.join("kubeconfig");
+        let write = |path: &Path, text: &str| runc_etcd_host::write_atomic(path, text.as_bytes(), 0o600);
+        let mut tasks = Vec::new();
+        let (server, client) = match std::env::var_os(REAL_CLUSTER_ENV) {
+            Some(path) => {
+                let local = external::self_contained(Path::new(&path), &namespace)?;
+                let server = external::server_of(&local).unwrap_or_default();
+                let on_lan = netns::bind_in(&lab.client_ns(), (lab.net.gateway(), 0).into())
+                    .map_err(io("binding the API relay on the lab LAN"))?;
+                let (relay, task) = external::relay(on_lan, &server).await?;
+                tasks.push(task);
+                let on_lan = external::through_relay(&local, relay)?;
+                let json = |kc| serde_json::to_string_pretty(kc).expect("a kubeconfig serializes");
+                write(&local_kubeconfig, &json(&local))?;
+                write(&lab_kubeconfig, &json(&on_lan))?;
+                let config = kube::Config::from_custom_kubeconfig(local, &Default::default())
+                    .await
+                    .map_err(|e| crate::Error::transient("kubeconfig", e))?;
+                (None, kube::Client::try_from(config)?)
+            }
+            None => {
+                let local = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding the API server"))?;
+                let on_lan = netns::bind_in(&lab.client_ns(), (lab.net.gateway(), 0).into())
+                    .map_err(io("binding on the lab LAN"))?;
+                let lan_addr = on_lan.local_addr().map_err(io("lab address"))?;
+                let server = ApiServer::serve(vec![local, on_lan]).map_err(io("starting the API server"))?;
+                write(&lab_kubeconfig, &kubeconfig(&format!("http://{lan_addr}"), &namespace))?;
+                write(&local_kubeconfig, &kubeconfig(&server.url(), &namespace))?;
+                let client = server.client();
+                (Some(server), client)
+            }
+        };
+        // A lab with this number that a killed run left on a shared cluster goes first.
+        release(&client, &namespace, lab.id).await?;
+        install_crds(&client).await?;
+        create_namespace(&client, &namespace).await?;
+        let text = std::fs::read_to_string(&lab_kubeconfig).map_err(io("reading the kubeconfig"))?;
+        for h in &lab.hosts {
+            let path = h.path(HOST_KUBECONFIG);
+            std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io("kubeconfig dir"))?;
+            runc_etcd_host::write_atomic(&path, text.as_bytes(), 0o600)?;
+        }
+        let mut cp = ControlPlane {
+            server,
+            client,
+            namespace,
+            lab_kubeconfig,
+            local_kubeconfig,
+            dir,
+            bin: bin.to_path_buf(),
+            switch_ns: lab.client_ns(),
+            hosts: lab.hosts.clone(),
+            lab_id: lab.id,
+            operators: Vec::new(),
+            tasks,
+        };
+        for h in &lab.hosts {
+            cp.register_node(h, &BTreeMap::new()).await?;
+        }
+        let kubelet = Kubelet {
+            client: cp.client.clone(),
+            hosts: lab.hosts.clone(),
+            node_names: lab.hosts.iter().map(|h| cp.node_name(h)).collect(),
+        };
+        cp.tasks.push(tokio::spawn(kubelet.run()));
+        Ok(cp)
+    }
+
+    /// Stops the lab's operators and takes what it made off the API server: its Nodes, and its
+    /// namespace with every object in it (finalizers dropped: no operator or agent is left to
+    /// honour them). What matters on a shared real cluster; the in-process one goes anyway.
+    pub async fn release(&mut self) -> crate::Result<()> {
+        for i in 0..self.operators.len() {
+            self.kill_operator(i);
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        release(&self.client, &self.namespace, self.lab_id).await
+    }
+
+    /// The Node name of a lab host (unique per lab, so labs can share a real cluster).
+    pub fn node_name(&self, h: &LabHost) -> String {
+        format!("lab{}-{}", self.lab_id, h.name())
+    }
+
+    /// Creates (or relabels) the host's Node: Ready, with its address as InternalIP.
+    pub async fn register_node(&self, h: &LabHost, labels: &BTreeMap<String, String>) -> crate::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let name = self.node_name(h);
+        let mut all = labels.clone();
+        all.insert("kubernetes.io/hostname".into(), name.clone());
+        all.insert("runc-etcd.io/lab".into(), self.lab_id.to_string());
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": all},
+            "spec": {},
+        });
+        nodes
+            .patch(
+                &name,
+                &PatchParams::apply("runc-etcd-lab").force(),
+                &Patch::Apply(&node),
+            )
+            .await?;
+        self.set_node_ready(h, true).await
+    }
+
+    /// Sets the Node's Ready condition, as a kubelet (True) or the node lifecycle controller
+    /// (False, for a host that stopped answering) would.
+    pub async fn set_node_ready(&self, h: &LabHost, ready: bool) -> crate::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let name = self.node_name(h);
+        let (status, reason) = if ready {
+            ("True", "LabHostRunning")
+        } else {
+            ("False", "NodeStatusUnknown")
+        };
+        let status = json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": h.ip().to_string()}, {"type": "Hostname", "address": name}],
+            "conditions": [{"type": "Ready", "status": status, "reason": reason, "message": "a simulated host"}],
+        }});
+        nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts an operator in the lab's LAN; `env` adds variables (e.g. a failpoint). Returns its index.
+    pub fn start_operator(&mut self, env: &[(&str, &str)]) -> crate::Result<usize> {
+        let i = self.operators.len();
+        let log = std::fs::File::create(self.dir.join(format!("operator-{i}.log"))).map_err(io("operator log"))?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.switch_ns))
+            .arg("--")
+            .arg(self.bin.join("runc-etcd"))
+            .args(["operator", "--namespace", &self.namespace, "--lease-seconds", "4"])
+            .args(["--identity", &format!("operator-{i}")])
+            .env("KUBECONFIG", &self.lab_kubeconfig)
+            .env("RUNC_ETCD_LOG", "runc_etcd=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("operator log"))?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.operators.push(cmd.spawn().map_err(io("starting the operator"))?);
+        Ok(i)
+    }
+
+    /// Kills operator `i` with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill_operator(&mut self, i: usize) {
+        let child = &mut self.operators[i];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// How many operators were started (the newest is the last index).
+    pub fn operators(&self) -> usize {
+        self.operators.len()
+    }
+
+    /// The process ID of operator `i` (nsenter executes the operator in its own process).
+    pub fn operator_pid(&self, i: usize) -> u32 {
+        self.operators[i].id()
+    }
+
+    /// Whether operator `i` has exited, with its exit code.
+    pub fn operator_exit(&mut self, i: usize) -> Option<i32> {
+        self.operators[i]
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    pub fn operator_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("operator-{i}.log"))).unwrap_or_default()
+    }
+
+    /// The journal of the agent units on every host (for test failure messages).
+    pub fn agent_logs(&self, lines: u32) -> String {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let out = h
+                    .exec(&[
+                        "sh",
+                        "-c",
+                        &format!("journalctl -u 'runc-etcd-agent-*' --no-pager -n {lines} -o cat"),
+                    ])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                format!("--- {}\n{out}", h.name())
+            })
+            .collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for i in 0..self.operators.len() {
+            self.kill_operator(i);
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) -> crate::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(name, &PatchParams::apply("runc-etcd-lab").force(), &Patch::Apply(&ns))
+        .await?;
+    Ok(())
+}
+
+async fn drop_finalizers<K>(client: &kube::Client, ns: &str) -> crate::Result<()>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    for o in api.list(&ListParams::default()).await?.items {
+        let name = o.meta().name.clone().unwrap_or_default();
+        match api.patch(&name, &PatchParams::default(), &unfinalize).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            other => drop(other?),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes lab `id`'s Nodes and namespace `ns`, first dropping the finalizers of the project's
+/// objects in it, then waits until the namespace is gone (a real cluster empties it first).
+async fn release(client: &kube::Client, ns: &str, id: u8) -> crate::Result<()> {
+    use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember};
+    drop_finalizers::<EtcdBackup>(client, ns).await?;
+    drop_finalizers::<EtcdMember>(client, ns).await?;
+    drop_finalizers::<EtcdCluster>(client, ns).await?;
+    // Nodes first: on a real cluster the agent pods bound to them are only let go (by the pod
+    // garbage collector) once their Node is gone, and the namespace waits for its pods.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mine = ListParams::default().labels(&format!("runc-etcd.io/lab={id}"));
+    for n in nodes.list(&mine).await?.items {
+        delete_if_present(&nodes, n.metadata.name.as_deref().unwrap_or_default()).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    delete_if_present(&namespaces, ns).await?;
+    for _ in 0..360 {
+        if namespaces.get_opt(ns).await?.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(crate::Error::transient(
+        "releasing the lab",
+        format!("namespace {ns} is still there after three minutes"),
+    ))
+}
+
+async fn install_crds(client: &kube::Client) -> crate::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in runc_etcd_api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply("runc-etcd-lab").force(), &Patch::Apply(&crd))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Plays the pods of agent DaemonSets: for each DaemonSet and each Node it selects, a
+/// `runc-etcd agent` service runs in that host with the pod's arguments.
+struct Kubelet {
+    client: kube::Client,
+    hosts: Vec<LabHost>,
+    node_names: Vec<String>,
+}
+
+fn unit_for(ds: &DaemonSet) -> String {
+    format!(
+        "runc-etcd-agent-{}-{}",
+        ds.metadata.namespace.as_deref().unwrap_or("default"),
+        ds.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Kubelet {
+    async fn run(self) {
+        let mut running: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+        let mut tick = 0u32;
+        loop {
+            if let Err(e) = self.sync(&mut running, tick.is_multiple_of(20)).await {
+                tracing::debug!("lab kubelet: {e}");
+            }
+            tick += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn sync(&self, running: &mut BTreeMap<(String, usize), Vec<String>>, recheck: bool) -> crate::Result<()> {
+        let sets = Api::<DaemonSet>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        if recheck {
+            self.heartbeat(&nodes).await?;
+        }
+        let mut want: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+        for ds in &sets {
+            let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
+                continue;
+            };
+            let selector = pod.node_selector.clone().unwrap_or_default();
+            let tolerations = pod.tolerations.clone().unwrap_or_default();
+            for (i, name) in self.node_names.iter().enumerate() {
+                let Some(node) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name)) else {
+                    continue;
+                };
+                if !placeable(&selector, &tolerations, node) {
+                    continue;
+                }
+                let args = pod.containers[0].args.clone().unwrap_or_default();
+                let args = args.iter().map(|a| a.replace("$(NODE_NAME)", name)).collect();
+                want.insert((unit_for(ds), i), args);
+            }
+        }
+        for (key, args) in &want {
+            if running.get(key) != Some(args) || recheck {
+                let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
+                let args = args.clone();
+                let node = self.node_names[key.1].clone();
+                tokio::task::spawn_blocking(move || start_agent(&h, &unit, &node, &args))
+                    .await
+                    .expect("agent start does not panic")?;
+                running.insert(key.clone(), want[key].clone());
+            }
+        }
+        let gone: Vec<_> = running.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+        for key in gone {
+            let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
+            tokio::task::spawn_blocking(move || h.exec(&["systemctl", "stop", &unit]))
+                .await
+                .expect("agent stop does not panic")
+                .map_err(|e| crate::Error::transient("stopping an agent", e))?;
+            running.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Renews the node Lease of every running host, as its kubelet would: a real cluster's node
+    /// lifecycle controller marks a Node whose Lease lapses (40 s) not Ready and taints it.
+    async fn heartbeat(&self, nodes: &[Node]) -> crate::Result<()> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        for (h, name) in self.hosts.iter().zip(&self.node_names) {
+            let Some(node) = nodes.iter().find(|n| n.metadata.name.as_ref() == Some(name)) else {
+                continue;
+            };
+            if h.pid().is_none() {
+                continue; // powered off: its Lease lapses
+            }
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
+                    "name": name, "uid": node.metadata.uid}]},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                    "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+            });
+            leases
+                .patch(
+                    name,
+                    &PatchParams::apply("runc-etcd-lab").force(),
+                    &Patch::Apply(&lease),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn start_agent(h: &LabHost, unit: &str, node: &str, args: &[String]) -> crate::Result<()> {
+    let active = h
+        .exec(&["systemctl", "is-active", "--quiet", unit])
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if active {
+        return Ok(());
+    }
+    let _ = h.exec(&["systemctl", "reset-failed", unit]);
+    let mut cmd: Vec<String> = [
+        "systemd-run",
+        "--unit",
+        unit,
+        "-p",
+        "Restart=always",
+        "-p",
+        "RestartSec=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    for env in [
+        format!("KUBECONFIG={HOST_KUBECONFIG}"),
+        format!("NODE_NAME={node}"),
+        format!("RUNC_ETCD_INSECURE_REGISTRIES={}", h.insecure_registries),
+        "RUNC_ETCD_LOG=runc_etcd=debug,info".into(),
+    ] {
+        cmd.push(format!("--setenv={env}"));
+    }
+    cmd.push("/opt/lab/bin/runc-etcd".into());
+    cmd.extend(args.iter().cloned());
+    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    h.check(&refs)
+        .map_err(|e| crate::Error::transient("starting an agent", e))?;
+    Ok(())
+}
