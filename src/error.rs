@@ -2,9 +2,10 @@
 //! split by what the caller should do about it:
 //!
 //! - the user must change something (an invalid spec, a refused action): [`Error::is_user_error`];
-//!   the controllers wait for the object to change (`Action::await_change`) instead of retrying;
+//!   for an invalid spec ([`Error::is_invalid`]) the controllers wait for the object to change
+//!   (`Action::await_change`) instead of retrying;
 //! - everything else may work later (etcd, a registry, the API server, the host): the controllers
-//!   retry with exponential backoff and jitter.
+//!   retry with exponential backoff and jitter ([`crate::retry`]).
 //!
 //! The host engine's own errors ([`runc_etcd_host::Error`]) are kept whole, so the CLI prints the
 //! same field-and-fix message the engine wrote.
@@ -42,5 +43,11 @@ impl Error {
     /// The input was wrong or the action unsafe: the user must change something, retrying won't help.
     pub fn is_user_error(&self) -> bool {
         matches!(self, Error::Engine(e) if e.is_user_error())
+    }
+
+    /// The spec itself is wrong: only a change to it can help (a refusal, by contrast, may pass
+    /// once the state it depends on changes).
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Error::Engine(runc_etcd_host::Error::Invalid { .. }))
     }
 }

@@ -14,5 +14,6 @@ pub mod cli;
 pub mod error;
 pub mod metrics;
 pub mod operator;
+pub mod retry;
 
 pub use error::{Error, Result};

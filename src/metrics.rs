@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdClusterStatus};
+use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdClusterStatus, MemberRole};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
@@ -66,8 +66,6 @@ pub struct Metrics {
     /// its series along (a stale `member_healthy 0` would page someone for a member long gone).
     published: Mutex<HashMap<ClusterLabels, BTreeSet<String>>>,
 }
-
-const ROLES: [&str; 3] = ["leader", "follower", "learner"];
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -194,16 +192,16 @@ impl Metrics {
             };
             self.member_healthy.get_or_create(&ml).set(i64::from(m.healthy));
             self.member_db_size.get_or_create(&ml).set(m.db_size_bytes.unwrap_or(0));
-            for role in ROLES {
+            for role in MemberRole::ALL {
                 let rl = RoleLabels {
                     namespace: namespace.clone(),
                     cluster: cluster.clone(),
                     member: m.name.clone(),
-                    role: role.into(),
+                    role: role.as_str().into(),
                 };
                 self.member_role
                     .get_or_create(&rl)
-                    .set(i64::from(m.role.as_deref() == Some(role)));
+                    .set(i64::from(m.role == Some(*role)));
             }
         }
         let now: BTreeSet<String> = s.members.iter().map(|m| m.name.clone()).collect();
@@ -249,12 +247,12 @@ impl Metrics {
             };
             self.member_healthy.remove(&member);
             self.member_db_size.remove(&member);
-            for role in ROLES {
+            for role in MemberRole::ALL {
                 self.member_role.remove(&RoleLabels {
                     namespace: member.namespace.clone(),
                     cluster: member.cluster.clone(),
                     member: member.member.clone(),
-                    role: role.into(),
+                    role: role.as_str().into(),
                 });
             }
         }
@@ -377,7 +375,7 @@ mod tests {
                 .map(|m| MemberStatus {
                     name: m.to_string(),
                     healthy: true,
-                    role: Some("follower".into()),
+                    role: Some(MemberRole::Follower),
                     ..Default::default()
                 })
                 .collect(),

@@ -84,7 +84,7 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     assert_eq!(nodes.len(), 3, "{:?}", s.members);
     assert!(s.members.iter().all(|m| m.member_id.is_some() && m.healthy));
     assert!(s.members.iter().all(|m| m.version.as_deref() == Some(V_MID)));
-    let roles: Vec<_> = s.members.iter().filter_map(|m| m.role.clone()).collect();
+    let roles: Vec<_> = s.members.iter().filter_map(|m| m.role).collect();
     assert_eq!(roles.iter().filter(|r| *r == "leader").count(), 1, "{roles:?}");
     assert_eq!(roles.iter().filter(|r| *r == "follower").count(), 2, "{roles:?}");
     assert_eq!(s.current_version.as_deref(), Some(V_MID));

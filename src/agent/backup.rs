@@ -16,7 +16,7 @@ use super::Ctx;
 use crate::backup::{self, Bucket};
 use crate::error::{Error, IoContext, Result};
 use runc_etcd_api::contract::BACKUP_FINALIZER;
-use runc_etcd_api::{EtcdBackup, EtcdBackupStatus};
+use runc_etcd_api::{BackupPhase, EtcdBackup, EtcdBackupStatus};
 use runc_etcd_host::write_atomic;
 
 fn now() -> Time {
@@ -62,7 +62,7 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let running = EtcdBackupStatus {
-        phase: Some("Running".into()),
+        phase: Some(BackupPhase::Running),
         start_time: Some(now()),
         message: Some(format!("taking a snapshot on node {}", ctx.config.node)),
         ..status.clone()
@@ -75,7 +75,7 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     let done = match take(&b, &ctx, running.clone()).await {
         Ok(s) => s,
         Err(e) => EtcdBackupStatus {
-            phase: Some("Failed".into()),
+            phase: Some(BackupPhase::Failed),
             completion_time: Some(now()),
             message: Some(e.to_string()),
             ..running
@@ -84,7 +84,7 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     tracing::info!("backup {}: {:?} {:?}", b.name_any(), done.phase, done.message);
     let result = crate::metrics::KindLabels {
         controller: "agent-backup".into(),
-        kind: done.phase.clone().unwrap_or_default().to_lowercase(),
+        kind: done.phase.map(|p| p.to_lowercase()).unwrap_or_default(),
     };
     ctx.metrics.agent_backups.get_or_create(&result).inc();
     ctx.backup_status(&b, &done).await?;
@@ -114,7 +114,7 @@ async fn take(b: &EtcdBackup, ctx: &Ctx, status: EtcdBackupStatus) -> Result<Etc
     let _ = std::fs::remove_file(&part);
     let location = stored?;
     Ok(EtcdBackupStatus {
-        phase: Some("Succeeded".into()),
+        phase: Some(BackupPhase::Succeeded),
         member: Some(record.name.to_string()),
         location: Some(location),
         size_bytes: Some(size as i64),

@@ -18,7 +18,7 @@ use crate::operator::plan;
 use crate::operator::reconcile::Ctx;
 use runc_etcd_api::contract::{ClusterNames, MEMBER_FINALIZER};
 use runc_etcd_api::objects::create_or_keep;
-use runc_etcd_api::{EtcdCluster, EtcdMember, InitialClusterState, Operation};
+use runc_etcd_api::{EtcdCluster, EtcdMember, InitialClusterState, Operation, OperationKind};
 use runc_etcd_host::etcd::{self, Access};
 use runc_etcd_host::names::MemberName;
 use runc_etcd_host::pki;
@@ -47,18 +47,30 @@ fn failpoint(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 fn failpoint(_: &str) {}
 
+/// Before an upgrade: each member's node pulls `target` while the old image still runs
+/// (EtcdMember `nextImage`), so the upgrade itself does not wait on a registry.
+pub async fn pull_first(c: &EtcdCluster, ctx: &Ctx, target: &str, members: &[String]) -> Result<()> {
+    let api: Api<EtcdMember> = ctx.api(c);
+    for m in members {
+        let patch = json!({"spec": {"nextImage": target}});
+        api.patch(m, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    Ok(())
+}
+
 fn node_ip(view: &View, node: &str) -> Option<String> {
     view.nodes.iter().find(|n| n.name == node && n.eligible)?.ip.clone()
 }
 
 /// Carries out a recorded change. Every branch is idempotent: it checks what is already done.
-pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Operation) -> Result<Outcome> {
+pub async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &Operation) -> Result<Outcome> {
+    use OperationKind::*;
     let name = op.member.clone().unwrap_or_default();
     let node = op.node.clone().unwrap_or_default();
     let members: Api<EtcdMember> = ctx.api(c);
     let existing = view.members.iter().find(|m| m.spec.member_name == name);
-    match op.kind.as_str() {
-        "BootstrapMember" | "AddLearner" => {
+    match op.kind {
+        BootstrapMember | AddLearner => {
             let ip = match (existing, node_ip(view, &node)) {
                 (Some(m), _) => m.spec.ip.clone(),
                 (None, Some(ip)) => ip,
@@ -67,7 +79,7 @@ pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
             MemberName::new(name.clone())?;
             let peer = children::peer_url(c, &ip);
             ensure_member_secret(c, ctx, &name, &ip).await?;
-            let state = if op.kind == "AddLearner" {
+            let state = if op.kind == AddLearner {
                 let Some(etcd_view) = &view.etcd else {
                     return Ok(Outcome::NotYet(
                         "no member answers; a learner is added only to a serving cluster".into(),
@@ -105,13 +117,13 @@ pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
                     ip,
                     initial_cluster: initial,
                     state,
-                    restore_from: op.backup.clone().filter(|_| op.kind == "BootstrapMember"),
+                    restore_from: op.backup.clone().filter(|_| op.kind == BootstrapMember),
                 };
                 create_or_keep(&members, &children::etcd_member(c, &planned)).await?;
             }
             Ok(Outcome::Done(format!("{name} placed on node {node} ({peer})")))
         }
-        "PromoteMember" => {
+        PromoteMember => {
             let (Some(etcd_view), Some(obj)) = (&view.etcd, existing) else {
                 return Ok(Outcome::NotYet("waiting for etcd and the member to answer".into()));
             };
@@ -134,12 +146,11 @@ pub(super) async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
                 Err(e) => Ok(Outcome::NotYet(format!("learner {name} is catching up: {e}"))),
             }
         }
-        "RemoveMember" | "ReplaceMember" => remove(c, ctx, view, access, &name).await,
-        "UpgradeMember" => upgrade_member(c, ctx, view, access, op).await,
-        "DefragmentMember" => defragment(c, view, access, &name).await,
-        "RecoverSpace" => recover_space(view, access).await,
-        "RebuildFromBackup" => rebuild(c, ctx, view).await,
-        other => Ok(Outcome::Failed(format!("unknown operation {other}"))),
+        RemoveMember | ReplaceMember => remove(c, ctx, view, access, &name).await,
+        UpgradeMember => upgrade_member(c, ctx, view, access, op).await,
+        DefragmentMember => defragment(c, view, access, &name).await,
+        RecoverSpace => recover_space(view, access).await,
+        RebuildFromBackup => rebuild(c, ctx, view).await,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::operator::reconcile::Ctx;
 use runc_etcd_api::contract::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::objects::finalizers_patch;
-use runc_etcd_api::{EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
+use runc_etcd_api::{BackupPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
 
 /// Why a backup was made: scheduled, before-change (or absent: on demand by a user).
 pub const REASON_LABEL: &str = "runc-etcd.io/backup-reason";
@@ -121,7 +121,7 @@ pub fn assignment(b: &EtcdBackup, view: &View) -> Option<(String, String)> {
     let status = b.status.clone().unwrap_or_default();
     let sources = sources(view);
     if status.node_name.is_some() {
-        let pending = status.phase.as_deref().is_none_or(|p| p == "Pending");
+        let pending = status.phase.is_none_or(|p| p == BackupPhase::Pending);
         let source_left = !sources.iter().any(|(_, m, _)| Some(m) == status.member.as_ref());
         if !(pending && source_left) {
             return None;
@@ -136,7 +136,7 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(300);
 
 /// Whether a Running backup is to be given up (see `ABANDONED_AFTER`).
 pub fn abandoned(b: &EtcdBackup, view: &View, now: DateTime<Utc>) -> bool {
-    if b.phase() != "Running" || b.metadata.deletion_timestamp.is_some() {
+    if b.phase() != Some(BackupPhase::Running) || b.metadata.deletion_timestamp.is_some() {
         return false;
     }
     let status = b.status.clone().unwrap_or_default();
@@ -176,30 +176,41 @@ fn new_backup(c: &EtcdCluster, name: &str, reason: &str, scheduled: Option<DateT
     b
 }
 
-/// The gate before a resize or upgrade: None when its backup (one per spec generation) has
-/// succeeded, else why to wait.
-pub async fn gate(c: &EtcdCluster, ctx: &Ctx, view: &View, why: &str) -> Result<Option<String>> {
-    let name = format!("{}-before-gen{}", c.name_any(), c.metadata.generation.unwrap_or(0));
+/// Where the backup before a resize or upgrade stands (one per spec generation).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// It succeeded: the change may go on.
+    Passed,
+    /// It does not exist yet: take it (`take_before_change`).
+    Take { name: String },
+    /// It is being taken, or failed: wait, for this reason.
+    Wait(String),
+}
+
+fn before_change_name(c: &EtcdCluster) -> String {
+    format!("{}-before-gen{}", c.name_any(), c.metadata.generation.unwrap_or(0))
+}
+
+/// The gate before a resize or upgrade (pure).
+pub fn gate(c: &EtcdCluster, view: &View, why: &str) -> Gate {
+    let name = before_change_name(c);
     let Some(b) = view.backups.iter().find(|b| b.name_any() == name) else {
-        create_or_keep(&ctx.api(c), &new_backup(c, &name, "before-change", None)).await?;
-        ctx.event(
-            c,
-            EventType::Normal,
-            "BackupBeforeChange",
-            None,
-            format!("{name}, before the {why}"),
-        )
-        .await;
-        return Ok(Some(format!("taking backup {name} before the {why}")));
+        return Gate::Take { name };
     };
-    Ok(match b.phase() {
-        "Succeeded" => None,
-        "Failed" => Some(format!(
+    match b.phase() {
+        Some(BackupPhase::Succeeded) => Gate::Passed,
+        Some(BackupPhase::Failed) => Gate::Wait(format!(
             "backup failed: {name} (before the {why}): {}; fix the destination, or delete EtcdBackup {name} to try again",
             b.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
         )),
-        _ => Some(format!("taking backup {name} before the {why}")),
-    })
+        _ => Gate::Wait(format!("taking backup {name} before the {why}")),
+    }
+}
+
+/// Creates the backup a gate asked for (kept if it exists).
+pub async fn take_before_change(c: &EtcdCluster, ctx: &Ctx, name: &str) -> Result<()> {
+    create_or_keep(&ctx.api(c), &new_backup(c, name, "before-change", None)).await?;
+    Ok(())
 }
 
 /// Assigns backups to a node, keeps the schedule and retention. Returns when to look again.
@@ -268,7 +279,7 @@ async fn give_up(c: &EtcdCluster, ctx: &Ctx, api: &Api<EtcdBackup>, b: &EtcdBack
         ABANDONED_AFTER.as_secs()
     );
     let failed = EtcdBackupStatus {
-        phase: Some("Failed".into()),
+        phase: Some(BackupPhase::Failed),
         completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
         )),
@@ -333,7 +344,7 @@ async fn label(c: &EtcdCluster, api: &Api<EtcdBackup>, b: &EtcdBackup, node: &st
 /// pass saw it: an agent that started it meanwhile keeps it. Returns whether it was written.
 async fn assign(api: &Api<EtcdBackup>, b: &EtcdBackup, c: &EtcdCluster, member: &str, node: &str) -> Result<bool> {
     let status = EtcdBackupStatus {
-        phase: Some("Pending".into()),
+        phase: Some(BackupPhase::Pending),
         node_name: Some(node.into()),
         member: Some(member.into()),
         destination: Some(backup::destination(c.spec.backup.as_ref())),
@@ -389,9 +400,10 @@ pub async fn finalize(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-pub fn finalize_error(b: Arc<EtcdBackup>, e: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!("backup {}: {e}", b.name_any());
-    Action::requeue(Duration::from_secs(10))
+pub fn finalize_error(b: Arc<EtcdBackup>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    let _span =
+        tracing::warn_span!("backup", backup = %b.name_any(), namespace = %b.namespace().unwrap_or_default()).entered();
+    ctx.retries.failed(&format!("backup:{}", crate::retry::key(&*b)), e)
 }
 
 #[cfg(test)]
@@ -439,7 +451,7 @@ mod tests {
         assert_eq!((fire, next), (None, Some(at("2026-01-01T15:00:00Z"))));
     }
 
-    fn backup(name: &str, hour: u32, phase: &str, scheduled: bool) -> EtcdBackup {
+    fn backup(name: &str, hour: u32, phase: BackupPhase, scheduled: bool) -> EtcdBackup {
         let c: EtcdCluster = serde_json::from_value(json!({
             "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
             "metadata": {"name": "main", "namespace": "prod"}, "spec": {"version": "3.5.16"}}))
@@ -448,7 +460,7 @@ mod tests {
         let reason = if scheduled { "scheduled" } else { "before-change" };
         let mut b = new_backup(&c, name, reason, scheduled.then_some(when));
         b.status = Some(EtcdBackupStatus {
-            phase: Some(phase.into()),
+            phase: Some(phase),
             ..Default::default()
         });
         b
@@ -457,11 +469,11 @@ mod tests {
     #[test]
     fn retention_deletes_the_oldest_finished_scheduled_backups_only() {
         let all = vec![
-            backup("b10", 10, "Succeeded", true),
-            backup("b11", 11, "Failed", true),
-            backup("b12", 12, "Succeeded", true),
-            backup("b13", 13, "Running", true),
-            backup("pre", 9, "Succeeded", false),
+            backup("b10", 10, BackupPhase::Succeeded, true),
+            backup("b11", 11, BackupPhase::Failed, true),
+            backup("b12", 12, BackupPhase::Succeeded, true),
+            backup("b13", 13, BackupPhase::Running, true),
+            backup("pre", 9, BackupPhase::Succeeded, false),
         ];
         assert_eq!(expired(&all, 1), vec!["b10", "b11"]);
         assert_eq!(expired(&all, 3), Vec::<String>::new());
@@ -473,12 +485,12 @@ mod tests {
         use crate::operator::testing::view_with_objects;
         // m1 leads; m2 and m3 answer: a new backup goes to a follower.
         let all_up = view_with_objects(3, 3);
-        let mut b = backup("b", 10, "Pending", false);
+        let mut b = backup("b", 10, BackupPhase::Pending, false);
         b.status = None;
         assert_eq!(assignment(&b, &all_up), Some(("m2".into(), "n2".into())));
         // Assigned to m2, which still answers: it stays.
         b.status = Some(EtcdBackupStatus {
-            phase: Some("Pending".into()),
+            phase: Some(BackupPhase::Pending),
             node_name: Some("n2".into()),
             member: Some("m2".into()),
             ..Default::default()
@@ -494,8 +506,8 @@ mod tests {
         ));
         assert_eq!(assignment(&b, &replacing), Some(("m3".into(), "n3".into())));
         // Once its agent has started it, or it is done, it stays whatever happens.
-        for phase in ["Running", "Succeeded", "Failed"] {
-            b.status.as_mut().unwrap().phase = Some(phase.into());
+        for phase in [BackupPhase::Running, BackupPhase::Succeeded, BackupPhase::Failed] {
+            b.status.as_mut().unwrap().phase = Some(phase);
             assert_eq!(assignment(&b, &only_leader), None, "{phase}");
         }
         // Running on a member that left: given up only after ABANDONED_AFTER.
@@ -503,7 +515,7 @@ mod tests {
             let t = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_mins(mins);
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t))
         };
-        b.status.as_mut().unwrap().phase = Some("Running".into());
+        b.status.as_mut().unwrap().phase = Some(BackupPhase::Running);
         b.status.as_mut().unwrap().start_time = started(6);
         assert!(abandoned(&b, &only_leader, Utc::now()));
         assert!(!abandoned(&b, &all_up, Utc::now()), "its member still answers");

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use crate::backup;
 use crate::operator::plan::Step;
-use runc_etcd_api::{EtcdBackup, EtcdCluster, QuorumLossPolicy, parse_duration};
+use runc_etcd_api::{EtcdBackup, EtcdCluster, OperationKind, QuorumLossPolicy, parse_duration};
 
 use runc_etcd_api::contract::RESTORE_ANNOTATION;
 
@@ -66,7 +66,10 @@ pub fn quorum_lost(
 pub fn restore_source(c: &EtcdCluster) -> Option<String> {
     let op = c.status.as_ref().and_then(|s| s.last_operation.as_ref());
     match op {
-        Some(op) if op.kind == "RebuildFromBackup" || (op.kind == "BootstrapMember" && op.backup.is_some()) => {
+        Some(op)
+            if op.kind == OperationKind::RebuildFromBackup
+                || (op.kind == OperationKind::BootstrapMember && op.backup.is_some()) =>
+        {
             op.backup.clone()
         }
         _ => c
@@ -104,7 +107,7 @@ pub fn seed_node(backup: Option<&EtcdBackup>, name: &str, eligible: &[&str]) -> 
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use runc_etcd_api::{BackupDestination, EtcdBackupSpec, EtcdBackupStatus, HostPathDestination};
+    use runc_etcd_api::{BackupDestination, BackupPhase, EtcdBackupSpec, EtcdBackupStatus, HostPathDestination};
 
     fn cluster(extra: serde_json::Value) -> EtcdCluster {
         let mut v = serde_json::json!({"apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster",
@@ -113,7 +116,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn backup(name: &str, phase: &str, done_secs: i64, node: Option<&str>) -> EtcdBackup {
+    fn backup(name: &str, phase: BackupPhase, done_secs: i64, node: Option<&str>) -> EtcdBackup {
         let mut b = EtcdBackup::new(
             name,
             EtcdBackupSpec {
@@ -121,7 +124,7 @@ mod tests {
             },
         );
         b.status = Some(EtcdBackupStatus {
-            phase: Some(phase.into()),
+            phase: Some(phase),
             node_name: node.map(String::from),
             destination: Some(BackupDestination {
                 s3: None,
@@ -142,7 +145,7 @@ mod tests {
     #[test]
     fn manual_waits_and_says_how_to_rebuild() {
         let c = cluster(serde_json::json!({}));
-        let backups = [backup("b1", "Succeeded", T0, Some("n1"))];
+        let backups = [backup("b1", BackupPhase::Succeeded, T0, Some("n1"))];
         let step = quorum_lost(&c, &backups, (1, 3), Some(at(0)), at(86_400));
         let Step::Wait { reason } = step else {
             panic!("{step:?}")
@@ -155,9 +158,9 @@ mod tests {
     #[test]
     fn a_request_rebuilds_from_the_newest_good_or_the_named_backup() {
         let backups = [
-            backup("old", "Succeeded", T0 - 100, Some("n1")),
-            backup("new", "Succeeded", T0, Some("n2")),
-            backup("broken", "Failed", T0 + 10, Some("n2")),
+            backup("old", BackupPhase::Succeeded, T0 - 100, Some("n1")),
+            backup("new", BackupPhase::Succeeded, T0, Some("n2")),
+            backup("broken", BackupPhase::Failed, T0 + 10, Some("n2")),
         ];
         let latest = cluster(serde_json::json!({"metadata": {"annotations": {RESTORE_ANNOTATION: "latest"}}}));
         assert_eq!(
@@ -185,7 +188,7 @@ mod tests {
         let c = cluster(
             serde_json::json!({"spec": {"recovery": {"quorumLoss": "RestoreFromBackup", "quorumLossTimeout": "10m"}}}),
         );
-        let backups = [backup("b1", "Succeeded", T0, Some("n1"))];
+        let backups = [backup("b1", BackupPhase::Succeeded, T0, Some("n1"))];
         assert!(matches!(
             quorum_lost(&c, &backups, (1, 3), Some(at(0)), at(599)),
             Step::Wait { .. }
@@ -198,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_host_folder_backup_pins_the_seed_to_its_node() {
-        let b = backup("b1", "Succeeded", T0, Some("n2"));
+        let b = backup("b1", BackupPhase::Succeeded, T0, Some("n2"));
         assert_eq!(seed_node(Some(&b), "b1", &["n1", "n2"]), Ok(Some("n2".into())));
         let e = seed_node(Some(&b), "b1", &["n1"]).unwrap_err();
         assert!(e.contains("kept on node n2"), "{e}");

@@ -14,12 +14,17 @@
 mod act;
 pub mod backups;
 pub mod children;
+mod decide;
 pub mod disaster;
+mod ensure;
+mod finalize;
 pub mod lease;
 pub mod maintenance;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+mod record;
+mod report;
 pub mod status;
 #[cfg(test)]
 mod testing;
@@ -72,6 +77,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
         client: client.clone(),
         agent: config.agent.clone(),
         metrics: metrics.clone(),
+        retries: Default::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

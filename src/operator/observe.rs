@@ -6,11 +6,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 
+use crate::error::Result;
 use crate::operator::children;
+use crate::operator::disaster;
+use crate::operator::reconcile::{Ctx, selector};
 use crate::operator::{maintenance, plan, upgrade};
 use runc_etcd_api::contract::ClusterNames;
-use runc_etcd_api::{EtcdCluster, EtcdMember};
+use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember, OperationKind, OperationState};
 use runc_etcd_host::etcd::{self, Access, EndpointStatus, MemberInfo};
 
 /// A node as the controller sees it for one cluster.
@@ -136,7 +141,7 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
         .status
         .as_ref()
         .and_then(|s| s.last_operation.as_ref())
-        .filter(|op| op.kind == "ReplaceMember" && op.state == "Succeeded")
+        .filter(|op| op.kind == OperationKind::ReplaceMember && op.state == OperationState::Succeeded)
         .and_then(|op| op.node.clone());
     plan::Observed {
         size: c.spec.size.max(1) as usize,
@@ -257,6 +262,37 @@ pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access)
         leader,
         cluster_id,
         nospace,
+    })
+}
+
+/// Gathers everything one pass looks at.
+pub async fn all(c: &EtcdCluster, ctx: &Ctx, access: &Access) -> Result<View> {
+    let members: Api<EtcdMember> = ctx.api(c);
+    let members = members.list(&selector(c)).await?.items;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let nodes = nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|n| node_info(c, n))
+        .collect();
+    let etcd = etcd_view(c, &members, access).await;
+    let backups: Api<EtcdBackup> = ctx.api(c);
+    let (backups, others): (Vec<_>, Vec<_>) = backups
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .partition(|b| b.spec.cluster_name == c.name());
+    let restore = disaster::restore_source(c)
+        .and_then(|name| backups.iter().chain(&others).find(|b| b.name_any() == name).cloned());
+    Ok(View {
+        members,
+        backups,
+        restore,
+        nodes,
+        etcd,
     })
 }
 

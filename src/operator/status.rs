@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use crate::operator::children;
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
-use runc_etcd_api::{EtcdCluster, EtcdClusterStatus, MemberStatus};
+use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdClusterStatus, MemberPhase, MemberRole, MemberStatus};
 
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
@@ -55,11 +55,11 @@ fn members(c: &EtcdCluster, view: &View) -> Vec<MemberStatus> {
             let obj = observe::object_of(c, &view.members, m);
             let status = etcd.healthy.get(&m.id);
             let role = if m.is_learner {
-                "learner"
+                MemberRole::Learner
             } else if m.id == etcd.leader {
-                "leader"
+                MemberRole::Leader
             } else {
-                "follower"
+                MemberRole::Follower
             };
             MemberStatus {
                 name: obj
@@ -70,7 +70,7 @@ fn members(c: &EtcdCluster, view: &View) -> Vec<MemberStatus> {
                 peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
                 client_url: m.client_urls.first().cloned().unwrap_or_default(),
                 version: status.map(|s| s.version.clone()),
-                role: Some(role.into()),
+                role: Some(role),
                 healthy: status.is_some(),
                 db_size_bytes: status.map(|s| s.db_size),
                 unhealthy_since: None,
@@ -110,10 +110,10 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
                 .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
         );
     }
-    let voters = members.iter().filter(|m| m.role.as_deref() != Some("learner")).count();
+    let voters = members.iter().filter(|m| m.role != Some(MemberRole::Learner)).count();
     let ready = members
         .iter()
-        .filter(|m| m.healthy && m.role.as_deref() != Some("learner"))
+        .filter(|m| m.healthy && m.role != Some(MemberRole::Learner))
         .count();
     let size = c.spec.size.max(1) as usize;
     let quorum = plan::has_quorum(voters, ready);
@@ -136,7 +136,7 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         .iter()
         .filter_map(|m| {
             let s = m.status.as_ref()?;
-            (s.phase.as_deref() == Some("Failed")).then(|| {
+            (s.phase == Some(MemberPhase::Failed)).then(|| {
                 let why = s.message.clone().unwrap_or_default();
                 format!("{} on node {}: {why}", m.spec.member_name, m.spec.node_name)
             })
@@ -170,17 +170,17 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         .iter()
         .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some()));
     let phase = if c.metadata.deletion_timestamp.is_some() {
-        "Deleting"
+        ClusterPhase::Deleting
     } else if voters > 0 && !quorum && (view.etcd.is_some() || ran) {
-        "QuorumLost"
+        ClusterPhase::QuorumLost
     } else if ready == 0 {
-        "Creating"
+        ClusterPhase::Creating
     } else if degraded {
-        "Degraded"
+        ClusterPhase::Degraded
     } else if progressing {
-        "Scaling"
+        ClusterPhase::Scaling
     } else {
-        "Running"
+        ClusterPhase::Running
     };
     let available_msg = format!("{ready} of {voters} voting members healthy");
     // Quorum lost by a cluster that ran (not one still starting): the clock of the
@@ -235,13 +235,13 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         ));
     }
     EtcdClusterStatus {
-        phase: Some(phase.into()),
+        phase: Some(phase),
         conditions,
         observed_generation: Some(generation),
         ready_members: ready as i32,
         client_endpoints: members
             .iter()
-            .filter(|m| m.healthy && m.role.as_deref() != Some("learner"))
+            .filter(|m| m.healthy && m.role != Some(MemberRole::Learner))
             .map(|m| m.client_url.clone())
             .collect(),
         current_version: (versions.len() == 1).then(|| versions.first().unwrap().to_string()),
@@ -320,7 +320,7 @@ mod tests {
             .unwrap(),
         );
         m.status = Some(runc_etcd_api::EtcdMemberStatus {
-            phase: Some("Failed".into()),
+            phase: Some(MemberPhase::Failed),
             message: Some("10.0.0.2:2379 is already in use".into()),
             ..Default::default()
         });

@@ -6,7 +6,7 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::{HostPathDestination, S3Destination};
+use crate::{BackupPhase, HostPathDestination, S3Destination};
 
 /// One backup (snapshot) of an EtcdCluster.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -50,7 +50,7 @@ pub struct BackupDestination {
 pub struct EtcdBackupStatus {
     /// Pending (a node is being chosen), Running (the node's agent takes it), Succeeded, Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<BackupPhase>,
     /// The node whose agent takes (and, for a host folder, keeps) the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -87,16 +87,17 @@ pub struct EtcdBackupStatus {
 }
 
 impl EtcdBackup {
-    pub fn phase(&self) -> &str {
-        self.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+    /// Its phase; None until the controller first looked at it.
+    pub fn phase(&self) -> Option<BackupPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
     }
 
     pub fn succeeded(&self) -> bool {
-        self.phase() == "Succeeded"
+        self.phase() == Some(BackupPhase::Succeeded)
     }
 
     /// Succeeded or Failed: nothing more happens to it.
     pub fn finished(&self) -> bool {
-        matches!(self.phase(), "Succeeded" | "Failed")
+        matches!(self.phase(), Some(BackupPhase::Succeeded | BackupPhase::Failed))
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::{ClusterPhase, MemberRole, OperationKind, OperationState};
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -346,9 +347,10 @@ impl Default for Recovery {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdClusterStatus {
-    /// Creating, Running, Scaling, Upgrading, Recovering, Degraded, QuorumLost, Deleting.
+    /// Creating, Running, Scaling, Upgrading, Recovering, Degraded, QuorumLost, Deleting, or
+    /// Failed (a spec that cannot be carried out: see the Degraded condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<ClusterPhase>,
     /// Available, Progressing, Degraded, BackupSucceeded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -408,7 +410,7 @@ pub struct MemberStatus {
     pub version: Option<String>,
     /// leader, follower or learner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<MemberRole>,
     /// It answers, and (for a voter) a quorum read through it succeeds.
     pub healthy: bool,
     /// Size of its backend database file.
@@ -421,13 +423,13 @@ pub struct MemberStatus {
 }
 
 /// A membership or maintenance step.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     /// BootstrapMember (the seed of a new cluster), AddLearner, PromoteMember, RemoveMember,
     /// ReplaceMember, UpgradeMember, DefragmentMember, RecoverSpace, RebuildFromBackup.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: OperationKind,
     /// The member it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
@@ -435,7 +437,7 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// Pending, InProgress, Succeeded, Failed.
-    pub state: String,
+    pub state: OperationState,
     /// What happened, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -448,4 +450,20 @@ pub struct Operation {
     /// The EtcdBackup it restores from (a rebuild, or the seed of a restored cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,
+}
+
+impl Operation {
+    /// A step of `kind`, in progress from now, concerning nothing yet.
+    pub fn new(kind: OperationKind) -> Operation {
+        Operation {
+            kind,
+            member: None,
+            node: None,
+            state: OperationState::InProgress,
+            message: None,
+            started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            generation: None,
+            backup: None,
+        }
+    }
 }

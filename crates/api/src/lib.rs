@@ -4,7 +4,8 @@
 //!
 //! - [`contract`]: labels, finalizers, annotations, derived names, the TLS Secrets, heartbeats;
 //! - [`objects`]: idempotent writes (create or keep, delete if present, finalizer patches);
-//! - [`scheduling`]: which nodes a cluster's pods may run on.
+//! - [`scheduling`]: which nodes a cluster's pods may run on;
+//! - the states written into status, as enums ([`OperationKind`], [`ClusterPhase`], …).
 
 mod backup;
 mod cluster;
@@ -12,10 +13,12 @@ pub mod contract;
 mod member;
 pub mod objects;
 pub mod scheduling;
+mod states;
 
 pub use backup::*;
 pub use cluster::*;
 pub use member::*;
+pub use states::*;
 
 use kube::CustomResourceExt;
 

@@ -5,6 +5,8 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::MemberPhase;
+
 /// One etcd member on one node, as the controller wants it and the node's agent reports it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -75,7 +77,7 @@ pub enum InitialClusterState {
 pub struct EtcdMemberStatus {
     /// Pending, Pulling, Starting, Running, Upgrading, Reconfiguring, Failed, Stopping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<MemberPhase>,
     /// systemd's ActiveState/SubState of the member's unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit_state: Option<String>,

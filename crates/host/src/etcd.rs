@@ -31,7 +31,7 @@ impl MemberInfo {
 }
 
 /// One endpoint's view of itself (`endpoint status`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStatus {
     pub endpoint: String,
     pub member_id: u64,

@@ -1,0 +1,109 @@
+//! The host made as the EtcdMember asks: a new member restored from its backup's snapshot if it
+//! seeds a restored cluster, new etcd settings, a new image (pulled ahead through `nextImage`),
+//! then the member placed (bundle, unit, started). Each stage says in status what it does; a
+//! failure stays reported while it is retried.
+
+use super::{Ctx, phase, wanted};
+use crate::error::Result;
+use runc_etcd_api::{EtcdMember, EtcdMemberStatus, MemberPhase};
+use runc_etcd_host::member::{ClusterState, MemberRecord};
+use runc_etcd_host::names::MemberName;
+use runc_etcd_host::{self as host, WantedMember};
+
+/// Converges the host; returns the placed member's record and the status to build on.
+pub(super) async fn run(
+    m: &EtcdMember,
+    ctx: &Ctx,
+    name: &MemberName,
+    mut wanted: WantedMember,
+    base: EtcdMemberStatus,
+) -> Result<(MemberRecord, EtcdMemberStatus)> {
+    let installed = ctx.engine.load(&ctx.instance)?.filter(|r| r.name == *name);
+    let base = match &installed {
+        None => {
+            if let Some(from) = m
+                .spec
+                .restore_from
+                .as_ref()
+                .filter(|_| wanted.state == ClusterState::New)
+            {
+                // A failure stays reported while it is retried (no status flapping).
+                if base.phase != Some(MemberPhase::Failed) {
+                    let message = format!("fetching the snapshot of backup {from}");
+                    ctx.report(m, phase(base.clone(), MemberPhase::Restoring, message))
+                        .await?;
+                }
+                match super::backup::fetch_snapshot(ctx, from).await {
+                    Ok(file) => wanted.restore = Some(file),
+                    Err(e) => {
+                        ctx.report(m, phase(base, MemberPhase::Failed, e.to_string())).await?;
+                        return Err(e);
+                    }
+                }
+            }
+            if base.phase != Some(MemberPhase::Failed) {
+                ctx.report(
+                    m,
+                    phase(base.clone(), MemberPhase::Pulling, format!("pulling {}", m.spec.image)),
+                )
+                .await?;
+            }
+            base
+        }
+        Some(record) => {
+            let base = prepare_next_image(ctx, m, base).await?;
+            if record.tuning != wanted.tuning && record.image.reference == wanted.image {
+                let message = "restarting with new etcd settings".to_string();
+                ctx.report(m, phase(base.clone(), MemberPhase::Reconfiguring, message))
+                    .await?;
+                if let Err(e) = host::reconfigure_member(&ctx.engine, &ctx.instance, wanted.tuning.clone()).await {
+                    ctx.report(m, phase(base, MemberPhase::Failed, e.to_string())).await?;
+                    return Err(e.into());
+                }
+            }
+            if record.image.reference != wanted.image {
+                // The controller gates this (every member healthy, one at a time), so the engine's
+                // own health check of the others is skipped.
+                let message = format!("upgrading {} → {}", record.image.reference, wanted.image);
+                ctx.report(m, phase(base.clone(), MemberPhase::Upgrading, message))
+                    .await?;
+                if let Err(e) = host::upgrade(&ctx.engine, &ctx.instance, &wanted.image, true).await {
+                    ctx.report(m, phase(base, MemberPhase::Failed, e.to_string())).await?;
+                    return Err(e.into());
+                }
+            }
+            base
+        }
+    };
+    let fetched = wanted.restore.clone();
+    let placed = host::place_member(&ctx.engine, wanted).await;
+    // A downloaded snapshot is not kept once it is restored (or to be fetched again).
+    if let Some(f) = fetched.filter(|f| f.starts_with(&ctx.engine.paths(&ctx.instance).dir)) {
+        let _ = std::fs::remove_file(f);
+    }
+    let record = match placed {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.report(m, phase(base, MemberPhase::Failed, e.to_string())).await?;
+            return Err(e.into());
+        }
+    };
+    Ok((record, base))
+}
+
+/// Pulls and unpacks `spec.nextImage` ahead of an upgrade, and says so in status.
+async fn prepare_next_image(ctx: &Ctx, m: &EtcdMember, base: EtcdMemberStatus) -> Result<EtcdMemberStatus> {
+    let Some(next) = m.spec.next_image.as_deref() else {
+        return Ok(base);
+    };
+    if base.prepared_image.as_deref() == Some(next) {
+        return Ok(base);
+    }
+    wanted::check_image("spec.nextImage", next)?;
+    tracing::info!("pulling {next} ahead of an upgrade");
+    host::image::ensure(&ctx.engine.layout.images_dir(), next, &ctx.engine.pull).await?;
+    Ok(EtcdMemberStatus {
+        prepared_image: Some(next.to_string()),
+        ..base
+    })
+}
