@@ -96,42 +96,33 @@ fn condition(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: S
     }
 }
 
-/// The status after observing `view` and choosing `step`.
-pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
-    let prev = c.status.clone().unwrap_or_default();
-    let generation = c.metadata.generation.unwrap_or(0);
-    let mut members = members(c, view);
-    // The recovery clock: kept across passes (and controller restarts) while a member stays sick.
-    for m in members.iter_mut().filter(|m| !m.healthy) {
-        let before = prev.members.iter().find(|p| p.name == m.name);
-        m.unhealthy_since = Some(
-            before
-                .and_then(|p| p.unhealthy_since.clone())
-                .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
-        );
+/// The members' health, counted once for the conditions and the phase.
+struct Health<'a> {
+    voters: usize,
+    /// Healthy voters.
+    ready: usize,
+    quorum: bool,
+    unhealthy: Vec<&'a str>,
+    /// What an agent could not do (a port taken on its node, an image it cannot pull, …).
+    failed: Vec<String>,
+    nospace: bool,
+    /// Some member ran (a cluster that loses every answer then has lost quorum, it is not new).
+    ran: bool,
+}
+
+impl Health<'_> {
+    fn quorum_lost(&self) -> bool {
+        self.voters > 0 && !self.quorum
     }
+}
+
+fn health<'a>(view: &View, members: &'a [MemberStatus]) -> Health<'a> {
     let voters = members.iter().filter(|m| m.role != Some(MemberRole::Learner)).count();
     let ready = members
         .iter()
         .filter(|m| m.healthy && m.role != Some(MemberRole::Learner))
         .count();
-    let size = c.spec.size.max(1) as usize;
-    let quorum = plan::has_quorum(voters, ready);
-    let versions: std::collections::BTreeSet<&str> = members.iter().filter_map(|m| m.version.as_deref()).collect();
-    let unhealthy: Vec<&str> = members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect();
-
-    let (progressing, progress_reason, progress_msg) = match step {
-        Step::Converged => (false, "Converged", format!("{ready} of {size} members ready")),
-        Step::Wait { reason } => (true, "Waiting", reason.clone()),
-        other => (true, "Changing", format!("{other:?}")),
-    };
-    let problem = match step {
-        Step::Wait { reason } => spec_problem(reason),
-        _ => None,
-    };
-    let impossible = problem.is_some();
-    // What an agent could not do (a port taken on its node, an image it cannot pull, …).
-    let failed: Vec<String> = view
+    let failed = view
         .members
         .iter()
         .filter_map(|m| {
@@ -142,38 +133,84 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
             })
         })
         .collect();
-    let nospace = view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty());
-    let degraded = impossible || nospace || !unhealthy.is_empty() || !failed.is_empty() || (voters > 0 && !quorum);
-    let degraded_reason = if voters > 0 && !quorum {
+    Health {
+        voters,
+        ready,
+        quorum: plan::has_quorum(voters, ready),
+        unhealthy: members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect(),
+        failed,
+        nospace: view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty()),
+        ran: view
+            .members
+            .iter()
+            .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some())),
+    }
+}
+
+/// The members as etcd reports them, each sick one with the time it fell sick: the recovery
+/// clock, kept across passes (and controller restarts) while it stays sick.
+fn members_with_clock(c: &EtcdCluster, view: &View, prev: &EtcdClusterStatus) -> Vec<MemberStatus> {
+    let mut members = members(c, view);
+    for m in members.iter_mut().filter(|m| !m.healthy) {
+        let before = prev.members.iter().find(|p| p.name == m.name);
+        m.unhealthy_since = Some(
+            before
+                .and_then(|p| p.unhealthy_since.clone())
+                .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+        );
+    }
+    members
+}
+
+/// Progressing: whether, why and what (the step being taken or waited for).
+fn progress(step: &Step, ready: usize, size: usize) -> (bool, &'static str, String) {
+    match step {
+        Step::Converged => (false, "Converged", format!("{ready} of {size} members ready")),
+        Step::Wait { reason } => (true, "Waiting", reason.clone()),
+        other => (true, "Changing", format!("{other:?}")),
+    }
+}
+
+/// Degraded: whether, its reason (the worst problem first) and its message.
+fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
+    let problem = match step {
+        Step::Wait { reason } => spec_problem(reason).map(|p| (p, reason.clone())),
+        _ => None,
+    };
+    let on = problem.is_some() || h.nospace || !h.unhealthy.is_empty() || !h.failed.is_empty() || h.quorum_lost();
+    let reason = if h.quorum_lost() {
         "QuorumLost"
-    } else if nospace {
+    } else if h.nospace {
         "NoSpace"
-    } else if let Some(problem) = problem {
+    } else if let Some((problem, _)) = &problem {
         problem
-    } else if !failed.is_empty() {
+    } else if !h.failed.is_empty() {
         "MemberFailed"
-    } else if !unhealthy.is_empty() {
+    } else if !h.unhealthy.is_empty() {
         "MembersUnhealthy"
     } else {
         "AllHealthy"
     };
-    let degraded_msg = match step {
-        _ if nospace => "the database reached its quota (NOSPACE): etcd refuses writes until space is recovered".into(),
-        Step::Wait { reason } if impossible => reason.clone(),
-        _ if !failed.is_empty() => failed.join("; "),
-        _ if unhealthy.is_empty() => "every member is healthy".into(),
-        _ => format!("unhealthy: {}", unhealthy.join(", ")),
+    let message = if h.nospace {
+        "the database reached its quota (NOSPACE): etcd refuses writes until space is recovered".into()
+    } else if let Some((_, why)) = problem {
+        why
+    } else if !h.failed.is_empty() {
+        h.failed.join("; ")
+    } else if h.unhealthy.is_empty() {
+        "every member is healthy".into()
+    } else {
+        format!("unhealthy: {}", h.unhealthy.join(", "))
     };
-    // Some member ran (a cluster that loses every answer then has lost quorum, it is not new).
-    let ran = view
-        .members
-        .iter()
-        .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some()));
-    let phase = if c.metadata.deletion_timestamp.is_some() {
+    (on, reason, message)
+}
+
+fn phase(c: &EtcdCluster, view: &View, h: &Health, degraded: bool, progressing: bool) -> ClusterPhase {
+    if c.metadata.deletion_timestamp.is_some() {
         ClusterPhase::Deleting
-    } else if voters > 0 && !quorum && (view.etcd.is_some() || ran) {
+    } else if h.quorum_lost() && (view.etcd.is_some() || h.ran) {
         ClusterPhase::QuorumLost
-    } else if ready == 0 {
+    } else if h.ready == 0 {
         ClusterPhase::Creating
     } else if degraded {
         ClusterPhase::Degraded
@@ -181,22 +218,47 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         ClusterPhase::Scaling
     } else {
         ClusterPhase::Running
-    };
-    let available_msg = format!("{ready} of {voters} voting members healthy");
-    // Quorum lost by a cluster that ran (not one still starting): the clock of the
-    // RestoreFromBackup policy, kept across passes.
-    let quorum_lost_since = (voters > 0 && !quorum && ran).then(|| {
-        prev.quorum_lost_since
-            .clone()
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()))
-    });
+    }
+}
+
+/// BackupSucceeded, from the newest finished backup (absent until one finished).
+fn backup_condition(prev: &[Condition], view: &View, generation: i64) -> Option<Condition> {
+    let newest = view
+        .backups
+        .iter()
+        .filter(|b| b.finished())
+        .max_by_key(|b| b.status.as_ref().and_then(|s| s.completion_time.clone()).map(|t| t.0))?;
+    let ok = newest.succeeded();
+    let why = newest
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    Some(condition(
+        prev,
+        BACKUP_SUCCEEDED,
+        ok,
+        if ok { "Succeeded" } else { "Failed" },
+        format!("{}: {why}", newest.name_any()),
+        generation,
+    ))
+}
+
+/// The status after observing `view` and choosing `step`.
+pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
+    let prev = c.status.clone().unwrap_or_default();
+    let generation = c.metadata.generation.unwrap_or(0);
+    let members = members_with_clock(c, view, &prev);
+    let h = health(view, &members);
+    let (progressing, progress_reason, progress_msg) = progress(step, h.ready, c.spec.size.max(1) as usize);
+    let (is_degraded, degraded_reason, degraded_msg) = degraded(&h, step);
     let mut conditions = vec![
         condition(
             &prev.conditions,
             AVAILABLE,
-            quorum,
-            if quorum { "Quorum" } else { "NoQuorum" },
-            available_msg,
+            h.quorum,
+            if h.quorum { "Quorum" } else { "NoQuorum" },
+            format!("{} of {} voting members healthy", h.ready, h.voters),
             generation,
         ),
         condition(
@@ -210,35 +272,26 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         condition(
             &prev.conditions,
             DEGRADED,
-            degraded,
+            is_degraded,
             degraded_reason,
             degraded_msg,
             generation,
         ),
     ];
-    // The newest finished backup says whether backups work.
-    let newest = view
-        .backups
-        .iter()
-        .filter(|b| b.finished())
-        .max_by_key(|b| b.status.as_ref().and_then(|s| s.completion_time.clone()).map(|t| t.0));
-    if let Some(b) = newest {
-        let ok = b.succeeded();
-        let why = b.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default();
-        conditions.push(condition(
-            &prev.conditions,
-            BACKUP_SUCCEEDED,
-            ok,
-            if ok { "Succeeded" } else { "Failed" },
-            format!("{}: {why}", b.name_any()),
-            generation,
-        ));
-    }
+    conditions.extend(backup_condition(&prev.conditions, view, generation));
+    // Quorum lost by a cluster that ran (not one still starting): the clock of the
+    // RestoreFromBackup policy, kept across passes.
+    let quorum_lost_since = (h.quorum_lost() && h.ran).then(|| {
+        prev.quorum_lost_since
+            .clone()
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()))
+    });
+    let versions: std::collections::BTreeSet<&str> = members.iter().filter_map(|m| m.version.as_deref()).collect();
     EtcdClusterStatus {
-        phase: Some(phase),
+        phase: Some(phase(c, view, &h, is_degraded, progressing)),
         conditions,
         observed_generation: Some(generation),
-        ready_members: ready as i32,
+        ready_members: h.ready as i32,
         client_endpoints: members
             .iter()
             .filter(|m| m.healthy && m.role != Some(MemberRole::Learner))
@@ -251,7 +304,6 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
             .as_ref()
             .filter(|e| e.cluster_id != 0)
             .map(|e| format!("{:x}", e.cluster_id)),
-        members,
         last_backup: crate::backup::newest_good(&view.backups, &c.name_any())
             .map(|b| b.name_any())
             .or(prev.last_backup),
@@ -261,6 +313,7 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         },
         quorum_lost_since,
         last_operation: prev.last_operation,
+        members,
     }
 }
 
