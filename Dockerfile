@@ -10,7 +10,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY crates ./crates
 # the product only: no test harness, no failpoints
-RUN cargo build --release --locked --bin runc-etcd \
+RUN cargo build --release --locked --bin runc-etcd -p runc-etcd \
  && strip target/release/runc-etcd
 
 FROM debian:bookworm-slim

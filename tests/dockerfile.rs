@@ -38,6 +38,9 @@ fn what_the_build_stage_copies_exists_and_builds_the_binary_it_ships() {
         .find(|(op, r)| op == "RUN" && r.contains("cargo build"))
         .unwrap();
     assert!(build.1.contains("--release --locked --bin runc-etcd"), "{}", build.1);
+    // Without `-p`, cargo builds with the features of every workspace member: the test harness's
+    // (kube's CEL interpreter) would reach the shipped binary.
+    assert!(build.1.contains("-p runc-etcd"), "{}", build.1);
     let (_, shipped) = ins
         .iter()
         .find(|(op, r)| op == "COPY" && r.starts_with("--from=build"))

@@ -45,6 +45,7 @@ impl Ctx {
     }
 }
 
+#[tracing::instrument(skip_all, fields(backup = %b.name_any(), cluster = %b.spec.cluster_name, namespace = %ctx.config.namespace))]
 pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Action> {
     let status = b.status.clone().unwrap_or_default();
     if b.metadata.deletion_timestamp.is_some() {
@@ -175,9 +176,10 @@ async fn delete_stored(b: &EtcdBackup, ctx: &Ctx, status: &EtcdBackupStatus) -> 
     Ok(Action::await_change())
 }
 
-pub(super) fn error_policy(b: Arc<EtcdBackup>, e: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!("backup {}: {e}", b.name_any());
-    Action::requeue(Duration::from_secs(5))
+/// A failed pass: an invalid spec waits for a change, anything else backs off (`retry`).
+pub(super) fn error_policy(b: Arc<EtcdBackup>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    let _span = tracing::warn_span!("backup", backup = %b.name_any(), cluster = %b.spec.cluster_name).entered();
+    ctx.retries.failed(&format!("backup:{}", crate::retry::key(&*b)), e)
 }
 
 /// The snapshot of EtcdBackup `name`, on this node and checked against its sha256: the file a

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::operator::children::AgentImage;
+use crate::operator::AgentImage;
 use runc_etcd_host::image::PullOptions;
 use runc_etcd_host::layout::Layout;
 use runc_etcd_host::{Engine, find_runc};

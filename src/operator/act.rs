@@ -13,9 +13,9 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::operator::children;
+use crate::operator::context::Ctx;
 use crate::operator::observe::{self, View};
 use crate::operator::plan;
-use crate::operator::reconcile::Ctx;
 use runc_etcd_api::contract::{ClusterNames, MEMBER_FINALIZER};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{EtcdCluster, EtcdMember, InitialClusterState, Operation, OperationKind};

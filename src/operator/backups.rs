@@ -16,9 +16,9 @@ use serde_json::json;
 
 use crate::backup::{self, Bucket};
 use crate::error::{Error, Result};
+use crate::operator::context::Ctx;
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
-use crate::operator::reconcile::Ctx;
 use runc_etcd_api::contract::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::objects::finalizers_patch;
@@ -357,6 +357,7 @@ async fn assign(api: &Api<EtcdBackup>, b: &EtcdBackup, c: &EtcdCluster, member: 
 /// Deleted EtcdBackups: the controller deletes S3 snapshots itself; a host-folder snapshot is
 /// the agent's (on the node that keeps it), unless no agent will ever come (the cluster or the
 /// node is gone): then the object goes and an Event says where the files stay.
+#[tracing::instrument(skip_all, fields(backup = %b.name_any(), cluster = %b.spec.cluster_name, namespace = %b.namespace().unwrap_or_default()))]
 pub async fn finalize(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Action> {
     if b.metadata.deletion_timestamp.is_none() || !b.finalizers().iter().any(|f| f == BACKUP_FINALIZER) {
         return Ok(Action::await_change());

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::operator::children;
-use crate::operator::reconcile::{Ctx, apply};
+use crate::operator::context::{Ctx, apply};
 use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{ClusterPhase, EtcdCluster};

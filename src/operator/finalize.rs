@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use crate::error::Result;
-use crate::operator::reconcile::{Ctx, selector};
+use crate::operator::context::{Ctx, selector};
 use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames};
 use runc_etcd_api::objects::delete_if_present;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};

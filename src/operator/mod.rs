@@ -1,34 +1,39 @@
 //! The operator (`runc-etcd operator`): turns EtcdClusters into members on nodes.
 //!
-//! - [`plan`]: the membership planner, the pure middle of the pipeline;
-//! - [`upgrade`]: etcd's version rules and the rolling-upgrade planner (pure);
-//! - [`maintenance`]: defragmentation and the NOSPACE alarm (pure);
-//! - [`observe`]: what a reconcile looks at (EtcdMembers, nodes, etcd's view);
-//! - [`reconcile`]: the pipeline (observe → resume or plan → record → act → report), and `act`:
-//!   carrying out one recorded change, idempotently;
+//! - [`reconcile`]: the pipeline of one cluster's pass, its steps one module each: `ensure` →
+//!   `observe` → `decide` (pure) → `record` → `act` → `report`, and `finalize` on deletion;
+//!   `context` holds what they share;
+//! - the pure planners `decide` draws on: [`plan`] (membership), [`upgrade`] (etcd's version
+//!   rules, rolling upgrades), [`maintenance`] (defragmentation, NOSPACE), [`disaster`] (quorum
+//!   loss, restores);
 //! - [`status`]: the status and conditions reported (pure);
 //! - [`children`]: the objects made per cluster (DaemonSet, Service, EndpointSlice, Secrets,
 //!   EtcdMembers);
-//! - [`lease`]: leader election and heartbeats.
+//! - [`backups`]: the cluster's EtcdBackups (schedule, placement, retention, deletion);
+//! - [`lease`]: leader election.
+//!
+//! Nothing here is public but [`run`] with its [`OperatorConfig`] and [`AgentImage`]: the agent
+//! and the CLI cannot reach into the controller.
 
 mod act;
-pub mod backups;
-pub mod children;
+mod backups;
+mod children;
+mod context;
 mod decide;
-pub mod disaster;
+mod disaster;
 mod ensure;
 mod finalize;
-pub mod lease;
-pub mod maintenance;
-pub mod observe;
-pub mod plan;
-pub mod reconcile;
+mod lease;
+mod maintenance;
+mod observe;
+mod plan;
+mod reconcile;
 mod record;
 mod report;
-pub mod status;
+mod status;
 #[cfg(test)]
 mod testing;
-pub mod upgrade;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +49,7 @@ use kube::runtime::watcher;
 
 use crate::error::Result;
 use crate::metrics::Metrics;
+pub use children::AgentImage;
 use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember};
 
 /// How the operator runs.
@@ -73,7 +79,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
     tracing::info!("leading as {}", config.identity);
     metrics.leader.set(1);
 
-    let ctx = Arc::new(reconcile::Ctx {
+    let ctx = Arc::new(context::Ctx {
         client: client.clone(),
         agent: config.agent.clone(),
         metrics: metrics.clone(),

@@ -11,8 +11,8 @@ use kube::api::{Api, ListParams};
 
 use crate::error::Result;
 use crate::operator::children;
+use crate::operator::context::{Ctx, selector};
 use crate::operator::disaster;
-use crate::operator::reconcile::{Ctx, selector};
 use crate::operator::{maintenance, plan, upgrade};
 use runc_etcd_api::contract::ClusterNames;
 use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember, OperationKind, OperationState};

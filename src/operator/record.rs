@@ -5,7 +5,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::error::Result;
-use crate::operator::reconcile::Ctx;
+use crate::operator::context::Ctx;
 use runc_etcd_api::contract::{ClusterNames, RESTORE_ANNOTATION};
 use runc_etcd_api::{EtcdCluster, Operation};
 

@@ -6,10 +6,10 @@ use kube::api::{Api, Patch};
 
 use crate::error::Result;
 use crate::operator::children;
+use crate::operator::context::{Ctx, apply};
 use crate::operator::decide::Note;
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
-use crate::operator::reconcile::{Ctx, apply};
 use crate::operator::status;
 use runc_etcd_api::contract::ClusterNames;
 use runc_etcd_api::{EtcdCluster, EtcdMember};
