@@ -371,3 +371,35 @@ async fn the_standalone_server_wants_https_and_its_token_and_is_reachable_throug
         "a certificate for another name is refused"
     );
 }
+
+/// A deposed leader (or a pass that read a stale copy) records its operation only onto the
+/// cluster it read: the new leader's newer decision is not overwritten.
+#[tokio::test]
+async fn a_stale_operation_record_is_refused() {
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let api: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    let read_by_old_leader = api
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    let op =
+        |kind: &str, member: &str| json!({"lastOperation": {"type": kind, "member": member, "state": "InProgress"}});
+    // The new leader records its change on the current object.
+    assert!(
+        runc_etcd_api::objects::write_status_if_unchanged(&api, &read_by_old_leader, &op("AddLearner", "main-new"))
+            .await
+            .unwrap()
+    );
+    // The old leader, still holding its older copy, tries to record another.
+    let written =
+        runc_etcd_api::objects::write_status_if_unchanged(&api, &read_by_old_leader, &op("RemoveMember", "main-old"))
+            .await
+            .unwrap();
+    assert!(!written, "a write onto a stale copy is refused");
+    let now = api.get("main").await.unwrap().status.unwrap().last_operation.unwrap();
+    assert_eq!(
+        (now.kind.as_str(), now.member.as_deref()),
+        ("AddLearner", Some("main-new"))
+    );
+}

@@ -208,20 +208,8 @@ pub async fn write_status_if_unchanged(
     b: &EtcdBackup,
     status: &runc_etcd_api::EtcdBackupStatus,
 ) -> Result<bool> {
-    use kube::ResourceExt;
-    let patch = serde_json::json!({"metadata": {"resourceVersion": b.resource_version()}, "status": status});
-    let written = api
-        .patch_status(
-            &b.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(patch),
-        )
-        .await;
-    match written {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    let status = serde_json::to_value(status).expect("a status serializes");
+    Ok(runc_etcd_api::objects::write_status_if_unchanged(api, b, &status).await?)
 }
 
 #[cfg(test)]

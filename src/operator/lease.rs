@@ -1,16 +1,22 @@
 //! Leases (coordination.k8s.io/v1): leader election for the controller, and the agents'
 //! per-member heartbeats.
 //!
-//! Leader election is the client-go scheme: a holder renews `renewTime` well within
-//! `leaseDurationSeconds`; anyone may take a Lease whose renewal is older than that. Writes go
-//! through resourceVersion, so two candidates cannot both win. A leader that cannot renew in
-//! time stops acting (the process exits) before anyone else may take over.
+//! Leader election is the client-go scheme: a holder renews the Lease well within
+//! `leaseDurationSeconds`; anyone may take a Lease that has not changed for that long *as seen on
+//! its own clock* (client-go's observedTime rule). The holder's `renewTime` is never compared with
+//! the local clock: with the two clocks apart, that comparison lets a candidate take a Lease its
+//! holder still renews, and two operators lead at once. Writes go through resourceVersion, so two
+//! candidates cannot both win. A leader that cannot renew in time stops acting (the process
+//! exits) before anyone else may take over.
 
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::error::Result;
@@ -20,17 +26,39 @@ pub struct Election {
     pub name: String,
     pub identity: String,
     pub duration: Duration,
-}
-
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0) else {
-        return true;
-    };
-    let secs = spec.lease_duration_seconds.unwrap_or(15) as i64;
-    renewed + SignedDuration::from_secs(secs) < now
+    /// The Lease as last seen, and when (on this process's monotonic clock) it was first seen so.
+    observed: Mutex<Option<(LeaseSpec, Instant)>>,
 }
 
 impl Election {
+    pub fn new(api: Api<Lease>, name: String, identity: String, duration: Duration) -> Election {
+        Election {
+            api,
+            name,
+            identity,
+            duration,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// Whether another holder's Lease has expired: it has not changed for its duration since this
+    /// process first saw it as it is now. A Lease never renewed is free.
+    fn expired(&self, spec: &LeaseSpec, now: Instant) -> bool {
+        if spec.renew_time.is_none() {
+            return true;
+        }
+        let mut observed = self.observed.lock().expect("not poisoned");
+        let since = match observed.as_ref() {
+            Some((seen, at)) if seen == spec => *at,
+            _ => {
+                *observed = Some((spec.clone(), now));
+                now
+            }
+        };
+        let secs = spec.lease_duration_seconds.unwrap_or(15).max(1) as u64;
+        now.duration_since(since) > Duration::from_secs(secs)
+    }
+
     fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
@@ -61,7 +89,7 @@ impl Election {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        if !ours && !expired(&spec, now) {
+        if !ours && !self.expired(&spec, Instant::now()) {
             return Ok(false);
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
@@ -113,17 +141,38 @@ impl Election {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
-    #[test]
-    fn a_lease_expires_after_its_duration() {
-        let now = Timestamp::now();
-        let spec = |ago: i64| LeaseSpec {
-            renew_time: Some(MicroTime(now - SignedDuration::from_secs(ago))),
+    fn election() -> Election {
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        Election::new(Api::all(client), "lease".into(), "me".into(), Duration::from_secs(15))
+    }
+
+    /// The holder's clock is an hour behind: its `renewTime` looks stale, but it renews. Read
+    /// against the local clock (the old rule) the Lease was expired at once and a second
+    /// operator led beside the first.
+    #[tokio::test]
+    async fn a_lease_expires_only_after_it_stops_changing_for_its_duration_on_our_clock() {
+        let e = election();
+        let skewed = Timestamp::now() - SignedDuration::from_secs(3600);
+        let renewed = |secs: i64| LeaseSpec {
+            holder_identity: Some("other".into()),
+            renew_time: Some(MicroTime(skewed + SignedDuration::from_secs(secs))),
             lease_duration_seconds: Some(15),
             ..Default::default()
         };
-        assert!(!expired(&spec(10), now));
-        assert!(expired(&spec(16), now));
-        assert!(expired(&LeaseSpec::default(), now), "never renewed");
+        let t0 = Instant::now();
+        assert!(!e.expired(&renewed(0), t0), "first seen: the clock starts now");
+        assert!(!e.expired(&renewed(5), t0 + Duration::from_secs(14)));
+        assert!(
+            !e.expired(&renewed(10), t0 + Duration::from_secs(28)),
+            "renewed: not expired"
+        );
+        assert!(!e.expired(&renewed(10), t0 + Duration::from_secs(42)));
+        assert!(
+            e.expired(&renewed(10), t0 + Duration::from_secs(44)),
+            "unchanged for 16 s"
+        );
+        assert!(e.expired(&LeaseSpec::default(), t0), "never renewed");
     }
 }

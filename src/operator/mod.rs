@@ -68,12 +68,12 @@ pub struct OperatorConfig {
 pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Result<()> {
     // Ready once it runs: a standby is a healthy replica waiting for the Lease.
     metrics.set_ready();
-    let election = lease::Election {
-        api: Api::namespaced(client.clone(), &config.namespace),
-        name: "runc-etcd-operator".into(),
-        identity: config.identity.clone(),
-        duration: config.lease_duration,
-    };
+    let election = lease::Election::new(
+        Api::namespaced(client.clone(), &config.namespace),
+        "runc-etcd-operator".into(),
+        config.identity.clone(),
+        config.lease_duration,
+    );
     tracing::info!("waiting to lead (lease {}/{})", config.namespace, election.name);
     election.acquire().await;
     tracing::info!("leading as {}", config.identity);

@@ -1,7 +1,7 @@
 //! Writing objects so that running the same step twice is harmless: create unless present,
-//! delete unless gone, and finalizer changes that cannot overwrite a newer copy.
+//! delete unless gone, and finalizer and status changes that cannot overwrite a newer copy.
 
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 /// A merge patch that sets `obj`'s finalizers to its current ones with `add` added or `remove`
 /// taken out. It carries the object's resourceVersion: written against a stale copy, it is a
@@ -23,6 +23,24 @@ pub fn finalizers_patch<K: kube::ResourceExt>(
     kube::api::Patch::Merge(serde_json::json!({
         "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
     }))
+}
+
+/// Merges `status` into `obj`'s status only if `obj` is unchanged since it was read (its
+/// resourceVersion): Ok(false) when it changed, and nothing was written. A deposed controller,
+/// or a pass that read a stale copy, cannot overwrite a newer decision this way.
+pub async fn write_status_if_unchanged<K>(api: &Api<K>, obj: &K, status: &serde_json::Value) -> kube::Result<bool>
+where
+    K: kube::ResourceExt + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({"metadata": {"resourceVersion": obj.resource_version()}, "status": status});
+    match api
+        .patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates `obj`; one that exists already (a retried or raced step) is kept as it is.
