@@ -37,7 +37,7 @@ use runc_etcd_api::{EtcdBackup, EtcdMember, EtcdMemberStatus, MemberPhase};
 use runc_etcd_host::names::{InstanceName, MemberName};
 use runc_etcd_host::{self as host, Engine};
 
-pub use wanted::wanted_member;
+use wanted::wanted_member;
 
 /// How often a member's status and heartbeat are refreshed.
 const RESYNC: Duration = Duration::from_secs(10);
