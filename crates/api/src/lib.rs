@@ -10,6 +10,7 @@
 mod backup;
 mod cluster;
 pub mod contract;
+pub mod error;
 mod member;
 pub mod objects;
 pub mod scheduling;

@@ -92,13 +92,6 @@ string_enum! {
     }
 }
 
-impl OperationState {
-    /// Succeeded or Failed: nothing more happens to it.
-    pub fn finished(self) -> bool {
-        matches!(self, OperationState::Succeeded | OperationState::Failed)
-    }
-}
-
 string_enum! {
     /// The cluster as a whole (`status.phase`).
     ClusterPhase {

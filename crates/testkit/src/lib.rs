@@ -8,23 +8,5 @@
 pub mod apiserver;
 pub mod lab;
 
-/// What the harness's own steps fail with: the host engine's errors and the API's.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Host(#[from] runc_etcd_host::Error),
-    #[error(transparent)]
-    Kube(#[from] kube::Error),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    pub fn invalid(field: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        runc_etcd_host::Error::invalid(field, problem, fix).into()
-    }
-
-    pub fn transient(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        runc_etcd_host::Error::transient(what, message).into()
-    }
-}
+/// What the harness's own steps fail with: the product's error type.
+pub use runc_etcd_api::error::{Error, Result};
