@@ -174,12 +174,6 @@ fn back_up(p: &Plane, name: &str) -> EtcdBackup {
     backup(p, name).unwrap()
 }
 
-fn host_of(p: &Plane, node: &str) -> u8 {
-    (1..=p.lab.hosts.len() as u8)
-        .find(|n| p.cp.node_name(p.lab.host(*n)) == node)
-        .unwrap()
-}
-
 /// Cuts a host's power, and marks its Node not Ready as Kubernetes would.
 fn lose_host(p: &Plane, n: u8) {
     p.lab.host(n).power_off(false);

@@ -471,32 +471,6 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
 }
 
-/// Every write the writer saw acknowledged is readable through the cluster's endpoints.
-fn assert_no_write_lost(p: &Plane, c: &runc_etcd_api::EtcdCluster, acked: &[String]) {
-    let (endpoints, tls) = (c.status.clone().unwrap().client_endpoints, p.client_tls("main"));
-    let have = netns::run_in(&p.lab.client_ns(), move || async move {
-        let mut c = connect(endpoints, tls).await;
-        let keys_only = etcd_client::GetOptions::new().with_prefix().with_keys_only();
-        let r = c.get("w/", Some(keys_only)).await.expect("get");
-        r.kvs()
-            .iter()
-            .map(|kv| kv.key_str().unwrap().to_string())
-            .collect::<std::collections::BTreeSet<_>>()
-    });
-    let lost: Vec<_> = acked.iter().filter(|k| !have.contains(*k)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost",
-        lost.len(),
-        acked.len()
-    );
-}
-
-/// The lab host number of a node name (`lab<N>-h<K>`).
-fn host_of(node: &str) -> u8 {
-    node.rsplit_once("-h").unwrap().1.parse().unwrap()
-}
-
 fn follower_nodes(c: &runc_etcd_api::EtcdCluster) -> Vec<String> {
     let s = c.status.clone().unwrap();
     s.members
@@ -545,7 +519,7 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     //    the same node, its broken data archived there.
     let node = follower_nodes(&c)[0].clone();
     let (old_name, _) = members_on(&c).into_iter().find(|(_, n)| *n == node).unwrap();
-    let h = p.lab.host(host_of(&node));
+    let h = p.lab.host(host_of(&p, &node));
     h.check(&[
         "sh",
         "-c",
@@ -572,7 +546,7 @@ fn failed_members_are_replaced_on_their_node_or_another() {
 
     // 2. A member whose host is lost (power cut, Node NotReady): replaced on the spare node.
     let lost_node = follower_nodes(&c)[0].clone();
-    let lost = p.lab.host(host_of(&lost_node));
+    let lost = p.lab.host(host_of(&p, &lost_node));
     lost.power_off(false);
     p.rt.block_on(p.cp.set_node_ready(lost, false)).unwrap();
     let c = p.wait("main", "the lost member replaced elsewhere", 240, |c| {
@@ -587,7 +561,7 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     eventually("the returned host's stale member to be archived", 120, || {
         !lost.path(&format!("{}/member.json", state(&p))).exists()
     });
-    assert!(!unit_active(&p, host_of(&lost_node)));
+    assert!(!unit_active(&p, host_of(&p, &lost_node)));
     let c = p.wait_ready("main", 3, 60);
     assert!(
         !members_on(&c).iter().any(|(_, at)| *at == lost_node),
@@ -595,25 +569,10 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     );
 }
 
-fn available_with(c: &runc_etcd_api::EtcdCluster, n: i32) -> bool {
-    let s = c.status.clone().unwrap_or_default();
-    s.ready_members == n && s.members.len() == n as usize && condition(c, "Available") == Some("True")
-}
-
 /// The cluster spec at etcd `version` (its lab image).
 fn at_version(p: &Plane, version: &str) -> String {
     cluster_yaml("main", 3, &p.lab.image(version), "")
         .replace(&format!("version: {V_MID}"), &format!("version: {version}"))
-}
-
-/// Whether the cluster reports `reason` in its Degraded condition with a message containing `text`.
-fn degraded_by(c: &runc_etcd_api::EtcdCluster, reason: &str, text: &str) -> bool {
-    c.status
-        .clone()
-        .unwrap_or_default()
-        .conditions
-        .iter()
-        .any(|x| x.type_ == "Degraded" && x.reason == reason && x.message.contains(text))
 }
 
 #[test]

@@ -91,6 +91,21 @@ pub(super) async fn run(
     Ok((record, base))
 }
 
+/// Why the member installed here must not run (its data is gone, `host::data_lost`), after
+/// stopping its unit; None when it may. Nothing is archived or placed anew: the controller
+/// removes the member from etcd and replaces it, and the empty folder is archived then.
+pub(super) async fn lost_data(ctx: &Ctx, name: &MemberName) -> Result<Option<String>> {
+    if ctx.engine.load(&ctx.instance)?.is_none_or(|r| r.name != *name) {
+        return Ok(None);
+    }
+    let Some(why) = host::data_lost(&ctx.engine, &ctx.instance)? else {
+        return Ok(None);
+    };
+    tracing::warn!("{name}: {why}; keeping it stopped");
+    host::systemd::stop(&ctx.instance).await?;
+    Ok(Some(why))
+}
+
 /// Pulls and unpacks `spec.nextImage` ahead of an upgrade, and says so in status.
 async fn prepare_next_image(ctx: &Ctx, m: &EtcdMember, base: EtcdMemberStatus) -> Result<EtcdMemberStatus> {
     let Some(next) = m.spec.next_image.as_deref() else {

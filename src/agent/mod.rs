@@ -201,9 +201,16 @@ async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
+    if let Some(why) = converge::lost_data(ctx, &name).await? {
+        return report::write(m, ctx, &name, phase(base, MemberPhase::DataLost, why)).await;
+    }
     let (record, base) = converge::run(m, ctx, &name, wanted, base).await?;
     let seen = probe::run(ctx, &record).await?;
     let status = probe::status(base, &seen, m.metadata.generation);
+    if status.phase == Some(MemberPhase::Running) {
+        // etcd runs on this data: from now on it is the member's own (host::stamp_data).
+        host::stamp_data(&ctx.engine, &ctx.instance)?;
+    }
     report::write(m, ctx, &name, status).await
 }
 

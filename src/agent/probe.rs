@@ -65,6 +65,7 @@ mod tests {
             sub_state: "running".into(),
             unit_file_state: String::new(),
             n_restarts: 2,
+            main_pid: 0,
         }
     }
 

@@ -16,7 +16,8 @@ use runc_etcd_host::names::MemberName;
 pub(super) async fn write(m: &EtcdMember, ctx: &Ctx, name: &MemberName, status: EtcdMemberStatus) -> Result<Action> {
     let running = status.phase == Some(MemberPhase::Running);
     // Until etcd answers, look again soon: the controller waits on this status.
-    let next = if running { RESYNC } else { Duration::from_millis(500) };
+    let settled = running || status.phase == Some(MemberPhase::DataLost);
+    let next = if settled { RESYNC } else { Duration::from_millis(500) };
     let labels = ctx.member_labels(name);
     ctx.metrics
         .agent_member_running

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use runc_etcd_api::{EtcdMemberSpec, InitialClusterState};
 use runc_etcd_host::WantedMember;
 use runc_etcd_host::member::{ClusterState, Tuning};
-use runc_etcd_host::names::{InstanceName, MemberName, check_member_ip, parse_ip};
+use runc_etcd_host::names::{InstanceName, MemberName, check_member_ip, check_token, parse_ip};
 use runc_etcd_host::pki::MemberCerts;
 
 fn port(field: &'static str, p: i32) -> Result<u16> {
@@ -57,6 +57,8 @@ pub fn wanted_member(
         .map(|e| peer_entry(e))
         .collect::<Result<Vec<_>>>()?;
     let image = check_image("spec.image", &spec.image)?;
+    let cluster_token = spec.cluster_token.clone().unwrap_or_else(|| instance.to_string());
+    check_token("spec.clusterToken", &cluster_token)?;
     Ok(WantedMember {
         instance: instance.clone(),
         name: MemberName::new(spec.member_name.clone())?,
@@ -69,6 +71,7 @@ pub fn wanted_member(
             InitialClusterState::New => ClusterState::New,
             InitialClusterState::Existing => ClusterState::Existing,
         },
+        cluster_token,
         certs,
         tuning: tuning(spec)?,
         restore: None,
@@ -118,6 +121,7 @@ mod tests {
             etcd: None,
             next_image: None,
             restore_from: None,
+            cluster_token: Some("prod.main-5d1c".into()),
         }
     }
 
@@ -126,13 +130,23 @@ mod tests {
         let w = wanted_member(&InstanceName::new("prod.main").unwrap(), &spec(), None).unwrap();
         assert_eq!(w.initial_cluster[0].1, "https://10.0.0.1:2380");
         assert_eq!(w.state, ClusterState::New);
+        assert_eq!(w.cluster_token, "prod.main-5d1c");
+        let legacy = EtcdMemberSpec {
+            cluster_token: None,
+            ..spec()
+        };
+        let w = wanted_member(&InstanceName::new("prod.main").unwrap(), &legacy, None).unwrap();
+        assert_eq!(
+            w.cluster_token, "prod.main",
+            "members made before the token keep the old one"
+        );
     }
 
     #[test]
     fn bad_fields_are_named() {
         let inst = InstanceName::new("prod.main").unwrap();
         type Breaker = fn(&mut EtcdMemberSpec);
-        let cases: [(Breaker, &str); 5] = [
+        let cases: [(Breaker, &str); 6] = [
             (|s| s.member_name = "../x".into(), "name"),
             (|s| s.ip = "10.0.0.1; rm -rf /".into(), "ip"),
             (
@@ -141,6 +155,10 @@ mod tests {
             ),
             (|s| s.client_port = 70000, "spec.clientPort"),
             (|s| s.image = "etcd:v3 --privileged".into(), "spec.image"),
+            (
+                |s| s.cluster_token = Some("t\ninitial-cluster: x".into()),
+                "spec.clusterToken",
+            ),
         ];
         for (break_it, field) in cases {
             let mut s = spec();

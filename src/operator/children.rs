@@ -331,6 +331,7 @@ pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
             etcd: tuning(c),
             next_image: None,
             restore_from: p.restore_from.clone(),
+            cluster_token: c.status.as_ref().and_then(|s| s.cluster_token.clone()),
         },
     );
     let mut md = meta(c, p.name.clone());

@@ -12,20 +12,24 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::operator::children;
-use crate::operator::context::{Ctx, apply};
+use crate::operator::context::{Ctx, apply, selector};
 use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames};
 use runc_etcd_api::objects::create_or_keep;
-use runc_etcd_api::{ClusterPhase, EtcdCluster};
+use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
 use runc_etcd_host::etcd::Access;
 use runc_etcd_host::names::{InstanceName, MemberName};
 use runc_etcd_host::pki;
 
 /// What the cluster's objects give the rest of the pass.
 pub enum Ensured {
-    /// The finalizer was just added: the next pass (on the updated object) goes on.
-    FinalizerAdded,
+    /// Something was written on the cluster (the finalizer, the cluster token): the next pass,
+    /// on the updated object, goes on.
+    Again,
     /// Every object is in place; etcd is reached with this.
     Ready(Access),
+    /// A Secret the members depend on is gone or replaced: reported, and nothing else is done
+    /// until it is back.
+    Blocked(Problem),
 }
 
 pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
@@ -33,7 +37,7 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         let api: Api<EtcdCluster> = ctx.api(c);
         let patch = runc_etcd_api::objects::finalizers_patch(c, Some(CLUSTER_FINALIZER), None);
         api.patch(&c.name(), &PatchParams::default(), &patch).await?;
-        return Ok(Ensured::FinalizerAdded);
+        return Ok(Ensured::Again);
     }
     if let Err(msg) = check_names(c) {
         refuse(c, ctx, &msg).await?;
@@ -43,7 +47,15 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
             "use a shorter name or namespace (delete this EtcdCluster and create it under the new name)",
         ));
     }
-    let access = tls(c, ctx).await?;
+    let access = match tls(c, ctx).await? {
+        Tls::Ready(access) => access,
+        Tls::Blocked(problem) => return Ok(Ensured::Blocked(problem)),
+    };
+    if c.status.as_ref().and_then(|s| s.cluster_token.as_ref()).is_none() {
+        let token = cluster_token(c, had_members(c, ctx).await?);
+        ctx.patch_status(c, json!({ "clusterToken": token })).await?;
+        return Ok(Ensured::Again);
+    }
     let ds: Api<DaemonSet> = ctx.api(c);
     ds.patch(
         &c.agent_name(),
@@ -71,25 +83,102 @@ async fn refuse(c: &EtcdCluster, ctx: &Ctx, msg: &str) -> Result<()> {
         .await
 }
 
-/// The cluster CA and the controller's client identity, created once and kept in Secrets.
-async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
+/// What the CA Secret means for this pass, from what it holds, the fingerprint status
+/// recorded, and whether the cluster has (or had) members.
+#[derive(Debug, PartialEq)]
+enum CaRule {
+    /// The stored CA is the cluster's: use it (recording its fingerprint if status lacks it).
+    Use { record: bool },
+    /// No CA and no member ever: make one.
+    Create,
+    /// Members exist whose certificates chain to a CA that is gone.
+    Missing,
+    /// The Secret holds another CA than the one the members trust.
+    Replaced { found: String },
+}
+
+fn ca_rule(stored: Option<&str>, recorded: Option<&str>, had_members: bool) -> CaRule {
+    match stored {
+        None if had_members => CaRule::Missing,
+        None => CaRule::Create,
+        Some(found) => match recorded {
+            Some(recorded) if recorded != found && had_members => CaRule::Replaced { found: found.into() },
+            Some(recorded) => CaRule::Use {
+                record: recorded != found,
+            },
+            None => CaRule::Use { record: true },
+        },
+    }
+}
+
+/// The token new members bootstrap with: of this incarnation (its UID), so that a cluster made
+/// again under the same name never gets the old one's member and cluster IDs; a cluster that
+/// already has members keeps the token they were made with.
+fn cluster_token(c: &EtcdCluster, had_members: bool) -> String {
+    match (&c.metadata.uid, had_members) {
+        (Some(uid), false) => format!("{}-{uid}", c.instance()),
+        _ => c.instance(),
+    }
+}
+
+/// Whether the cluster has or had members: their certificates chain to its CA, so a new CA would
+/// lock the operator out of them.
+async fn had_members(c: &EtcdCluster, ctx: &Ctx) -> Result<bool> {
+    if c.status
+        .as_ref()
+        .is_some_and(|s| s.cluster_id.is_some() || !s.members.is_empty())
+    {
+        return Ok(true);
+    }
+    let members: Api<EtcdMember> = ctx.api(c);
+    Ok(!members.list(&selector(c).limit(1)).await?.items.is_empty())
+}
+
+/// The cluster CA and the controller's client identity, created once and kept in Secrets. A CA
+/// Secret that is gone or replaced while members exist blocks the pass (a new CA would make
+/// every member unverifiable, hence "lost"); a missing client identity is issued again from the
+/// kept CA, which every member still trusts.
+async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
     if !c.spec.tls.enabled {
-        return Ok(Access::plain());
+        return Ok(Tls::Ready(Access::plain()));
     }
     let secrets: Api<Secret> = ctx.api(c);
-    let ca = match secrets
+    let stored = secrets
         .get_opt(&c.ca_secret())
         .await?
-        .and_then(|s| runc_etcd_api::contract::read_ca(&s))
-    {
-        Some(ca) => ca,
-        None => {
+        .and_then(|s| runc_etcd_api::contract::read_ca(&s));
+    let fingerprint = stored.as_ref().and_then(|ca| pki::fingerprint(&ca.cert));
+    if stored.is_some() && fingerprint.is_none() {
+        return Ok(Tls::Blocked(Problem::ca_unreadable(c)));
+    }
+    let recorded = c.status.as_ref().and_then(|s| s.ca_fingerprint.as_deref());
+    let had_members = had_members(c, ctx).await?;
+    let ca = match ca_rule(fingerprint.as_deref(), recorded, had_members) {
+        CaRule::Missing => return Ok(Tls::Blocked(Problem::ca_missing(c))),
+        CaRule::Replaced { found } => {
+            return Ok(Tls::Blocked(Problem::ca_replaced(
+                c,
+                &found,
+                recorded.unwrap_or_default(),
+            )));
+        }
+        CaRule::Use { record } => {
+            let ca = stored.expect("a fingerprint comes from a stored CA");
+            if record {
+                ctx.patch_status(c, json!({"caFingerprint": fingerprint})).await?;
+            }
+            ca
+        }
+        CaRule::Create => {
             let ca = pki::new_ca(&c.instance())?;
             create_or_keep(&secrets, &children::ca_secret(c, &ca)).await?;
             // Another pass may have won the race: use what is stored.
             let stored = secrets.get(&c.ca_secret()).await?;
-            runc_etcd_api::contract::read_ca(&stored)
-                .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?
+            let ca = runc_etcd_api::contract::read_ca(&stored)
+                .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
+            ctx.patch_status(c, json!({"caFingerprint": pki::fingerprint(&ca.cert)}))
+                .await?;
+            ca
         }
     };
     if let Some(tls) = secrets
@@ -97,14 +186,68 @@ async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Access> {
         .await?
         .and_then(|s| runc_etcd_api::contract::read_client(&s))
     {
-        return Ok(Access::tls(tls));
+        return Ok(Tls::Ready(Access::tls(tls)));
     }
     let tls = pki::issue_client(&ca, &format!("{} client", c.instance()))?;
     create_or_keep(&secrets, &children::client_secret(c, &tls)).await?;
+    if had_members {
+        let note = format!(
+            "Secret {} was missing: a new client identity was issued from the cluster's CA (clients that used the old one keep working until it expires)",
+            c.client_secret()
+        );
+        ctx.event(c, EventType::Warning, "ClientCertificateReissued", None, note)
+            .await;
+    }
     let stored = secrets.get(&c.client_secret()).await?;
-    Ok(Access::tls(
+    Ok(Tls::Ready(Access::tls(
         runc_etcd_api::contract::read_client(&stored).unwrap_or(tls),
-    ))
+    )))
+}
+
+enum Tls {
+    Ready(Access),
+    Blocked(Problem),
+}
+
+/// Why a pass stops before touching anything: the Degraded reason and what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+const RESTORE: &str = "restore the Secret from your backup of it (kubectl apply -f <saved secret>.yaml); until then the members keep serving and the operator changes nothing";
+
+impl Problem {
+    fn ca_missing(c: &EtcdCluster) -> Problem {
+        Problem {
+            reason: "CertificateAuthorityMissing",
+            message: format!(
+                "Secret {} (the cluster CA) is gone, and the members' certificates chain to it: a new CA would lock the operator out of them. Fix: {RESTORE}",
+                c.ca_secret()
+            ),
+        }
+    }
+
+    fn ca_unreadable(c: &EtcdCluster) -> Problem {
+        Problem {
+            reason: "CertificateAuthorityMissing",
+            message: format!(
+                "Secret {} holds no readable CA certificate (ca.crt as PEM, with ca.key). Fix: {RESTORE}",
+                c.ca_secret()
+            ),
+        }
+    }
+
+    fn ca_replaced(c: &EtcdCluster, found: &str, expected: &str) -> Problem {
+        Problem {
+            reason: "CertificateAuthorityMismatch",
+            message: format!(
+                "Secret {} holds another CA ({found}) than the one the members' certificates chain to ({expected}). Fix: put the original back: {RESTORE}",
+                c.ca_secret()
+            ),
+        }
+    }
 }
 
 /// The names derived from the cluster's must be valid on the hosts: the instance
@@ -130,6 +273,59 @@ mod tests {
         let mut c = EtcdCluster::new(name, serde_json::from_value(json!({"version": "3.5.16"})).unwrap());
         c.metadata.namespace = Some(ns.into());
         c
+    }
+
+    #[test]
+    fn a_ca_is_made_only_for_a_cluster_that_never_had_members() {
+        assert_eq!(ca_rule(None, None, false), CaRule::Create);
+        assert_eq!(ca_rule(None, Some("sha256:a"), false), CaRule::Create, "no member ever");
+        assert_eq!(
+            ca_rule(None, None, true),
+            CaRule::Missing,
+            "status lost, members remain"
+        );
+        assert_eq!(ca_rule(None, Some("sha256:a"), true), CaRule::Missing);
+        assert_eq!(
+            ca_rule(Some("sha256:a"), Some("sha256:a"), true),
+            CaRule::Use { record: false }
+        );
+        assert_eq!(
+            ca_rule(Some("sha256:a"), None, true),
+            CaRule::Use { record: true },
+            "adopted"
+        );
+        assert_eq!(
+            ca_rule(Some("sha256:b"), Some("sha256:a"), true),
+            CaRule::Replaced {
+                found: "sha256:b".into()
+            }
+        );
+        assert_eq!(
+            ca_rule(Some("sha256:b"), Some("sha256:a"), false),
+            CaRule::Use { record: true },
+            "nothing chains to the old one yet"
+        );
+    }
+
+    #[test]
+    fn every_incarnation_gets_its_own_token_and_old_clusters_keep_theirs() {
+        let mut c = cluster("prod", "main");
+        c.metadata.uid = Some("5d1c0b5e-0000-4000-8000-000000000001".into());
+        let token = cluster_token(&c, false);
+        assert_eq!(token, "prod.main-5d1c0b5e-0000-4000-8000-000000000001");
+        runc_etcd_host::names::check_token("status.clusterToken", &token).unwrap();
+        c.metadata.uid = Some("77aa0b5e-0000-4000-8000-000000000002".into());
+        assert_ne!(cluster_token(&c, false), token, "the same name made again");
+        assert_eq!(cluster_token(&c, true), "prod.main", "members made before the token");
+        let longest = cluster(&"n".repeat(31), &"c".repeat(31));
+        let longest = EtcdCluster {
+            metadata: kube::api::ObjectMeta {
+                uid: Some("5d1c0b5e-0000-4000-8000-000000000001".into()),
+                ..longest.metadata
+            },
+            ..longest
+        };
+        runc_etcd_host::names::check_token("status.clusterToken", &cluster_token(&longest, false)).unwrap();
     }
 
     #[test]

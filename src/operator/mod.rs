@@ -16,6 +16,7 @@
 //! and the CLI cannot reach into the controller.
 
 mod act;
+mod agree;
 mod backups;
 mod children;
 mod context;

@@ -10,12 +10,13 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use crate::error::Result;
+use crate::operator::agree::{self, Answer};
 use crate::operator::children;
 use crate::operator::context::{Ctx, selector};
 use crate::operator::disaster;
 use crate::operator::{maintenance, plan, upgrade};
 use runc_etcd_api::contract::ClusterNames;
-use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember, OperationKind, OperationState};
+use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember, MemberPhase, OperationKind, OperationState};
 use runc_etcd_host::etcd::{self, Access, EndpointStatus, MemberInfo};
 
 /// A node as the controller sees it for one cluster.
@@ -38,6 +39,8 @@ pub struct EtcdView {
     pub cluster_id: u64,
     /// Members with an active NOSPACE alarm.
     pub nospace: Vec<u64>,
+    /// Members whose own view disagrees with the agreed one (`agree`), each with what it sees.
+    pub diverged: Vec<String>,
 }
 
 /// Everything one reconcile looks at.
@@ -109,7 +112,10 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
                     .map(|o| o.spec.member_name.clone())
                     .unwrap_or_else(|| display_name(m));
                 let healthy = etcd.healthy.contains_key(&m.id);
-                let overdue = !healthy && unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now);
+                // Its data is gone (its agent says): waiting cannot bring it back.
+                let lost = obj.is_some_and(|o| o.status.as_ref().and_then(|s| s.phase) == Some(MemberPhase::DataLost));
+                let overdue =
+                    !healthy && (lost || unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now));
                 plan::Member {
                     node: obj.map(|o| o.spec.node_name.clone()).unwrap_or_default(),
                     voter: !m.is_learner,
@@ -214,54 +220,142 @@ pub fn display_name(m: &MemberInfo) -> String {
     }
 }
 
-/// Asks etcd through every planned member's client URL; None when none answers.
-pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access) -> Option<EtcdView> {
-    let mut endpoints: Vec<String> = members.iter().map(|m| children::client_url(c, &m.spec.ip)).collect();
-    // One member at a time, the ones healthy last time first: a client over all endpoints lets
-    // its balancer pick a dead one and fails the call instead of trying the next.
-    let was_healthy = |url: &String| {
-        c.status
-            .as_ref()
-            .is_some_and(|s| s.members.iter().any(|m| m.healthy && &m.client_url == url))
+/// What one member says of itself, each question within a few seconds.
+enum Asked {
+    /// A voter: its view of the membership, and its health.
+    Voter(Answer),
+    /// A learner (it cannot list members): its health, if it is healthy.
+    Learner(Option<EndpointStatus>),
+}
+
+async fn ask(access: &Access, endpoint: String) -> Option<Asked> {
+    let within = Duration::from_secs(4);
+    let status = match tokio::time::timeout(within, access.status(&endpoint)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("status of {endpoint}: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("status of {endpoint}: timed out");
+            return None;
+        }
     };
-    endpoints.sort_by_key(|url| !was_healthy(url));
-    let mut found = None;
-    for endpoint in &endpoints {
-        let list = async {
-            let client = access.connect(std::slice::from_ref(endpoint)).await?;
-            let list = etcd::members(&client).await?;
-            // Alarms are cluster-wide: one question, on the same connection.
-            let nospace = etcd::nospace_alarms(&client).await.unwrap_or_default();
-            Ok::<_, crate::Error>((list, nospace))
-        };
-        match tokio::time::timeout(Duration::from_secs(4), list).await {
-            Ok(Ok(got)) => {
-                found = Some(got);
-                break;
-            }
-            Ok(Err(e)) => tracing::debug!("{}: member list from {endpoint}: {e}", c.instance()),
-            Err(_) => tracing::debug!("{}: member list from {endpoint}: timed out", c.instance()),
+    let health = async { tokio::time::timeout(within, access.health(&endpoint)).await.ok()?.ok() };
+    if status.is_learner {
+        return Some(Asked::Learner(health.await));
+    }
+    let list = async {
+        let client = access.connect(std::slice::from_ref(&endpoint)).await?;
+        etcd::membership(&client).await
+    };
+    let membership = match tokio::time::timeout(within, list).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::debug!("member list from {endpoint}: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("member list from {endpoint}: timed out");
+            return None;
+        }
+    };
+    let health = health.await;
+    Some(Asked::Voter(Answer {
+        endpoint,
+        membership,
+        health,
+    }))
+}
+
+/// Asks every planned member for its own view and keeps the one they agree on (`agree`); None
+/// when none answers or no view is agreed on.
+pub async fn etcd_view(c: &EtcdCluster, members: &[EtcdMember], access: &Access) -> Option<EtcdView> {
+    let live: Vec<&EtcdMember> = members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .collect();
+    let endpoints: std::collections::BTreeSet<String> =
+        members.iter().map(|m| children::client_url(c, &m.spec.ip)).collect();
+    let (mut answers, mut learners) = (Vec::new(), Vec::new());
+    for asked in futures::future::join_all(endpoints.iter().map(|e| ask(access, e.clone())))
+        .await
+        .into_iter()
+        .flatten()
+    {
+        match asked {
+            Asked::Voter(a) => answers.push(a),
+            Asked::Learner(health) => learners.extend(health),
         }
     }
-    let (list, nospace) = found?;
-    let checks = list.iter().filter(|m| m.started()).map(|m| async move {
+    let recorded = live
+        .iter()
+        .filter_map(|m| m.status.as_ref()?.member_id.as_deref())
+        .filter_map(|id| u64::from_str_radix(id, 16).ok())
+        .collect();
+    let agreed = agree::agree(&answers, live.len(), &recorded);
+    if agreed.is_none() && !answers.is_empty() {
+        tracing::warn!(
+            "{}: {} member(s) answered, but no view of the membership is agreed on",
+            c.instance(),
+            answers.len()
+        );
+    }
+    let agreed = agreed?;
+    let mut healthy = agreed.healthy;
+    // Learners of the agreed cluster, as it lists them.
+    let listed_learner = |s: &EndpointStatus| {
+        s.cluster_id == agreed.membership.cluster_id
+            && agreed
+                .membership
+                .members
+                .iter()
+                .any(|m| m.id == s.member_id && m.is_learner)
+    };
+    healthy.extend(learners.into_iter().filter(listed_learner).map(|s| (s.member_id, s)));
+    // Members etcd lists that no EtcdMember places (added by hand): asked as before.
+    let unplaced = agreed
+        .membership
+        .members
+        .iter()
+        .filter(|m| m.started() && !m.client_urls.iter().any(|u| endpoints.contains(u)));
+    let checks = unplaced.map(|m| async move {
         let url = m.client_urls.first()?;
         let status = tokio::time::timeout(Duration::from_secs(4), access.health(url))
             .await
             .ok()?
             .ok()?;
-        Some((m.id, status))
+        (status.cluster_id == agreed.membership.cluster_id).then_some((m.id, status))
     });
-    let healthy: BTreeMap<u64, EndpointStatus> =
-        futures::future::join_all(checks).await.into_iter().flatten().collect();
-    let leader = healthy.values().map(|s| s.leader).find(|l| *l != 0).unwrap_or(0);
-    let cluster_id = healthy.values().map(|s| s.cluster_id).find(|l| *l != 0).unwrap_or(0);
+    healthy.extend(futures::future::join_all(checks).await.into_iter().flatten());
+    // Alarms are cluster-wide: asked of one agreeing, healthy member.
+    let nospace = match healthy.values().next() {
+        Some(s) => match access.connect(std::slice::from_ref(&s.endpoint)).await {
+            Ok(client) => etcd::nospace_alarms(&client).await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+    let diverged = agreed
+        .diverged
+        .iter()
+        .map(|(endpoint, what)| {
+            let who = members
+                .iter()
+                .find(|m| children::client_url(c, &m.spec.ip) == *endpoint)
+                .map_or(endpoint.clone(), |m| {
+                    format!("{} on node {}", m.spec.member_name, m.spec.node_name)
+                });
+            format!("{who}: {what}")
+        })
+        .collect();
     Some(EtcdView {
-        members: list,
+        members: agreed.membership.members,
         healthy,
-        leader,
-        cluster_id,
+        leader: agreed.leader,
+        cluster_id: agreed.membership.cluster_id,
         nospace,
+        diverged,
     })
 }
 

@@ -34,13 +34,20 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
     Ok(action)
 }
 
+/// How often a pass blocked on a missing Secret looks again (Secrets are not watched).
+const BLOCKED_RECHECK: Duration = Duration::from_secs(10);
+
 async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     if c.metadata.deletion_timestamp.is_some() {
         return finalize::run(c, ctx).await;
     }
     let access = match ensure::objects(c, ctx).await? {
-        Ensured::FinalizerAdded => return Ok(Action::requeue(Duration::ZERO)),
+        Ensured::Again => return Ok(Action::requeue(Duration::ZERO)),
         Ensured::Ready(access) => access,
+        Ensured::Blocked(problem) => {
+            report::blocked(c, ctx, &problem).await?;
+            return Ok(Action::requeue(BLOCKED_RECHECK));
+        }
     };
     let view = observe::all(c, ctx, &access).await?;
     let backup_due = backups::tend(c, ctx, &view).await?;

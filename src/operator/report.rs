@@ -8,9 +8,11 @@ use crate::error::Result;
 use crate::operator::children;
 use crate::operator::context::{Ctx, apply};
 use crate::operator::decide::Note;
+use crate::operator::ensure::Problem;
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
 use crate::operator::status;
+use kube::runtime::events::EventType;
 use runc_etcd_api::contract::ClusterNames;
 use runc_etcd_api::{EtcdCluster, EtcdMember};
 
@@ -23,6 +25,15 @@ pub async fn write(c: &EtcdCluster, ctx: &Ctx, view: &View, step: &Step, events:
         ctx.event(c, e.type_, &e.reason, e.member.as_deref(), e.note.clone())
             .await;
     }
+    Ok(())
+}
+
+/// A pass stopped by `problem`: said in status and in a Warning Event; nothing else is touched.
+pub async fn blocked(c: &EtcdCluster, ctx: &Ctx, problem: &Problem) -> Result<()> {
+    ctx.patch_status(c, status::blocked(c, problem.reason, &problem.message))
+        .await?;
+    ctx.event(c, EventType::Warning, problem.reason, None, problem.message.clone())
+        .await;
     Ok(())
 }
 

@@ -96,6 +96,30 @@ fn condition(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: S
     }
 }
 
+/// A pass that stopped before observing (a Secret the members depend on is gone): Degraded with
+/// `reason`, phase Degraded; the other conditions and the members stay as last observed, so a
+/// cluster the operator cannot reach is not reported lost.
+pub fn blocked(c: &EtcdCluster, reason: &str, message: &str) -> serde_json::Value {
+    let prev = c.status.clone().unwrap_or_default();
+    let generation = c.metadata.generation.unwrap_or(0);
+    let degraded = condition(
+        &prev.conditions,
+        DEGRADED,
+        true,
+        reason,
+        message.to_string(),
+        generation,
+    );
+    let conditions: Vec<Condition> = prev
+        .conditions
+        .iter()
+        .filter(|x| x.type_ != DEGRADED)
+        .cloned()
+        .chain([degraded])
+        .collect();
+    serde_json::json!({"phase": ClusterPhase::Degraded, "conditions": conditions})
+}
+
 /// The members' health, counted once for the conditions and the phase.
 struct Health<'a> {
     voters: usize,
@@ -105,6 +129,10 @@ struct Health<'a> {
     unhealthy: Vec<&'a str>,
     /// What an agent could not do (a port taken on its node, an image it cannot pull, …).
     failed: Vec<String>,
+    /// Members whose data is gone from their hosts (their agents say DataLost).
+    lost: Vec<String>,
+    /// Members whose own view of the cluster disagrees with the others' (`agree`).
+    diverged: Vec<String>,
     nospace: bool,
     /// Some member ran (a cluster that loses every answer then has lost quorum, it is not new).
     ran: bool,
@@ -122,23 +150,26 @@ fn health<'a>(view: &View, members: &'a [MemberStatus]) -> Health<'a> {
         .iter()
         .filter(|m| m.healthy && m.role != Some(MemberRole::Learner))
         .count();
-    let failed = view
-        .members
-        .iter()
-        .filter_map(|m| {
-            let s = m.status.as_ref()?;
-            (s.phase == Some(MemberPhase::Failed)).then(|| {
-                let why = s.message.clone().unwrap_or_default();
-                format!("{} on node {}: {why}", m.spec.member_name, m.spec.node_name)
+    let reported = |phase: MemberPhase| {
+        view.members
+            .iter()
+            .filter_map(|m| {
+                let s = m.status.as_ref()?;
+                (s.phase == Some(phase)).then(|| {
+                    let why = s.message.clone().unwrap_or_default();
+                    format!("{} on node {}: {why}", m.spec.member_name, m.spec.node_name)
+                })
             })
-        })
-        .collect();
+            .collect::<Vec<_>>()
+    };
     Health {
         voters,
         ready,
         quorum: plan::has_quorum(voters, ready),
         unhealthy: members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect(),
-        failed,
+        failed: reported(MemberPhase::Failed),
+        lost: reported(MemberPhase::DataLost),
+        diverged: view.etcd.as_ref().map(|e| e.diverged.clone()).unwrap_or_default(),
         nospace: view.etcd.as_ref().is_some_and(|e| !e.nospace.is_empty()),
         ran: view
             .members
@@ -177,11 +208,21 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
         Step::Wait { reason } => spec_problem(reason).map(|p| (p, reason.clone())),
         _ => None,
     };
-    let on = problem.is_some() || h.nospace || !h.unhealthy.is_empty() || !h.failed.is_empty() || h.quorum_lost();
+    let on = problem.is_some()
+        || h.nospace
+        || !h.unhealthy.is_empty()
+        || !h.failed.is_empty()
+        || !h.lost.is_empty()
+        || !h.diverged.is_empty()
+        || h.quorum_lost();
     let reason = if h.quorum_lost() {
         "QuorumLost"
     } else if h.nospace {
         "NoSpace"
+    } else if !h.diverged.is_empty() {
+        "MemberDiverged"
+    } else if !h.lost.is_empty() {
+        "DataLost"
     } else if let Some((problem, _)) = &problem {
         problem
     } else if !h.failed.is_empty() {
@@ -193,6 +234,10 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
     };
     let message = if h.nospace {
         "the database reached its quota (NOSPACE): etcd refuses writes until space is recovered".into()
+    } else if !h.diverged.is_empty() {
+        format!("{} (counted as failed; replaced one at a time)", h.diverged.join("; "))
+    } else if !h.lost.is_empty() {
+        format!("{} (kept stopped; replaced one at a time)", h.lost.join("; "))
     } else if let Some((_, why)) = problem {
         why
     } else if !h.failed.is_empty() {
@@ -313,6 +358,8 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         },
         quorum_lost_since,
         last_operation: prev.last_operation,
+        ca_fingerprint: prev.ca_fingerprint,
+        cluster_token: prev.cluster_token,
         members,
     }
 }

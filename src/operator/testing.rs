@@ -44,6 +44,7 @@ pub fn view(n: u64, healthy: u64) -> View {
             leader: 1,
             cluster_id: 0xc1,
             nospace: vec![],
+            diverged: vec![],
         }),
     }
 }

@@ -283,3 +283,81 @@ pub fn cluster_yaml(name: &str, size: u32, image: &str, extra: &str) -> String {
         "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata:\n  name: {name}\nspec:\n  size: {size}\n  version: 3.5.16\n  image: {image}\n{extra}"
     )
 }
+
+/// The lab host number of a Node.
+pub fn host_of(p: &Plane, node: &str) -> u8 {
+    (1..=p.lab.hosts.len() as u8)
+        .find(|n| p.cp.node_name(p.lab.host(*n)) == node)
+        .unwrap()
+}
+
+/// Available with `n` ready voting members in status.
+pub fn available_with(c: &EtcdCluster, n: i32) -> bool {
+    let s = c.status.clone().unwrap_or_default();
+    s.ready_members == n && s.members.len() == n as usize && condition(c, "Available") == Some("True")
+}
+
+/// Whether the cluster reports `reason` in its Degraded condition with a message containing `text`.
+pub fn degraded_by(c: &EtcdCluster, reason: &str, text: &str) -> bool {
+    c.status
+        .clone()
+        .unwrap_or_default()
+        .conditions
+        .iter()
+        .any(|x| x.type_ == "Degraded" && x.status == "True" && x.reason == reason && x.message.contains(text))
+}
+
+/// Every write the writer saw acknowledged is readable through the cluster's endpoints.
+pub fn assert_no_write_lost(p: &Plane, c: &EtcdCluster, acked: &[String]) {
+    let (endpoints, tls) = (
+        c.status.clone().unwrap().client_endpoints,
+        p.client_tls(&c.metadata.name.clone().unwrap()),
+    );
+    let have = runc_etcd_testkit::lab::netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut c = super::connect(endpoints, tls).await;
+        let keys_only = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+        let r = c.get("w/", Some(keys_only)).await.expect("get");
+        r.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    let lost: Vec<_> = acked.iter().filter(|k| !have.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+/// Each member, asked alone, lists the same members and names the same leader, and they are
+/// the `n` the status lists (a rogue member keeps the cluster ID: the ID alone proves nothing).
+pub fn assert_one_cluster(p: &Plane, c: &EtcdCluster, n: usize) {
+    let s = c.status.clone().unwrap();
+    let urls: Vec<String> = s.members.iter().map(|m| m.client_url.clone()).collect();
+    assert_eq!(urls.len(), n, "status lists {n} members: {:?}", s.members);
+    let tls = p.client_tls(&c.metadata.name.clone().unwrap());
+    let views = runc_etcd_testkit::lab::netns::run_in(&p.lab.client_ns(), move || async move {
+        let mut views = Vec::new();
+        for url in urls {
+            let mut c = super::connect(vec![url.clone()], tls.clone()).await;
+            let list = c.member_list().await.expect("member list");
+            let mut ids: Vec<u64> = list.members().iter().map(|m| m.id()).collect();
+            ids.sort();
+            let leader = c.status().await.expect("status").leader();
+            views.push((url, ids, leader));
+        }
+        views
+    });
+    for (url, ids, leader) in &views {
+        assert_eq!(ids.len(), n, "{url} lists {ids:x?}");
+        assert_eq!(
+            (ids, leader),
+            (&views[0].1, &views[0].2),
+            "{url} disagrees with {}: {views:x?}",
+            views[0].0
+        );
+    }
+}

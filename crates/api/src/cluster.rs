@@ -375,6 +375,16 @@ pub struct EtcdClusterStatus {
     /// etcd's cluster ID (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// The token new members bootstrap with (etcd's `initial-cluster-token`), chosen once from
+    /// this object's UID: every incarnation of a name is a cluster of its own. Clusters made
+    /// before it was recorded keep `<namespace>.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
+    /// The cluster CA's certificate fingerprint (`sha256:<hex>`), recorded when the CA is made or
+    /// first read. While members exist, a CA Secret that is gone or holds another CA is
+    /// reported (Degraded), never replaced: the members' certificates chain to this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
     /// Name of the newest successful EtcdBackup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,

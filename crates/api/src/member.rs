@@ -58,6 +58,13 @@ pub struct EtcdMemberSpec {
     /// before the first one is upgraded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_image: Option<String>,
+    /// The token of the cluster incarnation this member belongs to (its EtcdCluster's
+    /// `status.clusterToken`): a new cluster's seed bootstraps with it, so a cluster made again
+    /// under the same name gets other member and cluster IDs. Absent: `<namespace>.<cluster>`, as
+    /// members made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
+    pub cluster_token: Option<String>,
     /// Start from this backup's snapshot instead of empty data (the seed of a restored cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,

@@ -109,7 +109,9 @@ string_enum! {
 }
 
 string_enum! {
-    /// One member on its host, as its agent reports it (EtcdMember `status.phase`).
+    /// One member on its host, as its agent reports it (EtcdMember `status.phase`). DataLost:
+    /// the data it ran on is gone from its host; it is kept stopped (starting it would make a
+    /// second cluster, or a voter with an empty log), and the controller replaces it.
     MemberPhase {
         Pending = "Pending",
         Pulling = "Pulling",
@@ -120,6 +122,7 @@ string_enum! {
         Reconfiguring = "Reconfiguring",
         Stopping = "Stopping",
         Failed = "Failed",
+        DataLost = "DataLost",
     }
 }
 

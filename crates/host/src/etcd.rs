@@ -223,23 +223,40 @@ fn is_retryable(e: &etcd_client::Error) -> bool {
     .any(|m| s.contains(m))
 }
 
-pub async fn members(client: &Client) -> Result<Vec<MemberInfo>> {
+/// The membership as the member that answered sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The cluster ID and the answering member's ID (the response header).
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+pub async fn membership(client: &Client) -> Result<Membership> {
     let resp = retry("member list", Duration::from_secs(10), || {
         let mut c = client.clone();
         async move { c.member_list().await }
     })
     .await?;
-    Ok(resp
-        .members()
-        .iter()
-        .map(|m| MemberInfo {
-            id: m.id(),
-            name: m.name().to_string(),
-            peer_urls: m.peer_urls().to_vec(),
-            client_urls: m.client_urls().to_vec(),
-            is_learner: m.is_learner(),
-        })
-        .collect())
+    Ok(Membership {
+        cluster_id: resp.header().map_or(0, |h| h.cluster_id()),
+        member_id: resp.header().map_or(0, |h| h.member_id()),
+        members: resp
+            .members()
+            .iter()
+            .map(|m| MemberInfo {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+            })
+            .collect(),
+    })
+}
+
+pub async fn members(client: &Client) -> Result<Vec<MemberInfo>> {
+    Ok(membership(client).await?.members)
 }
 
 /// Registers a new member as a non-voting learner and returns its ID. Retried only on etcd's

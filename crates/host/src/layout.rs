@@ -84,6 +84,16 @@ impl MemberPaths {
     pub fn member_json(&self) -> PathBuf {
         self.dir.join("member.json")
     }
+    /// The stamp of the data this member started with, written once etcd ran on it: while it
+    /// exists, a data dir without the same stamp inside ([`Self::data_stamp`]) means the data
+    /// was lost, and the member must not start (it would bootstrap or rejoin as a new member).
+    pub fn data_id(&self) -> PathBuf {
+        self.dir.join("data.id")
+    }
+    /// The same stamp inside etcd's data dir (beside etcd's own `snap/` and `wal/`), gone with it.
+    pub fn data_stamp(&self) -> PathBuf {
+        self.data().join("member").join("runc-etcd-data.id")
+    }
     /// Old data of removed or replaced members; never deleted by runc-etcd.
     pub fn archive(&self) -> PathBuf {
         self.dir.join("archive")

@@ -141,6 +141,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Rewrites the record and etcd's config from it (read by etcd at its next start).
+    pub fn write_record(&self, record: &MemberRecord) -> Result<()> {
+        record.check()?;
+        let paths = self.paths(&record.instance);
+        write_atomic(&paths.etcd_conf(), record.etcd_config().to_yaml().as_bytes(), 0o644)?;
+        let json = serde_json::to_vec_pretty(record).expect("record serializes");
+        write_atomic(&paths.member_json(), &json, 0o644)
+    }
+
     /// Writes (or rewrites) everything derived from the record: member.json, etcd.conf.yml and
     /// bundle/config.json, plus the data and pki folders. Each file is replaced atomically.
     pub fn write_member_files(&self, record: &MemberRecord, rootfs: &Path) -> Result<()> {
@@ -163,10 +172,8 @@ impl Engine {
             .ctx("securing the data dir", paths.data())?;
         let spec = bundle::member_spec(&record.instance, &paths, rootfs);
         write_atomic(&paths.config_json(), bundle::to_json(&spec).as_bytes(), 0o644)?;
-        write_atomic(&paths.etcd_conf(), record.etcd_config().to_yaml().as_bytes(), 0o644)?;
         // The record goes last: a member "exists" on this host once member.json does.
-        let json = serde_json::to_vec_pretty(record).expect("record serializes");
-        write_atomic(&paths.member_json(), &json, 0o644)
+        self.write_record(record)
     }
 
     /// How the engine reaches this member's etcd (mutual TLS with its client identity, or plain).
@@ -199,6 +206,7 @@ impl Engine {
         for p in [
             paths.member_json(),
             paths.config_json(),
+            paths.data_id(),
             paths.data(),
             paths.etcd_conf(),
         ]

@@ -114,6 +114,21 @@ pub fn url(scheme: &str, ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// An etcd `initial-cluster-token`: 1–128 letters, digits, `.`, `_` or `-` (it goes into the
+/// member's config file).
+pub fn check_token(field: &'static str, token: &str) -> Result<()> {
+    let ok =
+        (1..=128).contains(&token.len()) && token.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+    if ok {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        field,
+        format!("{token:?} is not a cluster token"),
+        "use 1-128 letters, digits, '.', '_' or '-' (the controller sets it from the EtcdCluster's UID)",
+    ))
+}
+
 /// Client and peer ports must be distinct and non-zero.
 pub fn check_ports(client: u16, peer: u16) -> Result<()> {
     if client == 0 || peer == 0 {

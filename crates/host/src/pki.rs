@@ -101,6 +101,16 @@ pub fn new_ca(cluster: &str) -> Result<Ca> {
     })
 }
 
+/// A certificate's identity: `sha256:` and the hex SHA-256 of its DER form (the same for the same
+/// certificate however its PEM is wrapped). None if `pem` holds no certificate.
+pub fn fingerprint(pem: &str) -> Option<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(der.as_ref()))))
+}
+
 /// Reads `ca.crt` and `ca.key` from a folder copied from a member's `ca/`.
 pub fn load_ca(dir: &Path) -> Result<Ca> {
     let fix = format!(
@@ -236,6 +246,16 @@ mod tests {
         let certs = issue(&loaded, &MemberName::new("h1").unwrap(), "10.0.0.1".parse().unwrap()).unwrap();
         assert!(certs.server.0.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(format!("{:?}", certs.client_tls()).contains("redacted"));
+    }
+
+    #[test]
+    fn a_fingerprint_names_one_certificate_however_it_is_wrapped() {
+        let (a, b) = (new_ca("a").unwrap(), new_ca("a").unwrap());
+        let fa = fingerprint(&a.cert).unwrap();
+        assert!(fa.starts_with("sha256:") && fa.len() == 7 + 64, "{fa}");
+        assert_eq!(fingerprint(&a.cert.replace('\n', "\r\n")).as_ref(), Some(&fa));
+        assert_ne!(fingerprint(&b.cert).unwrap(), fa, "another CA of the same name");
+        assert_eq!(fingerprint("not a certificate"), None);
     }
 
     #[test]

@@ -22,13 +22,45 @@ pub struct UnitState {
     /// enabled, disabled… (empty for a template instance that was never enabled)
     pub unit_file_state: String,
     pub n_restarts: u32,
+    /// The unit's main process (`runc run`), 0 when none.
+    pub main_pid: u32,
 }
 
 impl UnitState {
+    /// Still starting while etcd has already exited: runc 1.1 relays etcd's READY and, until it
+    /// comes, checks that etcd lives by `/proc/<pid>` — which a zombie still has, and runc reaps
+    /// only after READY. So an etcd that fails before it is ready (it cannot reach its peers)
+    /// leaves the unit "activating" forever (TimeoutStartSec=infinity), never restarted. Seen
+    /// here: runc with a `<defunct>` etcd child for minutes.
+    pub fn stuck_starting(&self) -> bool {
+        self.active_state == "activating" && self.main_pid != 0 && has_zombie_child(self.main_pid)
+    }
+
     /// Enabled: the instance has a `multi-user.target.wants/` link and starts at boot.
     pub fn is_enabled(&self) -> bool {
         self.unit_file_state == "enabled"
     }
+}
+
+/// Whether a child of `pid` (forked by any of its threads: runc is a Go program) has exited
+/// and not been reaped.
+fn has_zombie_child(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .any(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    Some(rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        })
 }
 
 async fn systemctl(args: &[&str]) -> Result<String> {
@@ -67,6 +99,13 @@ pub async fn start(instance: &InstanceName) -> Result<()> {
         .map(drop)
 }
 
+/// Kills the unit's processes; systemd then restarts it (`Restart=always`).
+pub async fn kill(instance: &InstanceName) -> Result<()> {
+    systemctl(&["kill", "--signal=SIGKILL", &unit_name(instance)])
+        .await
+        .map(drop)
+}
+
 /// Stop and wait until etcd has exited (TimeoutStopSec bounds it).
 pub async fn stop(instance: &InstanceName) -> Result<()> {
     systemctl(&["stop", &unit_name(instance)]).await.map(drop)
@@ -84,7 +123,7 @@ pub async fn stop_and_disable(instance: &InstanceName) -> Result<()> {
         // and ignores SIGTERM until it has set up its handler late in start-up, so a stop
         // would wait out TimeoutStopSec. Such a member has nothing to shut down cleanly, and
         // etcd's data survives a kill (as it survives a power cut).
-        let _ = systemctl(&["kill", "--signal=SIGKILL", &unit]).await;
+        let _ = kill(instance).await;
     }
     if state.active_state != "inactive" {
         systemctl(&["stop", &unit]).await?;
@@ -95,7 +134,12 @@ pub async fn stop_and_disable(instance: &InstanceName) -> Result<()> {
 
 pub async fn show(instance: &InstanceName) -> Result<UnitState> {
     let unit = unit_name(instance);
-    let out = systemctl(&["show", "--property=ActiveState,SubState,UnitFileState,NRestarts", &unit]).await?;
+    let out = systemctl(&[
+        "show",
+        "--property=ActiveState,SubState,UnitFileState,NRestarts,ExecMainPID",
+        &unit,
+    ])
+    .await?;
     let kv: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
     let get = |k: &str| kv.get(k).copied().unwrap_or("").to_string();
     Ok(UnitState {
@@ -103,6 +147,7 @@ pub async fn show(instance: &InstanceName) -> Result<UnitState> {
         sub_state: get("SubState"),
         unit_file_state: get("UnitFileState"),
         n_restarts: get("NRestarts").parse().unwrap_or(0),
+        main_pid: get("ExecMainPID").parse().unwrap_or(0),
     })
 }
 
@@ -122,4 +167,31 @@ pub async fn journal_tail(instance: &InstanceName, lines: u32) -> String {
         .await;
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_whose_child_exited_unreaped_is_stuck_starting() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let me = std::process::id();
+        let starting = |active: &str| UnitState {
+            active_state: active.into(),
+            main_pid: me,
+            ..Default::default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !starting("activating").stuck_starting() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the exited child never showed as a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!starting("active").stuck_starting(), "READY came: runc reaps it itself");
+        child.wait().unwrap();
+        assert!(!starting("activating").stuck_starting(), "reaped");
+    }
 }

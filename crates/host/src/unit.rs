@@ -50,6 +50,9 @@ Wants=network-online.target
 After=network-online.target
 # A removed member's files are gone: its instance must not come back at boot.
 ConditionPathExists={state}/%i/bundle/config.json
+# etcd that cannot start yet (its peers unreachable, its data guarded) is retried for as long as
+# it takes, never given up on after a burst of restarts.
+StartLimitIntervalSec=0
 
 [Service]
 # runc relays etcd's sd_notify, so `active` means etcd is serving.
@@ -64,6 +67,9 @@ ExecStartPre=-{runc} delete --force %i
 # between (a stop that timed out, a member retired while starting), it leaves it frozen and then
 # refuses every start (\"container's cgroup unexpectedly frozen\"). Thaw what is left over.
 ExecStartPre=-/bin/sh -c '{thaw}'
+# A member that ran must not start on lost data (ops/identity.rs): it would come back as a
+# new cluster, or with an empty log, under its old identity.
+ExecStartPre=/bin/sh -c 'test ! -e {state}/%i/data.id || test -e {state}/%i/data/member/runc-etcd-data.id || {{ echo \"%i: the data this member ran on is gone; refusing to start it (the operator replaces it)\" >&2; exit 1; }}'
 ExecStart={runc} run --bundle {state}/%i/bundle %i
 ExecStopPost=-{runc} delete --force %i
 Restart=always

@@ -141,6 +141,8 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
     engine.write_member_files(&new, &engine.rootfs(&new)?)?;
     systemd::enable_and_start(instance).await?;
     engine.wait_member_healthy(&new, HEALTH_TIMEOUT).await?;
+    super::identity::stamp_locked(engine, new.clone())?;
+    let new = engine.require(instance)?;
     Ok(RestoreReport {
         snapshot,
         backup_before,

@@ -135,7 +135,8 @@ pub async fn create(engine: &Engine, m: NewMember) -> Result<MemberRecord> {
         rollback(engine, &m.instance).await;
         return Err(e);
     }
-    Ok(record)
+    super::identity::stamp_locked(engine, record.clone())?;
+    engine.require(&m.instance)
 }
 
 /// Whether a member listed by etcd is the one we are about to (or did) add.
@@ -245,5 +246,6 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
         }
         return Err(e);
     }
-    Ok(record)
+    super::identity::stamp_locked(engine, record)?;
+    engine.require(&m.instance)
 }

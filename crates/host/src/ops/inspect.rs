@@ -2,12 +2,12 @@
 
 use etcd_client::DeleteOptions;
 
+use crate::Engine;
 use crate::error::{Error, IoContext, Result};
 use crate::etcd::{self, EndpointStatus, MemberInfo};
 use crate::member::MemberRecord;
 use crate::names::InstanceName;
 use crate::systemd::{self, UnitState};
-use crate::{Engine, write_atomic};
 
 use super::require_yes;
 
@@ -152,8 +152,6 @@ pub fn hide_init_cluster(engine: &Engine, instance: &InstanceName) -> Result<Mem
         ));
     }
     record.hide_initial_cluster = true;
-    write_atomic(&paths.etcd_conf(), record.etcd_config().to_yaml().as_bytes(), 0o644)?;
-    let json = serde_json::to_vec_pretty(&record).expect("record serializes");
-    write_atomic(&paths.member_json(), &json, 0o644)?;
+    engine.write_record(&record)?;
     Ok(record)
 }

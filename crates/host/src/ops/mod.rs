@@ -4,6 +4,7 @@
 
 mod backup;
 mod create;
+mod identity;
 mod inspect;
 mod place;
 mod remove;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use backup::{BackupReport, RestoreReport, backup, restore};
 pub use create::{NewMember, create, join};
+pub use identity::{data_lost, stamp_data};
 pub use inspect::{ClusterStatus, MemberHealth, del_keys, getconf, hide_init_cluster, status};
 pub use place::{WantedMember, place_member, reconfigure_member, retire_member};
 pub use remove::{RemoveReport, remove};

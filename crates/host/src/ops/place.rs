@@ -23,6 +23,8 @@ pub struct WantedMember {
     pub image: String,
     pub initial_cluster: Vec<(MemberName, String)>,
     pub state: ClusterState,
+    /// The cluster incarnation's token (`names::check_token`).
+    pub cluster_token: String,
     /// None: plain HTTP.
     pub certs: Option<MemberCerts>,
     pub tuning: Tuning,
@@ -67,8 +69,8 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
         // A restored cluster's seed gets its own token, hence a new cluster ID: members of the
         // cluster it came from cannot mistake it for theirs.
         cluster_token: match &w.restore {
-            Some(_) => format!("{}-{}", w.instance, w.name),
-            None => w.instance.to_string(),
+            Some(_) => format!("{}-{}", w.cluster_token, w.name),
+            None => w.cluster_token.clone(),
         },
         hide_initial_cluster: false,
         tls: w.certs.is_some(),
@@ -119,6 +121,13 @@ pub async fn reconfigure_member(engine: &Engine, instance: &InstanceName, tuning
 /// covers a unit stopped by hand or left disabled by a crash between writing and starting).
 async fn ensure_running(engine: &Engine, record: &MemberRecord) -> Result<()> {
     let unit = systemd::show(&record.instance).await?;
+    if unit.stuck_starting() {
+        tracing::warn!(
+            "{}: etcd exited before it was ready and runc waits for it forever: killing the unit so that systemd starts it again",
+            systemd::unit_name(&record.instance)
+        );
+        return systemd::kill(&record.instance).await;
+    }
     let running = matches!(unit.active_state.as_str(), "active" | "activating" | "reloading");
     if !running || !unit.is_enabled() {
         tracing::info!(

@@ -320,6 +320,19 @@ impl LabHost {
         let _ = sh(&format!("umount -l {}/merged 2>/dev/null; true", self.dir.display()));
     }
 
+    /// Cuts (or restores) this host's TCP traffic on `port` with every other host, both ways,
+    /// while everything else still flows: e.g. etcd's peer port, so its peers are unreachable
+    /// from it while clients and the operator still reach it.
+    pub fn cut_port(&self, port: u16, cut: bool) -> LabResult<()> {
+        let op = if cut { "-A" } else { "-D" };
+        let ns = self.ns();
+        sh(&format!(
+            "ip netns exec {ns} iptables {op} INPUT -p tcp --dport {port} -j DROP && \
+             ip netns exec {ns} iptables {op} OUTPUT -p tcp --dport {port} -j DROP"
+        ))
+        .map(|_| ())
+    }
+
     /// Power off (keeping the disk) and boot again.
     pub fn reboot(&self, graceful: bool) -> LabResult<()> {
         self.power_off(graceful);
