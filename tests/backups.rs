@@ -13,17 +13,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use runc_etcd_api::{EtcdBackup, EtcdMember};
 use runc_etcd_testkit::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
 
-fn backups(p: &Plane) -> Vec<EtcdBackup> {
-    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
-    p.rt.block_on(api.list(&ListParams::default())).unwrap().items
-}
-
-fn backup(p: &Plane, name: &str) -> Option<EtcdBackup> {
-    backups(p)
-        .into_iter()
-        .find(|b| b.metadata.name.as_deref() == Some(name))
-}
-
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -158,20 +147,6 @@ fn s3_destination(p: &Plane) -> (runc_etcd_testkit::lab::registry::Server, Strin
         s3.address
     );
     (s3, spec)
-}
-
-/// Creates EtcdBackup `name` of cluster "main" and waits until it is finished.
-fn back_up(p: &Plane, name: &str) -> EtcdBackup {
-    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
-    let b: EtcdBackup = serde_json::from_value(serde_json::json!({
-        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdBackup",
-        "metadata": {"name": name}, "spec": {"clusterName": "main"}}))
-    .unwrap();
-    p.rt.block_on(api.create(&PostParams::default(), &b)).unwrap();
-    eventually("the backup finishes", 60, || {
-        backup(p, name).is_some_and(|b| b.finished())
-    });
-    backup(p, name).unwrap()
 }
 
 /// Cuts a host's power, and marks its Node not Ready as Kubernetes would.

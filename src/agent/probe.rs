@@ -14,20 +14,35 @@ use runc_etcd_host::systemd::{self, UnitState};
 pub(super) struct Seen {
     unit: UnitState,
     etcd: std::result::Result<EndpointStatus, String>,
+    /// Whether it serves (`etcdctl endpoint health`: a leader, and for a voter a quorum read).
+    serving: std::result::Result<(), String>,
 }
 
 pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
     let unit = systemd::show(&ctx.instance).await?;
-    let etcd = match ctx.engine.access(record) {
-        Ok(access) => tokio::time::timeout(Duration::from_secs(4), access.status(&record.client_url()))
-            .await
-            .map_err(|_| Error::transient("etcd status", "timed out"))
-            .and_then(|r| r.map_err(Error::from)),
-        Err(e) => Err(e.into()),
+    let within = Duration::from_secs(4);
+    let url = record.client_url();
+    let (etcd, serving) = match ctx.engine.access(record) {
+        Ok(access) => {
+            let status = tokio::time::timeout(within, access.status(&url))
+                .await
+                .map_err(|_| Error::transient("etcd status", "timed out"))
+                .and_then(|r| r.map_err(Error::from));
+            let serving = match &status {
+                Ok(_) => tokio::time::timeout(within, access.health(&url))
+                    .await
+                    .map_err(|_| "the health check timed out".to_string())
+                    .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
+                Err(e) => Err(e.to_string()),
+            };
+            (status, serving)
+        }
+        Err(e) => (Err(Error::from(e)), Err("no client identity".to_string())),
     };
     Ok(Seen {
         unit,
         etcd: etcd.map_err(|e| e.to_string()),
+        serving,
     })
 }
 
@@ -39,19 +54,30 @@ pub(super) fn status(base: EtcdMemberStatus, seen: &Seen, generation: Option<i64
         restart_count: seen.unit.n_restarts as i32,
         ..base
     };
+    let silent = EtcdMemberStatus {
+        serving: Some(false),
+        leader: None,
+        ..status.clone()
+    };
     match &seen.etcd {
-        Ok(s) => EtcdMemberStatus {
-            member_id: Some(format!("{:x}", s.member_id)),
-            version: Some(s.version.clone()),
-            observed_generation: generation,
-            ..phase(
-                status,
-                MemberPhase::Running,
-                if s.is_learner { "learner" } else { "voting member" }.into(),
-            )
-        },
-        Err(e) if seen.unit.active_state == "failed" => phase(status, MemberPhase::Failed, e.clone()),
-        Err(e) => phase(status, MemberPhase::Starting, format!("etcd does not answer yet: {e}")),
+        Ok(s) => {
+            let role = if s.is_learner { "learner" } else { "voting member" };
+            let message = match &seen.serving {
+                Ok(()) => role.to_string(),
+                Err(e) => format!("{role}, not serving: {e}"),
+            };
+            EtcdMemberStatus {
+                member_id: Some(format!("{:x}", s.member_id)),
+                version: Some(s.version.clone()),
+                observed_generation: generation,
+                serving: Some(seen.serving.is_ok()),
+                cluster_id: Some(format!("{:x}", s.cluster_id)),
+                leader: (s.leader != 0).then(|| format!("{:x}", s.leader)),
+                ..phase(status, MemberPhase::Running, message)
+            }
+        }
+        Err(e) if seen.unit.active_state == "failed" => phase(silent, MemberPhase::Failed, e.clone()),
+        Err(e) => phase(silent, MemberPhase::Starting, format!("etcd does not answer yet: {e}")),
     }
 }
 
@@ -75,10 +101,13 @@ mod tests {
             unit: unit("active"),
             etcd: Ok(EndpointStatus {
                 member_id: 0xab,
+                cluster_id: 0xc1,
+                leader: 0xcd,
                 version: "3.5.16".into(),
                 is_learner: true,
                 ..Default::default()
             }),
+            serving: Ok(()),
         };
         let s = status(EtcdMemberStatus::default(), &answered, Some(3));
         assert_eq!((s.phase, s.observed_generation), (Some(MemberPhase::Running), Some(3)));
@@ -87,12 +116,25 @@ mod tests {
             (Some("ab"), Some("learner"))
         );
         assert_eq!(s.restart_count, 2);
+        assert_eq!(
+            (s.serving, s.cluster_id.as_deref(), s.leader.as_deref()),
+            (Some(true), Some("c1"), Some("cd"))
+        );
+        let cut_off = Seen {
+            serving: Err("no leader".into()),
+            ..answered
+        };
+        let s = status(EtcdMemberStatus::default(), &cut_off, Some(3));
+        assert_eq!((s.phase, s.serving), (Some(MemberPhase::Running), Some(false)));
+        assert!(s.message.unwrap().contains("not serving: no leader"));
         let silent = |active| Seen {
             unit: unit(active),
             etcd: Err("connection refused".into()),
+            serving: Err("connection refused".into()),
         };
         let s = status(EtcdMemberStatus::default(), &silent("failed"), Some(3));
         assert_eq!((s.phase, s.observed_generation), (Some(MemberPhase::Failed), None));
+        assert_eq!(s.serving, Some(false));
         let s = status(EtcdMemberStatus::default(), &silent("activating"), Some(3));
         assert_eq!(s.phase, Some(MemberPhase::Starting));
     }

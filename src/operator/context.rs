@@ -20,6 +20,8 @@ pub struct Ctx {
     pub agent: AgentImage,
     pub recorder: Recorder,
     pub retries: Retries,
+    /// The agents' heartbeats as this process saw them change (`evidence`).
+    pub heartbeats: crate::operator::evidence::Heartbeats,
 }
 
 pub fn apply() -> PatchParams {

@@ -13,6 +13,7 @@ use kube::runtime::events::EventType;
 use crate::Error;
 use crate::operator::act::Outcome;
 use crate::operator::backups::{self, Gate};
+use crate::operator::evidence;
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
 use crate::operator::{children, disaster, maintenance, status, upgrade};
@@ -235,6 +236,19 @@ fn membership_step(c: &EtcdCluster, view: &View, now: Timestamp) -> Step {
     let voters = obs.members.iter().filter(|m| m.voter).count();
     let healthy = obs.members.iter().filter(|m| m.voter && m.healthy).count();
     if voters > 0 && !plan::has_quorum(voters, healthy) && view.members.iter().any(ever_ran) {
+        let names: Vec<&str> = obs
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.name.as_str())
+            .collect();
+        if !evidence::quorum_lost(&names, &view.said) {
+            // The operator's own view is not evidence: a NetworkPolicy or a broken route would
+            // otherwise make it rebuild a healthy cluster from a backup.
+            return Step::Wait {
+                reason: evidence::cannot_reach(healthy, voters),
+            };
+        }
         let since = c
             .status
             .as_ref()
@@ -412,6 +426,38 @@ mod tests {
         assert!(
             upgrade_stopped(&c).is_none(),
             "a new spec goes on (e.g. back to the old version)"
+        );
+    }
+
+    #[test]
+    fn quorum_is_declared_lost_only_on_the_members_own_evidence() {
+        use crate::operator::evidence::Said;
+        let c = cluster();
+        // The operator reaches one of three voters; every member ran.
+        let mut view = crate::operator::testing::view_with_objects(3, 1);
+        for m in &mut view.members {
+            m.status = Some(runc_etcd_api::EtcdMemberStatus {
+                member_id: Some("1".into()),
+                ..Default::default()
+            });
+        }
+        let lost = membership_step(&c, &view, Timestamp::now());
+        assert!(
+            matches!(&lost, Step::Wait { reason } if reason.starts_with("quorum lost")),
+            "{lost:?}"
+        );
+        // Their agents say all three serve: the operator's view is not evidence.
+        for said in view.said.values_mut() {
+            *said = Said::Serving;
+        }
+        let step = membership_step(&c, &view, Timestamp::now());
+        let Step::Wait { reason } = &step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            status::spec_problem(reason),
+            Some("OperatorCannotReachMembers"),
+            "{reason}"
         );
     }
 

@@ -23,6 +23,7 @@ mod context;
 mod decide;
 mod disaster;
 mod ensure;
+mod evidence;
 mod finalize;
 mod lease;
 mod maintenance;
@@ -85,6 +86,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
         agent: config.agent.clone(),
         metrics: metrics.clone(),
         retries: Default::default(),
+        heartbeats: Default::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -14,6 +15,7 @@ use crate::operator::agree::{self, Answer};
 use crate::operator::children;
 use crate::operator::context::{Ctx, selector};
 use crate::operator::disaster;
+use crate::operator::evidence::Said;
 use crate::operator::{maintenance, plan, upgrade};
 use runc_etcd_api::contract::ClusterNames;
 use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember, MemberPhase, OperationKind, OperationState};
@@ -55,6 +57,8 @@ pub struct View {
     pub nodes: Vec<NodeInfo>,
     /// None: no member answered (none started yet, or quorum lost).
     pub etcd: Option<EtcdView>,
+    /// Each live member as its own side reports it (`evidence`), by member name.
+    pub said: BTreeMap<String, Said>,
 }
 
 /// Whether a member of `c` may be placed on `node`: selector and taints allow it, and the node
@@ -114,8 +118,11 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
                 let healthy = etcd.healthy.contains_key(&m.id);
                 // Its data is gone (its agent says): waiting cannot bring it back.
                 let lost = obj.is_some_and(|o| o.status.as_ref().and_then(|s| s.phase) == Some(MemberPhase::DataLost));
+                // Replaced only on its own side's word (or its node's): one the operator cannot
+                // reach but whose agent says it serves is left alone.
+                let down = obj.is_none() || view.said.get(&name).is_some_and(Said::down);
                 let overdue =
-                    !healthy && (lost || unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now));
+                    !healthy && down && (lost || unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now));
                 plan::Member {
                     node: obj.map(|o| o.spec.node_name.clone()).unwrap_or_default(),
                     voter: !m.is_learner,
@@ -364,7 +371,7 @@ pub async fn all(c: &EtcdCluster, ctx: &Ctx, access: &Access) -> Result<View> {
     let members: Api<EtcdMember> = ctx.api(c);
     let members = members.list(&selector(c)).await?.items;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let nodes = nodes
+    let nodes: Vec<NodeInfo> = nodes
         .list(&ListParams::default())
         .await?
         .items
@@ -372,6 +379,7 @@ pub async fn all(c: &EtcdCluster, ctx: &Ctx, access: &Access) -> Result<View> {
         .map(|n| node_info(c, n))
         .collect();
     let etcd = etcd_view(c, &members, access).await;
+    let said = evidence(c, ctx, &members, &nodes).await?;
     let backups: Api<EtcdBackup> = ctx.api(c);
     let (backups, others): (Vec<_>, Vec<_>) = backups
         .list(&ListParams::default())
@@ -387,7 +395,45 @@ pub async fn all(c: &EtcdCluster, ctx: &Ctx, access: &Access) -> Result<View> {
         restore,
         nodes,
         etcd,
+        said,
     })
+}
+
+/// How long an agent's heartbeat may stay unchanged before it counts as silent, when its Lease
+/// does not say (agents renew every 10 s, for 40 s).
+const HEARTBEAT_TTL: Duration = Duration::from_secs(40);
+
+/// What each live member's own side says: its node, its agent's heartbeat and report.
+async fn evidence(
+    c: &EtcdCluster,
+    ctx: &Ctx,
+    members: &[EtcdMember],
+    nodes: &[NodeInfo],
+) -> Result<BTreeMap<String, Said>> {
+    let leases: Api<Lease> = ctx.api(c);
+    let leases = leases.list(&ListParams::default()).await?.items;
+    let now = tokio::time::Instant::now();
+    Ok(members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .map(|m| {
+            let ready = nodes.iter().find(|n| n.name == m.spec.node_name).map(|n| n.ready);
+            let fresh = leases.iter().find(|l| l.metadata.name == m.metadata.name).map(|l| {
+                let ttl = l
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_duration_seconds)
+                    .map_or(HEARTBEAT_TTL, |s| Duration::from_secs(s.max(1) as u64));
+                let key = format!("{}/{}", c.ns(), m.name_any());
+                let version = l.metadata.resource_version.clone().unwrap_or_default();
+                ctx.heartbeats.fresh(&key, &version, now, ttl)
+            });
+            (
+                m.spec.member_name.clone(),
+                crate::operator::evidence::said(m, ready, fresh),
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -472,6 +518,7 @@ mod tests {
             backups: vec![],
             restore: None,
             nodes: vec![],
+            said: BTreeMap::new(),
             etcd: Some(EtcdView {
                 members: vec![learner],
                 ..Default::default()
@@ -501,6 +548,7 @@ mod tests {
             backups: vec![],
             restore: None,
             nodes: vec![],
+            said: BTreeMap::new(),
             etcd: Some(EtcdView {
                 members: vec![sick],
                 ..Default::default()

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::operator::children;
+use crate::operator::evidence;
 use crate::operator::observe::{self, View};
 use crate::operator::plan::{self, Step};
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdClusterStatus, MemberPhase, MemberRole, MemberStatus};
@@ -23,6 +24,8 @@ pub fn spec_problem(reason: &str) -> Option<&'static str> {
         Some("UnsupportedUpgrade")
     } else if reason.starts_with("upgrade stopped") {
         Some("UpgradeFailed")
+    } else if reason.starts_with("operator cannot reach members") {
+        Some("OperatorCannotReachMembers")
     } else if reason.starts_with("quorum lost") {
         Some("QuorumLost")
     } else if reason.starts_with("restore:") {
@@ -136,11 +139,19 @@ struct Health<'a> {
     nospace: bool,
     /// Some member ran (a cluster that loses every answer then has lost quorum, it is not new).
     ran: bool,
+    /// Too many voters are down by their own side's evidence (`evidence::quorum_lost`).
+    lost_by_evidence: bool,
 }
 
 impl Health<'_> {
+    /// Quorum lost: the operator does not see a quorum, and the members' own side agrees.
     fn quorum_lost(&self) -> bool {
-        self.voters > 0 && !self.quorum
+        self.voters > 0 && !self.quorum && self.lost_by_evidence
+    }
+
+    /// The operator does not see a quorum, but the members' own side says a majority serves.
+    fn unreached(&self) -> bool {
+        self.voters > 0 && !self.quorum && !self.lost_by_evidence
     }
 }
 
@@ -175,6 +186,14 @@ fn health<'a>(view: &View, members: &'a [MemberStatus]) -> Health<'a> {
             .members
             .iter()
             .any(|m| m.status.as_ref().is_some_and(|s| s.member_id.is_some())),
+        lost_by_evidence: {
+            let voters: Vec<&str> = members
+                .iter()
+                .filter(|m| m.role != Some(MemberRole::Learner))
+                .map(|m| m.name.as_str())
+                .collect();
+            evidence::quorum_lost(&voters, &view.said)
+        },
     }
 }
 
@@ -214,9 +233,12 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
         || !h.failed.is_empty()
         || !h.lost.is_empty()
         || !h.diverged.is_empty()
-        || h.quorum_lost();
+        || h.quorum_lost()
+        || h.unreached();
     let reason = if h.quorum_lost() {
         "QuorumLost"
+    } else if h.unreached() {
+        "OperatorCannotReachMembers"
     } else if h.nospace {
         "NoSpace"
     } else if !h.diverged.is_empty() {
@@ -232,7 +254,9 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
     } else {
         "AllHealthy"
     };
-    let message = if h.nospace {
+    let message = if h.unreached() && !h.quorum_lost() {
+        evidence::cannot_reach(h.ready, h.voters)
+    } else if h.nospace {
         "the database reached its quota (NOSPACE): etcd refuses writes until space is recovered".into()
     } else if !h.diverged.is_empty() {
         format!("{} (counted as failed; replaced one at a time)", h.diverged.join("; "))
@@ -301,9 +325,22 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         condition(
             &prev.conditions,
             AVAILABLE,
-            h.quorum,
-            if h.quorum { "Quorum" } else { "NoQuorum" },
-            format!("{} of {} voting members healthy", h.ready, h.voters),
+            h.quorum || h.unreached(),
+            if h.quorum {
+                "Quorum"
+            } else if h.unreached() {
+                "QuorumByItsMembers"
+            } else {
+                "NoQuorum"
+            },
+            if h.unreached() {
+                format!(
+                    "{} of {} voting members reached by the operator; by their agents' reports a majority serves",
+                    h.ready, h.voters
+                )
+            } else {
+                format!("{} of {} voting members healthy", h.ready, h.voters)
+            },
             generation,
         ),
         condition(
@@ -453,6 +490,23 @@ mod tests {
         assert_eq!(cond(&s, AVAILABLE).status, "False");
         assert_eq!(cond(&s, DEGRADED).reason, "QuorumLost");
         assert!(s.current_version.is_some(), "one member still reports its version");
+    }
+
+    #[test]
+    fn members_the_operator_cannot_reach_but_whose_agents_say_serve_are_not_lost() {
+        let mut v = view(3, 1);
+        for said in v.said.values_mut() {
+            *said = crate::operator::evidence::Said::Serving;
+        }
+        let s = build(&cluster(), &v, &Step::Converged);
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(cond(&s, DEGRADED).reason, "OperatorCannotReachMembers");
+        assert!(cond(&s, DEGRADED).message.contains("NetworkPolicy"));
+        assert_eq!(
+            (cond(&s, AVAILABLE).status.as_str(), cond(&s, AVAILABLE).reason.as_str()),
+            ("True", "QuorumByItsMembers")
+        );
+        assert!(s.quorum_lost_since.is_none(), "no clock towards a rebuild");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Views of a cluster for the controller's unit tests.
 
+use crate::operator::evidence::Said;
 use crate::operator::observe::{EtcdView, View};
 use runc_etcd_api::EtcdMember;
 use runc_etcd_host::etcd::{EndpointStatus, MemberInfo};
 
 /// A view of `n` voters, the first the leader, `healthy` of them answering.
 pub fn view(n: u64, healthy: u64) -> View {
+    let healthy_count = healthy;
     let members = (1..=n)
         .map(|id| MemberInfo {
             id,
@@ -33,11 +35,23 @@ pub fn view(n: u64, healthy: u64) -> View {
             (id, s)
         })
         .collect();
+    // Their own side agrees with what the operator sees.
+    let said = (1..=n)
+        .map(|id| {
+            let s = if id <= healthy_count {
+                Said::Serving
+            } else {
+                Said::NotServing("etcd does not serve on its host".into())
+            };
+            (format!("m{id}"), s)
+        })
+        .collect();
     View {
         members: vec![],
         backups: vec![],
         restore: None,
         nodes: vec![],
+        said,
         etcd: Some(EtcdView {
             members,
             healthy,

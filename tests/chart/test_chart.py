@@ -28,6 +28,7 @@ OPERATOR = {
     ("", "secrets"): {"get", "list", "create", "delete"},
     ("", "nodes"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    ("coordination.k8s.io", "leases"): {"list"},
 }
 ELECTION = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 AGENT = {

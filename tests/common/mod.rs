@@ -194,9 +194,14 @@ impl Writer {
     }
 
     pub fn start_with(lab: &Lab, endpoints: Vec<String>, tls: Option<TlsOptions>) -> Writer {
+        Self::start_in(&lab.client_ns(), endpoints, tls)
+    }
+
+    /// A writer in network namespace `ns` (the LAN's, or a host's: an application on a node).
+    pub fn start_in(ns: &str, endpoints: Vec<String>, tls: Option<TlsOptions>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = netns::spawn_in(&lab.client_ns(), move || async move {
+        let handle = netns::spawn_in(ns, move || async move {
             let mut c = connect(endpoints, tls).await;
             let mut acked = Vec::new();
             let mut n = 0u64;

@@ -361,3 +361,30 @@ pub fn assert_one_cluster(p: &Plane, c: &EtcdCluster, n: usize) {
         );
     }
 }
+
+/// The EtcdBackups of the lab's namespace.
+pub fn backups(p: &Plane) -> Vec<runc_etcd_api::EtcdBackup> {
+    let api: Api<runc_etcd_api::EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
+    p.rt.block_on(api.list(&ListParams::default())).unwrap().items
+}
+
+pub fn backup(p: &Plane, name: &str) -> Option<runc_etcd_api::EtcdBackup> {
+    backups(p)
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some(name))
+}
+
+/// Creates EtcdBackup `name` of cluster "main" and waits until it is finished.
+pub fn back_up(p: &Plane, name: &str) -> runc_etcd_api::EtcdBackup {
+    let api: Api<runc_etcd_api::EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let b: runc_etcd_api::EtcdBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": name}, "spec": {"clusterName": "main"}}))
+    .unwrap();
+    p.rt.block_on(api.create(&kube::api::PostParams::default(), &b))
+        .unwrap();
+    super::eventually("the backup finishes", 60, || {
+        backup(p, name).is_some_and(|b| b.finished())
+    });
+    backup(p, name).unwrap()
+}

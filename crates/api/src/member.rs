@@ -82,7 +82,7 @@ pub enum InitialClusterState {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdMemberStatus {
-    /// Pending, Pulling, Starting, Running, Upgrading, Reconfiguring, Failed, Stopping.
+    /// Pending, Pulling, Starting, Running, Upgrading, Reconfiguring, Failed, Stopping, DataLost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<MemberPhase>,
     /// systemd's ActiveState/SubState of the member's unit.
@@ -97,6 +97,17 @@ pub struct EtcdMemberStatus {
     /// etcd version the member runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Whether etcd serves, asked on its own host as `etcdctl endpoint health` asks (it knows a
+    /// leader and, a voter, passes a quorum read). The evidence the controller needs before it
+    /// declares quorum lost or replaces the member; current while the heartbeat Lease is renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    /// The cluster the member says it belongs to (etcd's cluster ID, hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The leader the member says it follows (member ID, hex; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
     /// `spec.nextImage`, once it is pulled and unpacked on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared_image: Option<String>,

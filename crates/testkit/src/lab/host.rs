@@ -333,6 +333,17 @@ impl LabHost {
         .map(|_| ())
     }
 
+    /// Drops (or lets through again) TCP traffic from `from` to this host's `port`: e.g. the
+    /// operator's route to etcd's client port, while the hosts still reach each other.
+    pub fn refuse_from(&self, from: std::net::Ipv4Addr, port: u16, refuse: bool) -> LabResult<()> {
+        let op = if refuse { "-A" } else { "-D" };
+        sh(&format!(
+            "ip netns exec {} iptables {op} INPUT -s {from} -p tcp --dport {port} -j DROP",
+            self.ns()
+        ))
+        .map(|_| ())
+    }
+
     /// Power off (keeping the disk) and boot again.
     pub fn reboot(&self, graceful: bool) -> LabResult<()> {
         self.power_off(graceful);

@@ -126,6 +126,12 @@ impl Lab {
         registry::start_s3(&self.net, &self.dir, buckets)
     }
 
+    /// The LAN's own address: the operator, the registry and the tests' clients reach the hosts
+    /// from it.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.net.gateway()
+    }
+
     pub fn registry_address(&self) -> String {
         format!("{}:{}", self.net.gateway(), registry::PORT)
     }
