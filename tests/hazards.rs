@@ -282,3 +282,226 @@ fn an_operator_cut_off_from_the_members_changes_nothing() {
     assert_no_write_lost(&p, &c, &acked);
     assert_one_cluster(&p, &c, 3);
 }
+
+/// Hazard 7. A new version and new etcd settings applied together. Before: an agent acknowledged
+/// the generation after the image swap and restarted its member again for the settings, while
+/// the controller could already move to the next member: two restarts per member, and two members
+/// down at once when they met. Now both move in one restart, and a generation is acknowledged
+/// only when all of it runs.
+#[test]
+fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
+    let p = Plane::up(3);
+    let c = main_cluster(&p, 3, "");
+    let w = writer(&p, &c);
+    let urls: Vec<String> = c
+        .status
+        .clone()
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect();
+    let watch = DownWatch::start(&p, urls);
+    let since = format!(
+        "@{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+    let both = cluster_yaml("main", 3, &p.lab.image(V_NEW), "  etcd: {snapshotCount: 5000}\n")
+        .replace(&format!("version: {V_MID}"), &format!("version: {V_NEW}"));
+    p.apply(&both).unwrap();
+    let c = p.wait("main", "every member on the new version and settings", 280, |c| {
+        let s = c.status.clone().unwrap_or_default();
+        available_with(c, 3)
+            && s.members.iter().all(|m| m.version.as_deref() == Some(V_NEW))
+            && condition(c, "Progressing") == Some("False")
+    });
+    let state = format!("/var/lib/runc-etcd/{}", p.instance("main"));
+    for h in &p.lab.hosts {
+        let conf = std::fs::read_to_string(h.path(&format!("{state}/etcd.conf.yml"))).unwrap();
+        assert!(conf.contains("snapshot-count: 5000"), "{}: {conf}", h.name());
+    }
+    let most_down = watch.stop();
+    assert!(most_down <= 1, "{most_down} members were down at once");
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
+    for h in &p.lab.hosts {
+        let journal = h
+            .check(&["journalctl", "-u", &unit, "-o", "cat", "--no-pager", "--since", &since])
+            .unwrap();
+        let starts = journal.lines().filter(|l| l.starts_with("Started runc-etcd@")).count();
+        assert_eq!(
+            starts,
+            1,
+            "{}: the member started {starts} times for one change",
+            h.name()
+        );
+    }
+    let acked = w.stop();
+    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
+    assert_no_write_lost(&p, &c, &acked);
+    assert_one_cluster(&p, &c, 3);
+}
+
+/// Polls every member's status (each alone, every 100 ms) until stopped; returns the most
+/// members that did not answer in the same round.
+struct DownWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<usize>,
+}
+
+impl DownWatch {
+    fn start(p: &Plane, urls: Vec<String>) -> DownWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let tls = p.client_tls("main");
+        let handle = runc_etcd_testkit::lab::netns::spawn_in(&p.lab.client_ns(), move || async move {
+            let mut most = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let round = urls.iter().map(|url| {
+                    let (url, tls) = (url.clone(), tls.clone());
+                    async move {
+                        let opts = etcd_client::ConnectOptions::new()
+                            .with_connect_timeout(Duration::from_millis(800))
+                            .with_timeout(Duration::from_millis(800))
+                            .with_tls(tls.unwrap());
+                        match etcd_client::Client::connect([url], Some(opts)).await {
+                            Ok(mut c) => c.status().await.is_err(),
+                            Err(_) => true,
+                        }
+                    }
+                });
+                let down = futures::future::join_all(round)
+                    .await
+                    .into_iter()
+                    .filter(|d| *d)
+                    .count();
+                most = most.max(down);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            most
+        });
+        DownWatch { stop, handle }
+    }
+
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// Hazard 5. One EtcdMember deleted by hand, another's node label changed by hand. Before: the
+/// agent stopped and archived a deleted member at once, with no etcd removal and no quorum check.
+/// Now a member leaves only through the controller's steps: both keep running, the controller
+/// makes the deleted EtcdMember again and puts the label back.
+#[test]
+fn a_member_deleted_or_relabelled_by_hand_keeps_running() {
+    let p = Plane::up(3);
+    let c = main_cluster(&p, 3, "");
+    let w = writer(&p, &c);
+    let ids = |c: &runc_etcd_api::EtcdCluster| {
+        let mut ids: Vec<String> = c
+            .status
+            .clone()
+            .unwrap()
+            .members
+            .iter()
+            .filter_map(|m| m.member_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = ids(&c);
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
+    // Each unit's invocation: a new one means the member was stopped or restarted.
+    let invocations = || -> Vec<String> {
+        p.lab
+            .hosts
+            .iter()
+            .map(|h| {
+                h.check(&["systemctl", "show", "--value", "-p", "InvocationID", &unit])
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    };
+    let started = invocations();
+    let ms = members(&p);
+    let api: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let (deleted, relabelled) = (
+        ms[0].metadata.name.clone().unwrap(),
+        ms[1].metadata.name.clone().unwrap(),
+    );
+    p.rt.block_on(api.delete(&deleted, &DeleteParams::default())).unwrap();
+    let label = serde_json::json!({"metadata": {"labels": {"runc-etcd.io/node": "somewhere-else"}}});
+    p.rt.block_on(api.patch(
+        &relabelled,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&label),
+    ))
+    .unwrap();
+    eventually("both EtcdMembers made whole again", 60, || {
+        let now = members(&p);
+        let again = now.iter().find(|m| m.metadata.name.as_deref() == Some(&deleted));
+        let other = now.iter().find(|m| m.metadata.name.as_deref() == Some(&relabelled));
+        again.is_some_and(|m| m.metadata.deletion_timestamp.is_none())
+            && other.is_some_and(|m| m.metadata.labels.as_ref().unwrap()["runc-etcd.io/node"] == m.spec.node_name)
+    });
+    assert!(p.event_count("main", "MemberRestored") >= 2);
+    // Past the agents' sweep for members with no EtcdMember (every 30 s).
+    std::thread::sleep(Duration::from_secs(35));
+    assert_eq!(invocations(), started, "a member was stopped or restarted");
+    let c = p.wait_ready("main", 3, 60);
+    assert_eq!(ids(&c), before, "the same three members");
+    let acked = w.stop();
+    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
+    assert_no_write_lost(&p, &c, &acked);
+    assert_one_cluster(&p, &c, 3);
+}
+
+/// Debian's libfaketime (package faketime): wall clock moved, monotonic clock left alone.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Hazard 8. A second operator whose clock is an hour ahead. Before: it compared the leader's
+/// renewTime with its own clock, found the Lease an hour old, and led at once beside the leader.
+/// Now a Lease expires only after it has not changed for its duration on the candidate's own
+/// clock: the standby waits while the leader renews, and takes over once it is gone.
+#[test]
+fn an_operator_whose_clock_is_an_hour_ahead_does_not_lead_beside_the_leader() {
+    let mut p = Plane::up(1);
+    let c = main_cluster(&p, 1, "");
+    let w = writer(&p, &c);
+    let ahead =
+        p.cp.start_operator(&[
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME", "+1h"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ])
+        .unwrap();
+    // Several lease durations (the lab's is 4 s) while the leader renews.
+    std::thread::sleep(Duration::from_secs(16));
+    let log = p.cp.operator_log(ahead);
+    assert!(log.contains("waiting to lead"), "the second operator runs: {log}");
+    assert!(!log.contains("leading as"), "two operators lead at once:\n{log}");
+    assert_eq!(p.cp.operator_exit(0), None, "the leader still runs");
+    // The leader dies: the operator ahead takes over and carries on.
+    p.cp.kill_operator(0);
+    eventually("the operator ahead to lead", 60, || {
+        p.cp.operator_log(ahead)
+            .contains(&format!("leading as operator-{ahead}"))
+    });
+    p.apply(&cluster_yaml("main", 3, &p.lab.image(V_MID), "")).unwrap();
+    let c = p.wait(
+        "main",
+        "the new leader's report of the spec it cannot carry out",
+        60,
+        |c| degraded_by(c, "InsufficientNodes", ""),
+    );
+    let acked = w.stop();
+    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
+    assert_no_write_lost(&p, &c, &acked);
+    assert_one_cluster(&p, &c, 1);
+}

@@ -50,26 +50,32 @@ pub(super) async fn run(
             }
             base
         }
+        // This generation's change failed and was rolled back: it is not tried again (no restart
+        // loop) until the spec changes; the member runs as it was, and the failure stays reported.
+        Some(_) if failed_now(m, &base) => base,
         Some(record) => {
             let base = prepare_next_image(ctx, m, base).await?;
-            if record.tuning != wanted.tuning && record.image.reference == wanted.image {
-                let message = "restarting with new etcd settings".to_string();
-                ctx.report(m, phase(base.clone(), MemberPhase::Reconfiguring, message))
-                    .await?;
-                if let Err(e) = host::reconfigure_member(&ctx.engine, &ctx.instance, wanted.tuning.clone()).await {
-                    ctx.report(m, phase(base, MemberPhase::Failed, e.to_string())).await?;
-                    return Err(e.into());
-                }
-            }
+            // A new image and new settings move in one restart, and the generation is
+            // acknowledged (after the probe) only once all of it runs: the controller never moves
+            // to the next member while this one has a restart still to come.
             if record.image.reference != wanted.image {
                 // The controller gates this (every member healthy, one at a time), so the engine's
                 // own health check of the others is skipped.
                 let message = format!("upgrading {} → {}", record.image.reference, wanted.image);
                 ctx.report(m, phase(base.clone(), MemberPhase::Upgrading, message))
                     .await?;
-                if let Err(e) = host::upgrade(&ctx.engine, &ctx.instance, &wanted.image, true).await {
-                    ctx.report(m, phase(base, MemberPhase::Failed, e.to_string())).await?;
-                    return Err(e.into());
+                let tuning = Some(wanted.tuning.clone());
+                if let Err(e) = host::upgrade(&ctx.engine, &ctx.instance, &wanted.image, tuning, true).await {
+                    return Err(stop_here(ctx, m, base, e.into()).await);
+                }
+            }
+            let record = ctx.engine.require(&ctx.instance)?;
+            if record.tuning != wanted.tuning {
+                let message = "restarting with new etcd settings".to_string();
+                ctx.report(m, phase(base.clone(), MemberPhase::Reconfiguring, message))
+                    .await?;
+                if let Err(e) = host::reconfigure_member(&ctx.engine, &ctx.instance, wanted.tuning.clone()).await {
+                    return Err(stop_here(ctx, m, base, e.into()).await);
                 }
             }
             base
@@ -89,6 +95,28 @@ pub(super) async fn run(
         }
     };
     Ok((record, base))
+}
+
+/// Whether this generation's change already failed here (`EtcdMemberStatus::failed_generation`).
+pub(super) fn failed_now(m: &EtcdMember, status: &EtcdMemberStatus) -> bool {
+    status.failed_generation.is_some() && status.failed_generation == m.metadata.generation
+}
+
+/// A change that failed (and was rolled back by the engine): reported as Failed for this
+/// generation, which is not tried again until the spec changes. Returns the error.
+async fn stop_here(ctx: &Ctx, m: &EtcdMember, base: EtcdMemberStatus, e: crate::Error) -> crate::Error {
+    let status = EtcdMemberStatus {
+        failed_generation: m.metadata.generation,
+        ..phase(
+            base,
+            MemberPhase::Failed,
+            format!("{e}; not tried again until the spec changes"),
+        )
+    };
+    if let Err(report) = ctx.report(m, status).await {
+        tracing::warn!("reporting the failure: {report}");
+    }
+    e
 }
 
 /// Why the member installed here must not run (its data is gone, `host::data_lost`), after

@@ -130,8 +130,24 @@ async fn sweep_once(ctx: &Ctx, selector: &str) -> Result<()> {
     if wanted.iter().any(|m| m.spec.member_name == record.name.as_str()) {
         return Ok(());
     }
+    // Evidence from the member itself: one that still serves is a member of its cluster (its
+    // EtcdMember was deleted or relabelled by hand, and the controller makes it again); one that
+    // was removed from etcd does not serve.
+    let serving = match ctx.engine.access(&record) {
+        Ok(access) => tokio::time::timeout(RESYNC, access.health(&record.client_url()))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        Err(_) => false,
+    };
+    if serving {
+        tracing::warn!(
+            "{} runs here with no EtcdMember, but etcd says it serves: kept running",
+            record.name
+        );
+        return Ok(());
+    }
     tracing::warn!(
-        "{} runs here but has no EtcdMember any more: stopping and archiving it",
+        "{} runs here but has no EtcdMember any more and does not serve: stopping and archiving it",
         record.name
     );
     host::retire_member(&ctx.engine, &ctx.instance, &record.name).await?;
@@ -183,7 +199,12 @@ async fn reconcile(m: Arc<EtcdMember>, ctx: Arc<Ctx>) -> Result<Action> {
 async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
     let name = MemberName::new(m.spec.member_name.clone())?;
     if m.metadata.deletion_timestamp.is_some() {
-        return retire::run(m, ctx, &name).await;
+        if runc_etcd_api::contract::released(m) {
+            return retire::run(m, ctx, &name).await;
+        }
+        // Deleted by hand: members leave only through the controller's steps, which remove them
+        // from etcd first and keep quorum. It keeps running; the controller makes it again.
+        tracing::warn!("{name}: its EtcdMember was deleted without the controller releasing it; it keeps running");
     }
     // observedGeneration moves only once the spec is made real (the controller waits on it).
     let base = m.status.clone().unwrap_or_default();
@@ -204,9 +225,17 @@ async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
     if let Some(why) = converge::lost_data(ctx, &name).await? {
         return report::write(m, ctx, &name, phase(base, MemberPhase::DataLost, why)).await;
     }
+    let failed = converge::failed_now(m, &base);
+    let (image, tuning) = (wanted.image.clone(), wanted.tuning.clone());
     let (record, base) = converge::run(m, ctx, &name, wanted, base).await?;
+    // The generation is acknowledged only when all of it runs here.
+    let whole = !failed && record.image.reference == image && record.tuning == tuning;
     let seen = probe::run(ctx, &record).await?;
-    let status = probe::status(base, &seen, m.metadata.generation);
+    let mut status = probe::status(base.clone(), &seen, m.metadata.generation.filter(|_| whole));
+    if failed {
+        // The failure stays reported until the spec changes.
+        (status.phase, status.message) = (base.phase, base.message);
+    }
     if status.phase == Some(MemberPhase::Running) {
         // etcd runs on this data: from now on it is the member's own (host::stamp_data).
         host::stamp_data(&ctx.engine, &ctx.instance)?;

@@ -47,8 +47,9 @@ pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
 }
 
 /// The member's status from what was seen: Running once etcd answers (observedGeneration then
-/// moves to `generation`), Failed when the unit failed, else Starting.
-pub(super) fn status(base: EtcdMemberStatus, seen: &Seen, generation: Option<i64>) -> EtcdMemberStatus {
+/// moves to `ack`, the generation this pass made whole, if any), Failed when the unit failed,
+/// else Starting.
+pub(super) fn status(base: EtcdMemberStatus, seen: &Seen, ack: Option<i64>) -> EtcdMemberStatus {
     let status = EtcdMemberStatus {
         unit_state: Some(format!("{}/{}", seen.unit.active_state, seen.unit.sub_state)),
         restart_count: seen.unit.n_restarts as i32,
@@ -69,7 +70,7 @@ pub(super) fn status(base: EtcdMemberStatus, seen: &Seen, generation: Option<i64
             EtcdMemberStatus {
                 member_id: Some(format!("{:x}", s.member_id)),
                 version: Some(s.version.clone()),
-                observed_generation: generation,
+                observed_generation: ack.or(status.observed_generation),
                 serving: Some(seen.serving.is_ok()),
                 cluster_id: Some(format!("{:x}", s.cluster_id)),
                 leader: (s.leader != 0).then(|| format!("{:x}", s.leader)),
@@ -119,6 +120,16 @@ mod tests {
         assert_eq!(
             (s.serving, s.cluster_id.as_deref(), s.leader.as_deref()),
             (Some(true), Some("c1"), Some("cd"))
+        );
+        let acked_before = EtcdMemberStatus {
+            observed_generation: Some(2),
+            ..Default::default()
+        };
+        let s = status(acked_before, &answered, None);
+        assert_eq!(
+            s.observed_generation,
+            Some(2),
+            "a pass that did not make all of generation 3 real does not acknowledge it"
         );
         let cut_off = Seen {
             serving: Err("no leader".into()),

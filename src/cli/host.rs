@@ -205,7 +205,7 @@ pub async fn run(args: HostArgs) -> Result<()> {
             }
         }
         Action::Upgrade { image, force } => {
-            let r = engine::upgrade(&engine, &instance, &image, force).await?;
+            let r = engine::upgrade(&engine, &instance, &image, None, force).await?;
             if r.changed {
                 println!("Upgraded {instance}: {} -> {} (etcd {})", r.from, r.to, r.version);
                 println!(

@@ -16,6 +16,7 @@ use crate::operator::children;
 use crate::operator::context::Ctx;
 use crate::operator::observe::{self, View};
 use crate::operator::plan;
+use runc_etcd_api::contract::release_and_delete;
 use runc_etcd_api::contract::{ClusterNames, MEMBER_FINALIZER};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{EtcdCluster, EtcdMember, InitialClusterState, Operation, OperationKind};
@@ -193,9 +194,8 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
         )));
     }
     if let Some(o) = obj {
-        if o.metadata.deletion_timestamp.is_none() {
-            members.delete(&o.name_any(), &DeleteParams::default()).await?;
-        }
+        // etcd has let it go: its agent may stop and archive it.
+        release_and_delete(&members, o, "removed from etcd").await?;
         let node = view.nodes.iter().find(|n| n.name == o.spec.node_name);
         if node.is_none_or(|n| !n.ready) && o.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
             // Its host is gone or unreachable, and its agent with it: nobody can archive the data
@@ -234,9 +234,7 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
 async fn rebuild(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Outcome> {
     let members: Api<EtcdMember> = ctx.api(c);
     for o in &view.members {
-        if o.metadata.deletion_timestamp.is_none() {
-            members.delete(&o.name_any(), &DeleteParams::default()).await?;
-        }
+        release_and_delete(&members, o, "rebuilt from a backup after quorum loss").await?;
         let node_ready = view.nodes.iter().any(|n| n.name == o.spec.node_name && n.ready);
         if !node_ready && o.finalizers().iter().any(|f| f == MEMBER_FINALIZER) {
             let patch = runc_etcd_api::objects::finalizers_patch(o, None, Some(MEMBER_FINALIZER));

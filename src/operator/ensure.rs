@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::operator::children;
 use crate::operator::context::{Ctx, apply, selector};
-use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames};
+use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, MEMBER_FINALIZER, NODE_LABEL, released};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
 use runc_etcd_host::etcd::Access;
@@ -70,7 +70,69 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         &Patch::Apply(&children::client_service(c)),
     )
     .await?;
+    restore_members(c, ctx).await?;
     Ok(Ensured::Ready(access))
+}
+
+/// EtcdMembers deleted or relabelled by hand are made again as they were: members leave only
+/// through the controller's steps (etcd removes them first, quorum kept), and their agents keep
+/// running a member whose EtcdMember was not released (`contract::released`).
+async fn restore_members(c: &EtcdCluster, ctx: &Ctx) -> Result<()> {
+    let api: Api<EtcdMember> = ctx.api(c);
+    for m in api.list(&selector(c)).await?.items {
+        let name = m.name_any();
+        if m.metadata.deletion_timestamp.is_some() && !released(&m) {
+            // A deleting object cannot be taken back: let it go (its member keeps running) and
+            // make it again from what it said.
+            let patch = runc_etcd_api::objects::finalizers_patch(&m, None, Some(MEMBER_FINALIZER));
+            api.patch(&name, &PatchParams::default(), &patch).await?;
+            let again = EtcdMember {
+                metadata: kube::api::ObjectMeta {
+                    name: m.metadata.name.clone(),
+                    namespace: m.metadata.namespace.clone(),
+                    labels: m.metadata.labels.clone(),
+                    owner_references: m.metadata.owner_references.clone(),
+                    finalizers: Some(vec![MEMBER_FINALIZER.into()]),
+                    ..Default::default()
+                },
+                spec: m.spec.clone(),
+                status: None,
+            };
+            create_again(&api, &again).await?;
+            let note = format!(
+                "EtcdMember {name} was deleted by hand: it was made again and its member kept running. Members leave only through the controller (lower spec.size; a failed member is replaced by itself)"
+            );
+            ctx.event(c, EventType::Warning, "MemberRestored", Some(&name), note)
+                .await;
+        } else if m.labels().get(NODE_LABEL) != Some(&m.spec.node_name) {
+            let patch = json!({"metadata": {"labels": {NODE_LABEL: m.spec.node_name}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            let note = format!(
+                "EtcdMember {name}'s node label was changed by hand: put back to {}",
+                m.spec.node_name
+            );
+            ctx.event(c, EventType::Warning, "MemberRestored", Some(&name), note)
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `m` once its deleted predecessor of the same name is gone (a few seconds at most).
+async fn create_again(api: &Api<EtcdMember>, m: &EtcdMember) -> Result<()> {
+    for _ in 0..25 {
+        match api.create(&kube::api::PostParams::default(), m).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::transient(
+        "making a hand-deleted EtcdMember again",
+        "its predecessor is still being deleted",
+    ))
 }
 
 /// A spec the hosts cannot carry: said in an Event and in status; nothing else is made.

@@ -7,14 +7,14 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PatchParams};
+use kube::api::{Api, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
 use crate::error::Result;
 use crate::operator::context::{Ctx, selector};
-use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames};
+use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, release_and_delete, released};
 use runc_etcd_api::objects::delete_if_present;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
 
@@ -25,8 +25,11 @@ pub async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     let members: Api<EtcdMember> = ctx.api(c);
     let left = members.list(&selector(c)).await?.items;
     if !left.is_empty() {
-        for m in left.iter().filter(|m| m.metadata.deletion_timestamp.is_none()) {
-            members.delete(&m.name_any(), &DeleteParams::default()).await?;
+        for m in left
+            .iter()
+            .filter(|m| m.metadata.deletion_timestamp.is_none() || !released(m))
+        {
+            release_and_delete(&members, m, "the cluster is deleted").await?;
             ctx.event(
                 c,
                 EventType::Normal,

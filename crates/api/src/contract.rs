@@ -8,8 +8,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
 use runc_etcd_host::pki::{Ca, ClientTls, MemberCerts};
 
 use crate::EtcdCluster;
@@ -23,6 +23,10 @@ pub const CLUSTER_FINALIZER: &str = "runc-etcd.io/cluster";
 /// The agent's finalizer on EtcdMembers, set by the controller at creation so no member can be
 /// deleted before its host has stopped and archived it.
 pub const MEMBER_FINALIZER: &str = "runc-etcd.io/agent";
+/// On EtcdMembers the controller deletes: etcd has let the member go (or the whole cluster goes),
+/// so its agent may stop and archive it. An EtcdMember deleted without it (by hand) is never
+/// stopped: members leave only through the controller's steps, which keep quorum.
+pub const RELEASED_ANNOTATION: &str = "runc-etcd.io/released";
 /// On EtcdBackups: the stored snapshot is deleted before the object goes.
 pub const BACKUP_FINALIZER: &str = "runc-etcd.io/snapshot";
 /// A user's request to rebuild a cluster that lost quorum from a backup (`latest` or a name).
@@ -95,6 +99,28 @@ pub fn read_member_certs(s: &Secret) -> Option<MemberCerts> {
         peer: (file(s, "peer.crt")?, file(s, "peer.key")?),
         client: (file(s, "client.crt")?, file(s, "client.key")?),
     })
+}
+
+/// Whether the controller released this member (`RELEASED_ANNOTATION`).
+pub fn released(m: &crate::EtcdMember) -> bool {
+    m.annotations().contains_key(RELEASED_ANNOTATION)
+}
+
+/// Releases the member (why: the step), then deletes it. Idempotent.
+pub async fn release_and_delete(api: &Api<crate::EtcdMember>, m: &crate::EtcdMember, why: &str) -> kube::Result<()> {
+    let name = m.metadata.name.clone().unwrap_or_default();
+    if !released(m) {
+        let patch = serde_json::json!({"metadata": {"annotations": {RELEASED_ANNOTATION: why}}});
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    if m.metadata.deletion_timestamp.is_none() {
+        crate::objects::delete_if_present(api, &name).await?;
+    }
+    Ok(())
 }
 
 /// The agent's heartbeat for a member: a Lease named after it, renewed by its node.

@@ -111,6 +111,10 @@ pub struct EtcdMemberStatus {
     /// `spec.nextImage`, once it is pulled and unpacked on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared_image: Option<String>,
+    /// A spec generation whose change failed on the host (and was rolled back): the agent does
+    /// not try it again, and the member runs as before, until the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
     /// The spec generation the agent has made real.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::etcd;
+use crate::member::Tuning;
 use crate::names::InstanceName;
 use crate::{Engine, image, systemd};
 
@@ -17,7 +18,18 @@ pub struct UpgradeReport {
     pub changed: bool,
 }
 
-pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, force: bool) -> Result<UpgradeReport> {
+/// Swaps the member's image; with `tuning`, its etcd settings move in the same restart (the
+/// agent's combined change: one restart per member, not two).
+pub async fn upgrade(
+    engine: &Engine,
+    instance: &InstanceName,
+    reference: &str,
+    tuning: Option<Tuning>,
+    force: bool,
+) -> Result<UpgradeReport> {
+    if let Some(t) = &tuning {
+        t.check()?;
+    }
     let _lock = engine.lock(instance)?;
     let mut record = engine.require(instance)?;
     let img = image::ensure(&engine.layout.images_dir(), reference, &engine.pull).await?;
@@ -60,6 +72,9 @@ pub async fn upgrade(engine: &Engine, instance: &InstanceName, reference: &str, 
     systemd::stop(instance).await?;
     record.previous_image = Some(record.image.clone());
     record.image = img.record;
+    if let Some(t) = tuning {
+        record.tuning = t;
+    }
     if let Err(e) = engine.write_member_files(&record, &img.rootfs) {
         // Nothing ran on the new image yet: put the old files back and start the member again.
         let _ = engine.write_member_files(&before, &engine.rootfs(&before)?);
