@@ -510,3 +510,67 @@ fn an_operator_whose_clock_is_an_hour_ahead_does_not_lead_beside_the_leader() {
     assert_no_write_lost(&p, &c, &acked);
     assert_one_cluster(&p, &c, 1);
 }
+
+/// Hazard 9 (a first part). The operator dies right after etcd removed a member in a scale-down,
+/// before the member's EtcdMember is released (a failpoint). A new leader finishes that same
+/// removal exactly once: the member is released, stopped and archived on its host, and no other
+/// member is removed.
+#[test]
+fn a_new_leader_finishes_the_removal_its_predecessor_died_in() {
+    if !cfg!(feature = "failpoints") {
+        panic!("this test needs the operator's failpoints: cargo nextest run --features runc-etcd/failpoints");
+    }
+    let mut p = Plane::up_with(3, &[("RUNC_ETCD_FAILPOINT", "after-remove-from-etcd")]);
+    let c = main_cluster(&p, 3, "");
+    let w = writer(&p, &c);
+    p.apply(&cluster_yaml("main", 2, &p.lab.image(V_MID), "")).unwrap();
+    eventually("operator 0 to die at the failpoint", 90, || {
+        p.cp.operator_exit(0).is_some()
+    });
+    assert_eq!(p.cp.operator_exit(0), Some(86), "{}", p.cp.operator_log(0));
+    // Mid-change: etcd lists two members, three EtcdMembers remain, the change is in status.
+    let op = p.get("main").unwrap().status.unwrap().last_operation.unwrap();
+    assert_eq!((op.kind.as_str(), op.state.as_str()), ("RemoveMember", "InProgress"));
+    let removed = op.member.clone().unwrap();
+    assert_eq!(members(&p).len(), 3);
+
+    p.cp.start_operator(&[]).unwrap();
+    let c = p.wait_ready("main", 2, 180);
+    let op = c.status.clone().unwrap().last_operation.unwrap();
+    assert_eq!(
+        (op.kind.as_str(), op.member.as_deref(), op.state.as_str()),
+        ("RemoveMember", Some(removed.as_str()), "Succeeded")
+    );
+    assert_eq!(
+        p.event_count("main", "RemoveMemberSucceeded"),
+        1,
+        "removed exactly once"
+    );
+    let left: Vec<String> = members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&removed), "{left:?}");
+    // Its host stopped it and keeps its data in archive/.
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
+    let state = format!("/var/lib/runc-etcd/{}", p.instance("main"));
+    let stopped: Vec<_> = p
+        .lab
+        .hosts
+        .iter()
+        .filter(|h| {
+            !h.exec(&["systemctl", "is-active", "--quiet", &unit])
+                .unwrap()
+                .status
+                .success()
+        })
+        .collect();
+    assert_eq!(stopped.len(), 1, "one unit stopped");
+    let archived = std::fs::read_dir(stopped[0].path(&format!("{state}/archive")))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().join("data/member").is_dir());
+    assert!(archived, "the removed member's data is archived on its host");
+    let acked = w.stop();
+    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
+    assert_no_write_lost(&p, &c, &acked);
+    assert_one_cluster(&p, &c, 2);
+}

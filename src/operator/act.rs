@@ -34,9 +34,11 @@ pub(super) enum Outcome {
     Failed(String),
 }
 
-/// Test hook: `RUNC_ETCD_FAILPOINT=after-add-learner` makes the process die right after etcd
-/// registered a learner, before its EtcdMember exists: the worst moment for a crash. Only in
-/// builds with the `failpoints` feature (the lab tests'); the release build and the image have none.
+/// Test hook: `RUNC_ETCD_FAILPOINT=<name>` makes the process die at that point — after etcd
+/// registered a learner, before its EtcdMember exists (`after-add-learner`); after etcd removed a
+/// member, before its EtcdMember is released (`after-remove-from-etcd`): the worst moments for a
+/// crash. Only in builds with the `failpoints` feature (the lab tests'); the release build and the
+/// image have none.
 #[cfg(feature = "failpoints")]
 fn failpoint(name: &str) {
     if std::env::var("RUNC_ETCD_FAILPOINT").is_ok_and(|f| f == name) {
@@ -187,6 +189,7 @@ async fn remove(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, name: 
                 return Ok(Outcome::NotYet(format!("etcd did not remove {name} yet: {e}")));
             }
             tracing::info!("{}: {name} ({:x}) removed from etcd", c.instance(), m.id);
+            failpoint("after-remove-from-etcd");
         }
     } else if obj.is_some() {
         return Ok(Outcome::NotYet(format!(
