@@ -33,7 +33,7 @@ impl UnitState {
     /// leaves the unit "activating" forever (TimeoutStartSec=infinity), never restarted. Seen
     /// here: runc with a `<defunct>` etcd child for minutes.
     pub fn stuck_starting(&self) -> bool {
-        self.active_state == "activating" && self.main_pid != 0 && has_zombie_child(self.main_pid)
+        self.active_state == "activating" && self.main_pid != 0 && has_exited_etcd(self.main_pid)
     }
 
     /// Enabled: the instance has a `multi-user.target.wants/` link and starts at boot.
@@ -42,9 +42,11 @@ impl UnitState {
     }
 }
 
-/// Whether a child of `pid` (forked by any of its threads: runc is a Go program) has exited
-/// and not been reaped.
-fn has_zombie_child(pid: u32) -> bool {
+/// Whether an `etcd` child of `pid` (forked by any of its threads: runc is a Go program) has
+/// exited and not been reaped. Only etcd counts: runc's own `runc init` stages exit and wait a
+/// moment for runc to reap them while any container starts, and killing the unit then would
+/// restart a healthy member.
+fn has_exited_etcd(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
@@ -56,8 +58,9 @@ fn has_zombie_child(pid: u32) -> bool {
             std::fs::read_to_string(format!("/proc/{child}/stat"))
                 .ok()
                 .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(')')?;
-                    Some(rest.trim_start().starts_with('Z'))
+                    let (head, rest) = stat.rsplit_once(')')?;
+                    let comm = head.split_once('(')?.1;
+                    Some(comm == "etcd" && rest.trim_start().starts_with('Z'))
                 })
                 .unwrap_or(false)
         })
@@ -174,9 +177,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_unit_whose_child_exited_unreaped_is_stuck_starting() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+    fn a_unit_whose_etcd_exited_unreaped_is_stuck_starting() {
         let me = std::process::id();
+        // Another child that exits unreaped (as runc's init stages do while a container starts)
+        // is not etcd.
+        let mut other = std::process::Command::new("true").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let not_etcd = UnitState {
+            active_state: "activating".into(),
+            main_pid: me,
+            ..Default::default()
+        };
+        assert!(!not_etcd.stuck_starting(), "a runc init stage is not etcd");
+        other.wait().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = dir.path().join("etcd");
+        std::os::unix::fs::symlink("/bin/true", &etcd).unwrap();
+        let mut child = std::process::Command::new(&etcd).spawn().unwrap();
         let starting = |active: &str| UnitState {
             active_state: active.into(),
             main_pid: me,
