@@ -307,6 +307,16 @@ fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
         .map(|m| m.client_url.clone())
         .collect();
     let watch = DownWatch::start(&p, urls);
+    // Every unit has had its READY (the last learner's may come after the cluster is
+    // Available), so that the starts counted below are the change's own.
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
+    eventually("every member's unit active", 60, || {
+        p.lab.hosts.iter().all(|h| {
+            h.check(&["systemctl", "show", "--value", "-p", "ActiveState", &unit])
+                .is_ok_and(|s| s.trim() == "active")
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1100));
     let since = format!(
         "@{}",
         std::time::SystemTime::now()
@@ -330,7 +340,6 @@ fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
     }
     let most_down = watch.stop();
     assert!(most_down <= 1, "{most_down} members were down at once");
-    let unit = format!("runc-etcd@{}.service", p.instance("main"));
     for h in &p.lab.hosts {
         let journal = h
             .check(&["journalctl", "-u", &unit, "-o", "cat", "--no-pager", "--since", &since])
