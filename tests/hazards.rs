@@ -32,6 +32,15 @@ fn writer(p: &Plane, c: &runc_etcd_api::EtcdCluster) -> Writer {
     Writer::start_with(&p.lab, endpoints, p.client_tls("main"))
 }
 
+/// The end of every hazard: the writer stops having made progress (at least `writes`), every
+/// write it saw acknowledged is there, and the `n` members are one cluster.
+fn nothing_lost(p: &Plane, c: &runc_etcd_api::EtcdCluster, w: Writer, writes: usize, n: usize) {
+    let acked = w.stop();
+    assert!(acked.len() > writes, "the writer kept writing: {} writes", acked.len());
+    assert_no_write_lost(p, c, &acked);
+    assert_one_cluster(p, c, n);
+}
+
 fn members(p: &Plane) -> Vec<EtcdMember> {
     let api: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
     p.rt.block_on(api.list(&ListParams::default())).unwrap().items
@@ -104,10 +113,7 @@ fn a_member_whose_data_is_lost_does_not_start_a_second_cluster() {
     let c = p.wait("main", "the member replaced", 300, |c| {
         available_with(c, 3) && c.status.as_ref().unwrap().members.iter().all(|m| m.name != name)
     });
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 3);
+    nothing_lost(&p, &c, w, 100, 3);
     assert_eq!(members(&p).len(), 3, "one EtcdMember per member, none grown");
 }
 
@@ -182,11 +188,8 @@ fn a_missing_ca_is_reported_and_never_made_again() {
         available_with(c, 3) && condition(c, "Degraded") == Some("False")
     });
 
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
     // Read with the re-issued identity: it is of the same CA the members trust.
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 3);
+    nothing_lost(&p, &c, w, 100, 3);
 }
 
 /// Hazard 2. An EtcdCluster deleted and made again under the same name. Before: its token was
@@ -214,14 +217,11 @@ fn a_cluster_made_again_under_the_same_name_is_another_cluster() {
     assert!(token.ends_with(second.metadata.uid.as_deref().unwrap()), "{token}");
     let w = writer(&p, &second);
     std::thread::sleep(Duration::from_secs(5));
-    let acked = w.stop();
-    assert!(acked.len() > 20, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &second, &acked);
+    nothing_lost(&p, &second, w, 20, 1);
     assert!(
         !p.all_keys("main").keys().any(|k| k.starts_with("old/")),
         "the new cluster starts empty"
     );
-    assert_one_cluster(&p, &second, 1);
 }
 
 /// Hazard 4. The operator loses its route to the members (a NetworkPolicy, a broken route from
@@ -282,10 +282,7 @@ fn an_operator_cut_off_from_the_members_changes_nothing() {
     let c = p.wait("main", "reached again", 90, |c| {
         available_with(c, 3) && condition(c, "Degraded") == Some("False")
     });
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 3);
+    nothing_lost(&p, &c, w, 100, 3);
 }
 
 /// Hazard 7. A new version and new etcd settings applied together. Before: an agent acknowledged
@@ -352,10 +349,7 @@ fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
             h.name()
         );
     }
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 3);
+    nothing_lost(&p, &c, w, 100, 3);
 }
 
 /// Polls every member's status (each alone, every 100 ms) until stopped; returns the most
@@ -470,10 +464,7 @@ fn a_member_deleted_or_relabelled_by_hand_keeps_running() {
     assert_eq!(invocations(), started, "a member was stopped or restarted");
     let c = p.wait_ready("main", 3, 60);
     assert_eq!(ids(&c), before, "the same three members");
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 3);
+    nothing_lost(&p, &c, w, 100, 3);
 }
 
 /// Debian's libfaketime (package faketime): wall clock moved, monotonic clock left alone.
@@ -514,10 +505,7 @@ fn an_operator_whose_clock_is_an_hour_ahead_does_not_lead_beside_the_leader() {
         60,
         |c| degraded_by(c, "InsufficientNodes", ""),
     );
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 1);
+    nothing_lost(&p, &c, w, 100, 1);
 }
 
 /// Hazard 9 (a first part). The operator dies right after etcd removed a member in a scale-down,
@@ -578,8 +566,5 @@ fn a_new_leader_finishes_the_removal_its_predecessor_died_in() {
         .flatten()
         .any(|e| e.path().join("data/member").is_dir());
     assert!(archived, "the removed member's data is archived on its host");
-    let acked = w.stop();
-    assert!(acked.len() > 100, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(&p, &c, &acked);
-    assert_one_cluster(&p, &c, 2);
+    nothing_lost(&p, &c, w, 100, 2);
 }

@@ -24,18 +24,22 @@ pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
     let url = record.client_url();
     let (etcd, serving) = match ctx.engine.access(record) {
         Ok(access) => {
-            let status = tokio::time::timeout(within, access.status(&url))
+            // The health check reads the status first: the status is asked alone only when
+            // the member does not serve.
+            let health = tokio::time::timeout(within, access.health(&url))
                 .await
-                .map_err(|_| Error::transient("etcd status", "timed out"))
-                .and_then(|r| r.map_err(Error::from));
-            let serving = match &status {
-                Ok(_) => tokio::time::timeout(within, access.health(&url))
-                    .await
-                    .map_err(|_| "the health check timed out".to_string())
-                    .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
-                Err(e) => Err(e.to_string()),
-            };
-            (status, serving)
+                .map_err(|_| "the health check timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match health {
+                Ok(status) => (Ok(status), Ok(())),
+                Err(why) => {
+                    let status = tokio::time::timeout(within, access.status(&url))
+                        .await
+                        .map_err(|_| Error::transient("etcd status", "timed out"))
+                        .and_then(|r| r.map_err(Error::from));
+                    (status, Err(why))
+                }
+            }
         }
         Err(e) => (Err(Error::from(e)), Err("no client identity".to_string())),
     };

@@ -235,39 +235,41 @@ enum Asked {
     Learner(Option<EndpointStatus>),
 }
 
-async fn ask(access: &Access, endpoint: String) -> Option<Asked> {
-    let within = Duration::from_secs(4);
-    let status = match tokio::time::timeout(within, access.status(&endpoint)).await {
-        Ok(Ok(s)) => s,
+/// `what` of `endpoint`, within a few seconds; None (logged) when it fails or times out.
+async fn within<T, E: std::fmt::Display>(
+    what: &str,
+    endpoint: &str,
+    question: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(4), question).await {
+        Ok(Ok(answer)) => Some(answer),
         Ok(Err(e)) => {
-            tracing::debug!("status of {endpoint}: {e}");
-            return None;
+            tracing::debug!("{what} of {endpoint}: {e}");
+            None
         }
         Err(_) => {
-            tracing::debug!("status of {endpoint}: timed out");
-            return None;
+            tracing::debug!("{what} of {endpoint}: timed out");
+            None
         }
+    }
+}
+
+async fn ask(access: &Access, endpoint: String) -> Option<Asked> {
+    // The health check reads the member's status first: the status is asked alone only when
+    // the member is not healthy.
+    let health = within("health", &endpoint, access.health(&endpoint)).await;
+    let is_learner = match &health {
+        Some(s) => s.is_learner,
+        None => within("status", &endpoint, access.status(&endpoint)).await?.is_learner,
     };
-    let health = async { tokio::time::timeout(within, access.health(&endpoint)).await.ok()?.ok() };
-    if status.is_learner {
-        return Some(Asked::Learner(health.await));
+    if is_learner {
+        return Some(Asked::Learner(health));
     }
     let list = async {
         let client = access.connect(std::slice::from_ref(&endpoint)).await?;
         etcd::membership(&client).await
     };
-    let membership = match tokio::time::timeout(within, list).await {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
-            tracing::debug!("member list from {endpoint}: {e}");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!("member list from {endpoint}: timed out");
-            return None;
-        }
-    };
-    let health = health.await;
+    let membership = within("member list", &endpoint, list).await?;
     Some(Asked::Voter(Answer {
         endpoint,
         membership,

@@ -230,12 +230,17 @@ impl Writer {
 /// Every acknowledged key is readable through `via`.
 pub fn assert_all_there(lab: &Lab, via: &LabHost, acked: &[String]) {
     let have = keys(lab, via, "w/");
-    let missing: Vec<_> = acked.iter().filter(|k| !have.contains_key(*k)).collect();
+    assert_none_missing(acked, |k| have.contains_key(k));
+}
+
+/// Every key in `acked` is one the cluster `has`; else the first lost ones are named.
+pub fn assert_none_missing(acked: &[String], has: impl Fn(&str) -> bool) {
+    let lost: Vec<_> = acked.iter().filter(|k| !has(k)).collect();
     assert!(
-        missing.is_empty(),
+        lost.is_empty(),
         "{} of {} acknowledged writes lost: {:?}",
-        missing.len(),
+        lost.len(),
         acked.len(),
-        &missing[..missing.len().min(10)]
+        &lost[..lost.len().min(10)]
     );
 }

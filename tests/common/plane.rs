@@ -322,14 +322,7 @@ pub fn assert_no_write_lost(p: &Plane, c: &EtcdCluster, acked: &[String]) {
             .map(|kv| kv.key_str().unwrap().to_string())
             .collect::<std::collections::BTreeSet<_>>()
     });
-    let lost: Vec<_> = acked.iter().filter(|k| !have.contains(*k)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost: {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(10)]
-    );
+    super::assert_none_missing(acked, |k| have.contains(k));
 }
 
 /// Each member, asked alone, lists the same members and names the same leader, and they are
