@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use common::plane::*;
 use common::*;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use runc_etcd_api::{EtcdBackup, EtcdMember};
-use runc_etcd_testkit::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
 
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -131,28 +129,6 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
     let mut after = p.all_keys("copy");
     after.retain(|k, _| k.starts_with("k/"));
     assert_eq!(after, expected);
-}
-
-/// An S3 bucket in the lab, its credentials Secret, and the `spec.backup` lines that use it.
-fn s3_destination(p: &Plane) -> (runc_etcd_testkit::lab::registry::Server, String) {
-    let s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
-    let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
-    let creds: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "s3-creds"},
-        "stringData": {"accessKeyId": S3_ACCESS_KEY, "secretAccessKey": S3_SECRET_KEY}}))
-    .unwrap();
-    p.rt.block_on(secrets.create(&PostParams::default(), &creds)).unwrap();
-    let spec = format!(
-        "  backup:\n    s3:\n      endpoint: http://{}\n      bucket: etcd-backups\n      prefix: lab\n      credentialsSecret: s3-creds\n",
-        s3.address
-    );
-    (s3, spec)
-}
-
-/// Cuts a host's power, and marks its Node not Ready as Kubernetes would.
-fn lose_host(p: &Plane, n: u8) {
-    p.lab.host(n).power_off(false);
-    p.rt.block_on(p.cp.set_node_ready(p.lab.host(n), false)).unwrap();
 }
 
 #[test]

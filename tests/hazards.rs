@@ -6,45 +6,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::hazard::*;
 use common::plane::*;
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use runc_etcd_api::{EtcdMember, InitialClusterState};
-
-/// The cluster "main" at the lab's 3.5 image, with `extra` spec lines.
-fn main_cluster(p: &Plane, size: u32, extra: &str) -> runc_etcd_api::EtcdCluster {
-    p.apply(&cluster_yaml("main", size, &p.lab.image(V_MID), extra))
-        .unwrap();
-    p.wait_ready("main", size as i32, 240)
-}
-
-fn writer(p: &Plane, c: &runc_etcd_api::EtcdCluster) -> Writer {
-    let endpoints = c
-        .status
-        .clone()
-        .unwrap()
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
-    Writer::start_with(&p.lab, endpoints, p.client_tls("main"))
-}
-
-/// The end of every hazard: the writer stops having made progress (at least `writes`), every
-/// write it saw acknowledged is there, and the `n` members are one cluster.
-fn nothing_lost(p: &Plane, c: &runc_etcd_api::EtcdCluster, w: Writer, writes: usize, n: usize) {
-    let acked = w.stop();
-    assert!(acked.len() > writes, "the writer kept writing: {} writes", acked.len());
-    assert_no_write_lost(p, c, &acked);
-    assert_one_cluster(p, c, n);
-}
-
-fn members(p: &Plane) -> Vec<EtcdMember> {
-    let api: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
-    p.rt.block_on(api.list(&ListParams::default())).unwrap().items
-}
 
 fn secrets(p: &Plane) -> Api<Secret> {
     Api::namespaced(p.cp.client.clone(), p.ns())
@@ -68,7 +36,7 @@ fn a_member_whose_data_is_lost_does_not_start_a_second_cluster() {
     let p = Plane::up(3);
     let c = main_cluster(&p, 3, "");
     let w = writer(&p, &c);
-    let seed = members(&p)
+    let seed = etcd_members(&p)
         .into_iter()
         .find(|m| m.spec.initial_cluster_state == InitialClusterState::New)
         .expect("the seed's EtcdMember");
@@ -114,7 +82,7 @@ fn a_member_whose_data_is_lost_does_not_start_a_second_cluster() {
         available_with(c, 3) && c.status.as_ref().unwrap().members.iter().all(|m| m.name != name)
     });
     nothing_lost(&p, &c, w, 100, 3);
-    assert_eq!(members(&p).len(), 3, "one EtcdMember per member, none grown");
+    assert_eq!(etcd_members(&p).len(), 3, "one EtcdMember per member, none grown");
 }
 
 /// Hazard 3. The CA Secret is deleted, then the client Secret. Before: a new CA was generated
@@ -238,7 +206,7 @@ fn an_operator_cut_off_from_the_members_changes_nothing() {
         "  recovery: {quorumLoss: RestoreFromBackup, quorumLossTimeout: 10s, memberUnhealthyTimeout: 10s}\n  backup:\n    hostPath:\n      path: /var/backups/etcd\n",
     );
     assert!(back_up(&p, "before").succeeded());
-    let before: Vec<String> = members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
+    let before: Vec<String> = etcd_members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
     // An application on a node keeps writing; the operator is on the LAN.
     let endpoints = c
         .status
@@ -275,7 +243,7 @@ fn an_operator_cut_off_from_the_members_changes_nothing() {
         assert_eq!(condition(&now, "Available"), Some("True"), "{:?}", now.status);
         std::thread::sleep(Duration::from_millis(500));
     }
-    let after: Vec<String> = members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
+    let after: Vec<String> = etcd_members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
     assert_eq!(after, before, "members were replaced");
     assert_eq!(changes(), changes_before, "{:?}", p.event_reasons("main"));
     cut(false);
@@ -295,23 +263,8 @@ fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
     let p = Plane::up(3);
     let c = main_cluster(&p, 3, "");
     let w = writer(&p, &c);
-    // Every unit has had its READY (the last learner's may come after the cluster is
-    // Available), so that the starts counted below are the change's own.
-    let unit = format!("runc-etcd@{}.service", p.instance("main"));
-    eventually("every member's unit active", 60, || {
-        p.lab.hosts.iter().all(|h| {
-            h.check(&["systemctl", "show", "--value", "-p", "ActiveState", &unit])
-                .is_ok_and(|s| s.trim() == "active")
-        })
-    });
-    std::thread::sleep(Duration::from_millis(1100));
-    let since = format!(
-        "@{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    );
+    every_unit_active(&p);
+    let since = Since::now();
     let both = cluster_yaml("main", 3, &p.lab.image(V_NEW), "  etcd: {snapshotCount: 5000}\n")
         .replace(&format!("version: {V_MID}"), &format!("version: {V_NEW}"));
     p.apply(&both).unwrap();
@@ -326,73 +279,8 @@ fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
         let conf = std::fs::read_to_string(h.path(&format!("{state}/etcd.conf.yml"))).unwrap();
         assert!(conf.contains("snapshot-count: 5000"), "{}: {conf}", h.name());
     }
-    let mut downs = Vec::new();
-    for h in &p.lab.hosts {
-        let journal = h
-            .check(&[
-                "journalctl",
-                "-u",
-                &unit,
-                "-o",
-                "short-unix",
-                "--no-pager",
-                "--since",
-                &since,
-            ])
-            .unwrap();
-        let mine = down_spans(&journal);
-        assert_eq!(
-            mine.len(),
-            1,
-            "{}: the member restarted {} times for one change:\n{journal}",
-            h.name(),
-            mine.len()
-        );
-        downs.extend(mine);
-    }
-    // Two members down at the same time is what breaks a three-member quorum's margin.
-    for (i, a) in downs.iter().enumerate() {
-        for b in &downs[i + 1..] {
-            assert!(
-                a.1 <= b.0 || b.1 <= a.0,
-                "two members were down at once: {a:?} and {b:?}"
-            );
-        }
-    }
+    since.one_restart_each_one_at_a_time(&p);
     nothing_lost(&p, &c, w, 100, 3);
-}
-
-/// The spans, in seconds since the epoch, in which a unit was down: from its `Stopping`, its
-/// main process's exit or its `Starting` (whichever comes first) to its next `Started` (the unit
-/// is `Type=notify`, so `Started` is etcd's READY), read from
-/// `journalctl -o short-unix`. The journal is the units' own record, so a slow machine cannot
-/// turn a slow answer into a member counted down.
-fn down_spans(journal: &str) -> Vec<(f64, f64)> {
-    let mut spans = Vec::new();
-    let mut stopping = None;
-    for line in journal.lines() {
-        let Some((at, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        let Ok(at) = at.parse::<f64>() else { continue };
-        let Some((_, message)) = rest.split_once(": ") else {
-            continue;
-        };
-        let goes_down = message.starts_with("Stopping runc-etcd@")
-            || message.starts_with("Starting runc-etcd@")
-            || (message.starts_with("runc-etcd@") && message.contains("Main process exited"));
-        if goes_down {
-            stopping.get_or_insert(at);
-        } else if message.starts_with("Started runc-etcd@") {
-            if let Some(from) = stopping.take() {
-                spans.push((from, at));
-            }
-        }
-    }
-    if let Some(from) = stopping {
-        spans.push((from, f64::INFINITY));
-    }
-    spans
 }
 
 /// Hazard 5. One EtcdMember deleted by hand, another's node label changed by hand. Before: the
@@ -432,7 +320,7 @@ fn a_member_deleted_or_relabelled_by_hand_keeps_running() {
             .collect()
     };
     let started = invocations();
-    let ms = members(&p);
+    let ms = etcd_members(&p);
     let api: Api<EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
     let (deleted, relabelled) = (
         ms[0].metadata.name.clone().unwrap(),
@@ -447,7 +335,7 @@ fn a_member_deleted_or_relabelled_by_hand_keeps_running() {
     ))
     .unwrap();
     eventually("both EtcdMembers made whole again", 60, || {
-        let now = members(&p);
+        let now = etcd_members(&p);
         let again = now.iter().find(|m| m.metadata.name.as_deref() == Some(&deleted));
         let other = now.iter().find(|m| m.metadata.name.as_deref() == Some(&relabelled));
         again.is_some_and(|m| m.metadata.deletion_timestamp.is_none())
@@ -501,65 +389,4 @@ fn an_operator_whose_clock_is_an_hour_ahead_does_not_lead_beside_the_leader() {
         |c| degraded_by(c, "InsufficientNodes", ""),
     );
     nothing_lost(&p, &c, w, 100, 1);
-}
-
-/// Hazard 9 (a first part). The operator dies right after etcd removed a member in a scale-down,
-/// before the member's EtcdMember is released (a failpoint). A new leader finishes that same
-/// removal exactly once: the member is released, stopped and archived on its host, and no other
-/// member is removed.
-#[test]
-fn a_new_leader_finishes_the_removal_its_predecessor_died_in() {
-    if !cfg!(feature = "failpoints") {
-        panic!("this test needs the operator's failpoints: cargo nextest run --features runc-etcd/failpoints");
-    }
-    let mut p = Plane::up_with(3, &[("RUNC_ETCD_FAILPOINT", "after-remove-from-etcd")]);
-    let c = main_cluster(&p, 3, "");
-    let w = writer(&p, &c);
-    p.apply(&cluster_yaml("main", 2, &p.lab.image(V_MID), "")).unwrap();
-    eventually("operator 0 to die at the failpoint", 90, || {
-        p.cp.operator_exit(0).is_some()
-    });
-    assert_eq!(p.cp.operator_exit(0), Some(86), "{}", p.cp.operator_log(0));
-    // Mid-change: etcd lists two members, three EtcdMembers remain, the change is in status.
-    let op = p.get("main").unwrap().status.unwrap().last_operation.unwrap();
-    assert_eq!((op.kind.as_str(), op.state.as_str()), ("RemoveMember", "InProgress"));
-    let removed = op.member.clone().unwrap();
-    assert_eq!(members(&p).len(), 3);
-
-    p.cp.start_operator(&[]).unwrap();
-    let c = p.wait_ready("main", 2, 180);
-    let op = c.status.clone().unwrap().last_operation.unwrap();
-    assert_eq!(
-        (op.kind.as_str(), op.member.as_deref(), op.state.as_str()),
-        ("RemoveMember", Some(removed.as_str()), "Succeeded")
-    );
-    assert_eq!(
-        p.event_count("main", "RemoveMemberSucceeded"),
-        1,
-        "removed exactly once"
-    );
-    let left: Vec<String> = members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert!(!left.contains(&removed), "{left:?}");
-    // Its host stopped it and keeps its data in archive/.
-    let unit = format!("runc-etcd@{}.service", p.instance("main"));
-    let state = format!("/var/lib/runc-etcd/{}", p.instance("main"));
-    let stopped: Vec<_> = p
-        .lab
-        .hosts
-        .iter()
-        .filter(|h| {
-            !h.exec(&["systemctl", "is-active", "--quiet", &unit])
-                .unwrap()
-                .status
-                .success()
-        })
-        .collect();
-    assert_eq!(stopped.len(), 1, "one unit stopped");
-    let archived = std::fs::read_dir(stopped[0].path(&format!("{state}/archive")))
-        .unwrap()
-        .flatten()
-        .any(|e| e.path().join("data/member").is_dir());
-    assert!(archived, "the removed member's data is archived on its host");
-    nothing_lost(&p, &c, w, 100, 2);
 }

@@ -21,6 +21,11 @@ use runc_etcd_api::contract::{ClusterNames, MEMBER_FINALIZER};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{EtcdCluster, EtcdMember, InitialClusterState, Operation, OperationKind};
 use runc_etcd_host::etcd::{self, Access};
+// Where a crash hurts most, the lab tests kill the operator: after etcd registered a learner,
+// before its EtcdMember exists; after etcd removed a member, before its EtcdMember is released;
+// after a member was sent to a new image or settings; after the history was compacted for a
+// NOSPACE recovery; after every member was released for a rebuild.
+use runc_etcd_host::failpoint::hit as failpoint;
 use runc_etcd_host::names::MemberName;
 use runc_etcd_host::pki;
 
@@ -33,22 +38,6 @@ pub(super) enum Outcome {
     /// It cannot be done as recorded (e.g. its node went away before anything was changed).
     Failed(String),
 }
-
-/// Test hook: `RUNC_ETCD_FAILPOINT=<name>` makes the process die at that point — after etcd
-/// registered a learner, before its EtcdMember exists (`after-add-learner`); after etcd removed a
-/// member, before its EtcdMember is released (`after-remove-from-etcd`): the worst moments for a
-/// crash. Only in builds with the `failpoints` feature (the lab tests'); the release build and the
-/// image have none.
-#[cfg(feature = "failpoints")]
-fn failpoint(name: &str) {
-    if std::env::var("RUNC_ETCD_FAILPOINT").is_ok_and(|f| f == name) {
-        tracing::error!("failpoint {name}: exiting");
-        std::process::exit(86);
-    }
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn failpoint(_: &str) {}
 
 /// Before an upgrade: each member's node pulls `target` while the old image still runs
 /// (EtcdMember `nextImage`), so the upgrade itself does not wait on a registry.
@@ -244,6 +233,7 @@ async fn rebuild(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Outcome> {
             members.patch(&o.name_any(), &PatchParams::default(), &patch).await?;
         }
     }
+    failpoint("after-release-for-rebuild");
     if let Some(o) = view.members.first() {
         return Ok(Outcome::NotYet(format!(
             "waiting for the agents to stop and archive {} (and {} more)",
@@ -313,6 +303,7 @@ async fn upgrade_member(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
         members
             .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
+        failpoint("after-upgrade-patch");
         return Ok(Outcome::NotYet(format!("{name} is being moved to {target}")));
     }
     let running = me.and_then(|m| etcd_view.healthy.get(&m.id)).map(|s| s.version.clone());
@@ -381,6 +372,7 @@ async fn recover_space(view: &View, access: &Access) -> Result<Outcome> {
     let endpoints: Vec<String> = members.iter().filter_map(|m| m.client_urls.first().cloned()).collect();
     let client = access.connect(&endpoints).await?;
     let rev = etcd::compact_all(&client).await?;
+    failpoint("after-compact");
     for url in &endpoints {
         access.defragment(url).await?;
     }

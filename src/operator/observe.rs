@@ -96,6 +96,10 @@ pub fn object_of<'a>(c: &EtcdCluster, members: &'a [EtcdMember], m: &MemberInfo)
         .find(|o| m.peer_urls.contains(&children::peer_url(c, &o.spec.ip)))
 }
 
+/// The least time a learner that is not healthy is given before it is replaced (a voter gets
+/// `spec.recovery.memberUnhealthyTimeout`).
+const LEARNER_TIMEOUT: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(300);
+
 /// Since when the last status saw member `name` unhealthy.
 fn unhealthy_since(c: &EtcdCluster, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
     let status = c.status.as_ref()?;
@@ -121,6 +125,10 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
                 // Replaced only on its own side's word (or its node's): one the operator cannot
                 // reach but whose agent says it serves is left alone.
                 let down = obj.is_none() || view.said.get(&name).is_some_and(Said::down);
+                // A learner not healthy yet is usually still being made (its image pulled, the
+                // snapshot sent): it gets at least LEARNER_TIMEOUT, or a short member timeout
+                // would replace it again and again on a slow node, each successor starting over.
+                let timeout = if m.is_learner { timeout.max(LEARNER_TIMEOUT) } else { timeout };
                 let overdue =
                     !healthy && down && (lost || unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now));
                 plan::Member {
@@ -572,5 +580,11 @@ mod tests {
         assert!(!planner_input(&c, &view, now).members[0].overdue);
         c.status = since(31);
         assert!(planner_input(&c, &view, now).members[0].overdue);
+        // A learner still being made is not replaced at the short timeout, only past 5 min.
+        let mut learner = view;
+        learner.etcd.as_mut().unwrap().members[0].is_learner = true;
+        assert!(!planner_input(&c, &learner, now).members[0].overdue);
+        c.status = since(301);
+        assert!(planner_input(&c, &learner, now).members[0].overdue);
     }
 }

@@ -3,6 +3,7 @@
 //! Each test crate uses a part of them.
 #![allow(dead_code)]
 
+pub mod hazard;
 pub mod plane;
 
 use std::collections::BTreeMap;

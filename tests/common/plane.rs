@@ -9,10 +9,11 @@ use etcd_client::{Certificate, Identity, TlsOptions};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use runc_etcd_api::EtcdCluster;
 use runc_etcd_testkit::lab::Lab;
 use runc_etcd_testkit::lab::control::ControlPlane;
+use runc_etcd_testkit::lab::registry::{S3_ACCESS_KEY, S3_SECRET_KEY};
 
 pub struct Plane {
     pub cp: ControlPlane,
@@ -380,4 +381,26 @@ pub fn back_up(p: &Plane, name: &str) -> runc_etcd_api::EtcdBackup {
         backup(p, name).is_some_and(|b| b.finished())
     });
     backup(p, name).unwrap()
+}
+
+/// An S3 bucket in the lab, its credentials Secret, and the `spec.backup` lines that use it.
+pub fn s3_destination(p: &Plane) -> (runc_etcd_testkit::lab::registry::Server, String) {
+    let s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let creds: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {"accessKeyId": S3_ACCESS_KEY, "secretAccessKey": S3_SECRET_KEY}}))
+    .unwrap();
+    p.rt.block_on(secrets.create(&PostParams::default(), &creds)).unwrap();
+    let spec = format!(
+        "  backup:\n    s3:\n      endpoint: http://{}\n      bucket: etcd-backups\n      prefix: lab\n      credentialsSecret: s3-creds\n",
+        s3.address
+    );
+    (s3, spec)
+}
+
+/// Cuts a host's power, and marks its Node not Ready as Kubernetes would.
+pub fn lose_host(p: &Plane, n: u8) {
+    p.lab.host(n).power_off(false);
+    p.rt.block_on(p.cp.set_node_ready(p.lab.host(n), false)).unwrap();
 }

@@ -294,7 +294,8 @@ pub enum QuorumLossPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct Recovery {
     /// How long a member may be unhealthy (while quorum holds) before it is replaced, e.g. "5m"
-    /// (at least 10s: a member restarting must not be replaced).
+    /// (at least 10s: a member restarting must not be replaced). A learner not healthy yet, still
+    /// being made, gets at least 5m.
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     #[serde(default = "default_member_timeout")]
     pub member_unhealthy_timeout: String,

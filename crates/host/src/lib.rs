@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod error;
 pub mod etcd;
+pub mod failpoint;
 pub mod image;
 pub mod layout;
 pub mod member;

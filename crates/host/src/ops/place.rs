@@ -87,6 +87,7 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
         super::backup::restore_data(engine, &record, snapshot).await?;
     }
     engine.write_member_files(&record, &img.rootfs)?;
+    crate::failpoint::hit("place-before-start");
     tracing::info!("starting {} ({})", systemd::unit_name(&w.instance), w.name);
     systemd::enable_and_start(&w.instance).await?;
     Ok(record)
@@ -149,6 +150,7 @@ pub async fn retire_member(engine: &Engine, instance: &InstanceName, name: &Memb
     match engine.load(instance)? {
         Some(record) if &record.name == name => {
             systemd::stop_and_disable(instance).await?;
+            crate::failpoint::hit("retire-after-stop");
             let dir = engine.archive_member(instance, "removed", false)?;
             tracing::info!("{name} stopped; its files are in {}", dir.display());
             Ok(Some(dir))

@@ -70,6 +70,7 @@ pub async fn upgrade(
     );
     let before = record.clone();
     systemd::stop(instance).await?;
+    crate::failpoint::hit("upgrade-after-stop");
     record.previous_image = Some(record.image.clone());
     record.image = img.record;
     if let Some(t) = tuning {
