@@ -128,7 +128,11 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
                 // A learner not healthy yet is usually still being made (its image pulled, the
                 // snapshot sent): it gets at least LEARNER_TIMEOUT, or a short member timeout
                 // would replace it again and again on a slow node, each successor starting over.
-                let timeout = if m.is_learner { timeout.max(LEARNER_TIMEOUT) } else { timeout };
+                let timeout = if m.is_learner {
+                    timeout.max(LEARNER_TIMEOUT)
+                } else {
+                    timeout
+                };
                 let overdue =
                     !healthy && down && (lost || unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now));
                 plan::Member {

@@ -106,7 +106,13 @@ pub async fn reconfigure_member(engine: &Engine, instance: &InstanceName, tuning
     let rootfs = engine.rootfs(&record)?;
     tracing::info!("restarting {} with new etcd settings", systemd::unit_name(instance));
     systemd::stop(instance).await?;
-    engine.write_member_files(&record, &rootfs)?;
+    if let Err(e) = engine.write_member_files(&record, &rootfs) {
+        // Nothing ran with the new settings: the old files back, and the member started again
+        // (it must not stay stopped because a write failed).
+        let _ = engine.write_member_files(&before, &rootfs);
+        systemd::start(instance).await?;
+        return Err(e);
+    }
     systemd::start(instance).await?;
     if let Err(e) = engine.wait_member_healthy(&record, super::HEALTH_TIMEOUT).await {
         tracing::warn!("{instance} did not come back with the new settings: putting the old ones back");
