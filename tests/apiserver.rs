@@ -403,3 +403,92 @@ async fn a_stale_operation_record_is_refused() {
         ("AddLearner", Some("main-new"))
     );
 }
+
+#[tokio::test]
+async fn a_deleted_namespace_terminates_until_its_finalizers_are_done() {
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(server.client());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let members: Api<EtcdMember> = Api::namespaced(server.client(), "apps");
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "apps");
+    let owner = Api::<EtcdCluster>::namespaced(server.client(), "default")
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    let mut m = member("main-0", "n1", &owner);
+    m.metadata.namespace = Some("apps".into());
+    m.metadata.owner_references = None;
+    m.metadata.finalizers = Some(vec!["runc-etcd.io/agent".into()]);
+    members.create(&PostParams::default(), &m).await.unwrap();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "plain"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+
+    // Terminating: what has no finalizer goes, the rest is marked, nothing new may be made.
+    namespaces.delete("apps", &DeleteParams::default()).await.unwrap();
+    let terminating = namespaces.get("apps").await.unwrap();
+    assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert_eq!(rejected(cms.get("plain").await.unwrap_err()).0, 404);
+    assert!(
+        members
+            .get("main-0")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    let (code, msg) = rejected(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("being terminated"), "{msg}");
+
+    // The last finalizer done: the namespace goes.
+    let release = json!({"metadata": {"finalizers": null}});
+    members
+        .patch("main-0", &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+    assert_eq!(rejected(namespaces.get("apps").await.unwrap_err()).0, 404);
+}
+
+#[tokio::test]
+async fn a_foreground_deletion_waits_for_the_dependents() {
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let clusters: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    let members: Api<EtcdMember> = Api::namespaced(server.client(), "default");
+    let owner = clusters
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    let mut m = member("main-0", "n1", &owner);
+    m.metadata.finalizers = Some(vec!["runc-etcd.io/agent".into()]);
+    members.create(&PostParams::default(), &m).await.unwrap();
+
+    clusters.delete("main", &DeleteParams::foreground()).await.unwrap();
+    let marked = clusters.get("main").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.finalizers, Some(vec!["foregroundDeletion".to_string()]));
+    assert!(
+        members
+            .get("main-0")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+
+    let release = json!({"metadata": {"finalizers": null}});
+    members
+        .patch("main-0", &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+    assert_eq!(rejected(members.get("main-0").await.unwrap_err()).0, 404);
+    assert_eq!(
+        rejected(clusters.get("main").await.unwrap_err()).0,
+        404,
+        "gone after its dependents"
+    );
+}

@@ -390,3 +390,72 @@ fn an_operator_whose_clock_is_an_hour_ahead_does_not_lead_beside_the_leader() {
     );
     nothing_lost(&p, &c, w, 100, 1);
 }
+
+/// Hazard 6. A cluster deleted with a foreground cascade, then a namespace with a cluster in it
+/// deleted. Before: the agent DaemonSet lived in the cluster's namespace and was owned by the
+/// cluster, so either deletion could take the agents before they retired the members: the
+/// members' finalizers were never released, the namespace stayed Terminating and the units kept
+/// running. Now the agents live in the operator's namespace: every member is stopped and
+/// archived on its host, and the cluster and the namespace go.
+#[test]
+fn deleting_a_cluster_in_the_foreground_or_its_namespace_archives_every_member() {
+    let mut p = Plane::up(3);
+    let apps = p.use_namespace("apps");
+    let stopped_and_archived = |p: &Plane, n: usize| {
+        let unit = format!("runc-etcd@{}.service", p.instance("main"));
+        let state = format!("/var/lib/runc-etcd/{}", p.instance("main"));
+        let hosts: Vec<_> = p
+            .lab
+            .hosts
+            .iter()
+            .filter(|h| {
+                std::fs::read_dir(h.path(&format!("{state}/archive")))
+                    .is_ok_and(|d| d.flatten().any(|e| e.path().join("data/member/wal").is_dir()))
+            })
+            .collect();
+        assert_eq!(hosts.len(), n, "hosts holding an archived member");
+        for h in p.lab.hosts.iter() {
+            let active = h
+                .exec(&["systemctl", "is-active", "--quiet", &unit])
+                .unwrap()
+                .status
+                .success();
+            assert!(!active, "{}: the unit still runs", h.name());
+        }
+    };
+
+    // A foreground cascade: Kubernetes deletes the cluster's dependents first.
+    let c = main_cluster(&p, 1, "");
+    let w = writer(&p, &c);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(w.stop().len() > 10);
+    p.rt.block_on(p.clusters().delete("main", &DeleteParams::foreground()))
+        .unwrap();
+    eventually("the cluster deleted in the foreground to go", 120, || {
+        p.get("main").is_none()
+    });
+    stopped_and_archived(&p, 1);
+
+    // The namespace, with a three-member cluster and a writer.
+    let c = main_cluster(&p, 3, "");
+    let w = writer(&p, &c);
+    std::thread::sleep(Duration::from_secs(3));
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(p.cp.client.clone());
+    p.rt.block_on(namespaces.delete(&apps, &DeleteParams::default()))
+        .unwrap();
+    eventually("the namespace to finish deleting", 180, || {
+        p.rt.block_on(namespaces.get_opt(&apps)).unwrap().is_none()
+    });
+    let acked = w.stop();
+    assert!(acked.len() > 20, "the writer kept writing: {}", acked.len());
+    stopped_and_archived(&p, 3);
+    // Its agents went with it (they live in the operator's namespace, and only as long as a
+    // cluster needs them).
+    let agents: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(p.cp.client.clone(), &p.cp.namespace);
+    let left = p.rt.block_on(agents.list(&Default::default())).unwrap().items;
+    assert!(
+        left.is_empty(),
+        "{:?}",
+        left.iter().map(|d| d.metadata.name.clone()).collect::<Vec<_>>()
+    );
+}

@@ -83,12 +83,13 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
     let metrics = crate::metrics::Metrics::new();
     tokio::spawn(crate::metrics::serve(args.metrics_address, metrics.clone()));
     let config = crate::operator::OperatorConfig {
-        namespace: args.namespace,
+        namespace: args.namespace.clone(),
         identity,
         lease_duration: Duration::from_secs(args.lease_seconds),
         agent: AgentImage {
             image: args.agent_image,
             service_account: args.agent_service_account,
+            namespace: args.namespace,
         },
     };
     crate::operator::run(client().await?, config, metrics).await

@@ -21,12 +21,26 @@ use runc_etcd_host::pki::{ClientTls, MemberCerts};
 
 pub const MANAGER: &str = "runc-etcd-operator";
 
-/// What the DaemonSet runs; set by the operator's flags (its own image, by default).
+/// What the DaemonSet runs, and where; set by the operator's flags (its own image, by default).
 #[derive(Debug, Clone)]
 pub struct AgentImage {
     pub image: String,
     pub service_account: String,
+    /// Where the agent DaemonSets live: the operator's own namespace, never the cluster's, so
+    /// that deleting a cluster's namespace cannot take its agents before they have retired its
+    /// members (README "Deleting a namespace").
+    pub namespace: String,
 }
+
+/// The agent DaemonSet's name in the operator's namespace: unique across the clusters'
+/// namespaces (`<namespace>.<cluster>-agent`; a namespace has no dot, so no two clusters meet).
+pub fn agent_daemonset_name(c: &EtcdCluster) -> String {
+    format!("{}.{}", c.ns(), c.agent_name())
+}
+
+/// The label that names an agent DaemonSet's cluster namespace (its cluster's name is in
+/// CLUSTER_LABEL).
+pub const CLUSTER_NAMESPACE_LABEL: &str = "runc-etcd.io/cluster-namespace";
 
 fn owner(c: &EtcdCluster) -> OwnerReference {
     c.controller_owner_ref(&())
@@ -143,8 +157,16 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
         })
         .collect();
     let spec = &c.spec;
+    // No owner: an owner must be in the same namespace. The operator deletes it once the
+    // cluster's members are retired (finalize).
+    let mut metadata = meta(c, agent_daemonset_name(c));
+    metadata.namespace = Some(agent.namespace.clone());
+    metadata.owner_references = None;
+    if let Some(l) = metadata.labels.as_mut() {
+        l.insert(CLUSTER_NAMESPACE_LABEL.into(), c.ns());
+    }
     DaemonSet {
-        metadata: meta(c, c.agent_name()),
+        metadata,
         spec: Some(DaemonSetSpec {
             selector: LabelSelector {
                 match_labels: Some(labels.clone()),
@@ -362,6 +384,7 @@ mod tests {
         let agent = AgentImage {
             image: "runc-etcd:1".into(),
             service_account: "runc-etcd-agent".into(),
+            namespace: "runc-etcd-system".into(),
         };
         let ds = agent_daemonset(&c, &agent);
         let pod = ds.spec.unwrap().template.spec.unwrap();

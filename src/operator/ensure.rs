@@ -56,9 +56,9 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         ctx.patch_status(c, json!({ "clusterToken": token })).await?;
         return Ok(Ensured::Again);
     }
-    let ds: Api<DaemonSet> = ctx.api(c);
+    let ds: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.agent.namespace);
     ds.patch(
-        &c.agent_name(),
+        &children::agent_daemonset_name(c),
         &apply(),
         &Patch::Apply(&children::agent_daemonset(c, &ctx.agent)),
     )

@@ -42,7 +42,8 @@ pub async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
         ctx.patch_status(c, json!({"phase": ClusterPhase::Deleting})).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    delete_if_present(&ctx.api::<DaemonSet>(c), &c.agent_name()).await?;
+    let agents: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.agent.namespace);
+    delete_if_present(&agents, &crate::operator::children::agent_daemonset_name(c)).await?;
     delete_if_present(&ctx.api::<EndpointSlice>(c), &c.client_service()).await?;
     delete_if_present(&ctx.api::<Service>(c), &c.client_service()).await?;
     let secrets: Api<Secret> = ctx.api(c);

@@ -100,7 +100,17 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
     let store = controller.store();
     let controller = controller
         .owns(Api::<EtcdMember>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+        // The agent DaemonSets, in the operator's namespace, name their cluster by labels.
+        .watches(
+            Api::<DaemonSet>::namespaced(client.clone(), &config.agent.namespace),
+            watcher::Config::default().labels(children::CLUSTER_NAMESPACE_LABEL),
+            |ds: DaemonSet| {
+                let labels = ds.metadata.labels.unwrap_or_default();
+                let ns = labels.get(children::CLUSTER_NAMESPACE_LABEL)?;
+                let name = labels.get(runc_etcd_api::contract::CLUSTER_LABEL)?;
+                Some(ObjectRef::<EtcdCluster>::new(name).within(ns))
+            },
+        )
         // A node coming, going or changing readiness concerns every cluster.
         .watches(
             Api::<Node>::all(client.clone()),

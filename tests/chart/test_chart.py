@@ -22,7 +22,6 @@ OPERATOR = {
     ("runc-etcd.io", "etcdbackups/status"): {"patch"},
     ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("apps", "daemonsets"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},
     ("discovery.k8s.io", "endpointslices"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get", "list", "create", "delete"},
@@ -30,12 +29,21 @@ OPERATOR = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("coordination.k8s.io", "leases"): {"list"},
 }
-ELECTION = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
-AGENT = {
+# In the release namespace: leader election and the agent DaemonSets (which live there).
+ELECTION = {
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    ("apps", "daemonsets"): {"get", "list", "watch", "create", "patch", "delete"},
+}
+# Cluster-wide: only this project's resources, so that a namespace being deleted cannot take the
+# agents' access to its members before they are retired.
+AGENT_CLUSTER = {
     ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "patch"},
     ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "patch"},
     ("runc-etcd.io", "etcdmembers/status"): {"patch"},
     ("runc-etcd.io", "etcdbackups/status"): {"patch"},
+}
+# In each cluster namespace.
+AGENT = {
     ("", "secrets"): {"get"},
     ("coordination.k8s.io", "leases"): {"get", "create", "patch", "delete"},
 }
@@ -87,6 +95,9 @@ class ChartTest(unittest.TestCase):
                     ("ServiceAccount", "runc-etcd-operator", "runc-etcd"),
                     ("ClusterRole", "rel-operator", None),
                     ("ClusterRoleBinding", "rel-operator", None),
+                    ("ServiceAccount", agent_sa, "runc-etcd"),
+                    ("ClusterRole", "rel-agent", None),
+                    ("ClusterRoleBinding", "rel-agent", None),
                     ("Role", "runc-etcd-operator-election", "runc-etcd"),
                     ("RoleBinding", "runc-etcd-operator-election", "runc-etcd"),
                     ("Deployment", "runc-etcd-operator", "runc-etcd"),
@@ -94,14 +105,15 @@ class ChartTest(unittest.TestCase):
                 }
                 for ns in namespaces:
                     expected |= {
-                        ("ServiceAccount", agent_sa, ns),
                         ("Role", "runc-etcd-agent", ns),
                         ("RoleBinding", "runc-etcd-agent", ns),
                     }
                 self.assertEqual(kinds, expected)
                 # No Role or ClusterRole grants anything beyond the lists above.
                 for d in docs:
-                    if d["kind"] == "ClusterRole":
+                    if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "rel-agent":
+                        self.assertEqual(grants(d), AGENT_CLUSTER)
+                    elif d["kind"] == "ClusterRole":
                         self.assertEqual(grants(d), OPERATOR)
                     elif d["kind"] == "Role" and d["metadata"]["name"] == "runc-etcd-agent":
                         self.assertEqual(grants(d), AGENT)
@@ -121,6 +133,11 @@ class ChartTest(unittest.TestCase):
                 self.assertIn(f"--agent-image={agent_image}", c["args"])
                 self.assertIn(f"--agent-service-account={agent_sa}", c["args"])
                 self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+                # Every binding's subject is a service account of the release namespace.
+                for d in docs:
+                    if d["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+                        for subject in d["subjects"]:
+                            self.assertEqual(subject["namespace"], "runc-etcd", d["metadata"]["name"])
 
 
 if __name__ == "__main__":

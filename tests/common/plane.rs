@@ -19,6 +19,8 @@ pub struct Plane {
     pub cp: ControlPlane,
     pub rt: tokio::runtime::Runtime,
     pub lab: Lab,
+    /// Where the tests put their clusters, if not in the operator's namespace (`use_namespace`).
+    apps: Option<String>,
 }
 
 pub fn bin_dir() -> std::path::PathBuf {
@@ -56,12 +58,29 @@ impl Plane {
             .block_on(ControlPlane::start(&lab, &bin_dir()))
             .unwrap_or_else(|e| panic!("control plane: {e}"));
         cp.start_operator(operator_env).unwrap();
-        Plane { cp, rt, lab }
+        Plane {
+            cp,
+            rt,
+            lab,
+            apps: None,
+        }
     }
 
-    /// The lab's namespace, where tests put their clusters.
+    /// The namespace where tests put their clusters: the lab's (the operator's), unless
+    /// `use_namespace` chose another.
     pub fn ns(&self) -> &str {
-        &self.cp.namespace
+        self.apps.as_deref().unwrap_or(&self.cp.namespace)
+    }
+
+    /// Makes namespace `<lab namespace>-<suffix>` (taken off the API server with the lab) and
+    /// puts the clusters there from now on; returns its name.
+    pub fn use_namespace(&mut self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.cp.namespace);
+        self.rt
+            .block_on(self.cp.create_namespace(&name))
+            .unwrap_or_else(|e| panic!("namespace {name}: {e}"));
+        self.apps = Some(name.clone());
+        name
     }
 
     /// A cluster's instance on the hosts (`<namespace>.<name>`): its unit and state folder.

@@ -112,7 +112,15 @@ pub async fn handle(
             s.replace(r, &ns, obj, route.status)
         }),
         (&Method::PATCH, Some(name)) => patch(&store, r, &ns, name, route.status, &headers, &body),
-        (&Method::DELETE, Some(name)) => store.lock().unwrap().delete(r, &ns, name),
+        (&Method::DELETE, Some(name)) => {
+            // DeleteOptions, in the body (client-go, kube-rs) or the query (kubectl --cascade).
+            let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let policy = q
+                .get("propagationPolicy")
+                .map(String::as_str)
+                .or(body["propagationPolicy"].as_str());
+            store.lock().unwrap().delete(r, &ns, name, policy == Some("Foreground"))
+        }
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",

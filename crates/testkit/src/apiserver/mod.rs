@@ -6,9 +6,11 @@
 //! - the status subresource (spec writes leave status alone and the reverse);
 //! - metadata.generation bumped on spec changes;
 //! - finalizers and deletionTimestamp;
-//! - ownerReference garbage collection;
+//! - ownerReference garbage collection, in the background or the foreground
+//!   (`propagationPolicy: Foreground`: the owner goes after its dependents);
 //! - merge, JSON and apply patches (apply and strategic merge act as JSON merge patches);
-//! - namespaces: a namespaced object needs its namespace, and goes when it is deleted;
+//! - namespaces: a namespaced object needs its namespace; a deleted namespace is Terminating
+//!   (nothing new may be made in it, its objects are deleted) until its last object is gone;
 //! - schema and CEL validation of the project's custom resources (CRDs can be stored, as a
 //!   harness installs them on a real cluster, but the schemas used are the code's);
 //! - optionally HTTPS and a bearer token (`serve_secured`), as a real cluster is reached;

@@ -51,6 +51,9 @@ pub struct Event {
 
 type Key = (&'static str, String, String);
 
+/// The finalizer of an object deleted with `propagationPolicy: Foreground`.
+const FOREGROUND: &str = "foregroundDeletion";
+
 pub struct Store {
     objects: BTreeMap<Key, Value>,
     rv: u64,
@@ -110,6 +113,12 @@ impl Store {
             .contains_key(&("core/namespaces", String::new(), ns.to_string()))
     }
 
+    fn namespace_terminating(&self, ns: &str) -> bool {
+        self.objects
+            .get(&("core/namespaces", String::new(), ns.to_string()))
+            .is_some_and(|n| meta(n).get("deletionTimestamp").is_some())
+    }
+
     pub fn resource_version(&self) -> u64 {
         self.rv
     }
@@ -159,6 +168,14 @@ impl Store {
         // As in Kubernetes, a namespaced object needs its namespace to exist.
         if r.namespaced && !self.namespace_exists(ns) {
             return Err(ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found")));
+        }
+        // NamespaceLifecycle admission: nothing new in a namespace being deleted.
+        if r.namespaced && self.namespace_terminating(ns) {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("unable to create new content in namespace {ns} because it is being terminated"),
+            ));
         }
         let key = (r.key(), ns.to_string(), name.clone());
         if self.objects.contains_key(&key) {
@@ -277,33 +294,110 @@ impl Store {
         Ok(new)
     }
 
-    /// Deletes an object: at once without finalizers, else marks it for deletion. Deleting a
-    /// namespace deletes what it holds; it is gone at once (Kubernetes keeps it Terminating
-    /// until its objects' finalizers are done, which no test here relies on).
-    pub fn delete(&mut self, r: &Resource, ns: &str, name: &str) -> ApiResult<Value> {
+    /// Deletes an object: at once without finalizers, else marks it for deletion. With
+    /// `foreground`, an object with dependents is marked (finalizer `foregroundDeletion`) and goes
+    /// once they are gone. A namespace is marked Terminating, everything in it is deleted, and it
+    /// goes once the last of its objects' finalizers is done (the namespace controller's order:
+    /// none; here, the store's key order).
+    pub fn delete(&mut self, r: &Resource, ns: &str, name: &str, foreground: bool) -> ApiResult<Value> {
         let mut obj = self.get(r, ns, name)?;
         if r.key() == "core/namespaces" {
+            if meta(&obj).get("deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+                obj["status"]["phase"] = json!("Terminating");
+                self.bump(&mut obj);
+                self.objects.insert((r.key(), ns.into(), name.into()), obj.clone());
+                self.record("MODIFIED", r, obj.clone());
+            }
             let inside: Vec<Key> = self.objects.keys().filter(|(_, n, _)| n == name).cloned().collect();
             for (res, n, object) in inside {
                 let r = super::resources::by_key(res).expect("stored resources are known");
-                let _ = self.delete(r, &n, &object);
+                let _ = self.delete(r, &n, &object, false);
             }
+            self.collect_garbage();
+            return Ok(self.get(r, ns, name).unwrap_or(obj));
         }
-        let has_finalizers = meta(&obj)["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-        if has_finalizers {
-            if meta(&obj).get("deletionTimestamp").is_none() {
+        let uid = meta(&obj)["uid"].as_str().unwrap_or_default().to_string();
+        let mut finalizers: Vec<Value> = meta(&obj)["finalizers"].as_array().cloned().unwrap_or_default();
+        if foreground && !self.dependents(&uid).is_empty() && !finalizers.contains(&json!(FOREGROUND)) {
+            finalizers.push(json!(FOREGROUND));
+            obj["metadata"]["finalizers"] = json!(finalizers);
+        }
+        if !finalizers.is_empty() {
+            if meta(&obj).get("deletionTimestamp").is_none() || foreground {
                 obj["metadata"]["deletionTimestamp"] = json!(now());
                 self.bump(&mut obj);
                 self.objects.insert((r.key(), ns.into(), name.into()), obj.clone());
                 self.record("MODIFIED", r, obj.clone());
             }
-            return Ok(obj);
+            if foreground {
+                for (res, n, dependent) in self.dependents(&uid) {
+                    let r = super::resources::by_key(res).expect("stored resources are known");
+                    let _ = self.delete(r, &n, &dependent, true);
+                }
+                self.collect_garbage();
+            }
+            return Ok(self.get(r, ns, name).unwrap_or(obj));
         }
         self.bump(&mut obj);
         self.objects.remove(&(r.key(), ns.into(), name.into()));
         self.record("DELETED", r, obj.clone());
         self.collect_garbage();
         Ok(obj)
+    }
+
+    /// The objects with an ownerReference to `uid`.
+    fn dependents(&self, uid: &str) -> Vec<Key> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| {
+                meta(o)["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// What Kubernetes' controllers finish in the background: an object deleted in the
+    /// foreground goes once its dependents are gone; a Terminating namespace goes once empty.
+    fn settle(&mut self) -> bool {
+        let waiting = self.objects.iter().find(|(_, o)| {
+            let m = meta(o);
+            m["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.contains(&json!(FOREGROUND)))
+                && self.dependents(m["uid"].as_str().unwrap_or_default()).is_empty()
+        });
+        if let Some((key, o)) = waiting.map(|(k, o)| (k.clone(), o.clone())) {
+            let r = super::resources::by_key(key.0).expect("stored resources are known");
+            let mut o = o;
+            let left: Vec<Value> = meta(&o)["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| **f != json!(FOREGROUND))
+                .cloned()
+                .collect();
+            o["metadata"]["finalizers"] = json!(left);
+            let _ = self.replace(r, &key.1, o, false);
+            return true;
+        }
+        let empty = self.objects.iter().find(|((res, _, name), o)| {
+            *res == "core/namespaces"
+                && meta(o).get("deletionTimestamp").is_some()
+                && !self.objects.keys().any(|(_, n, _)| n == name)
+        });
+        if let Some((key, o)) = empty.map(|(k, o)| (k.clone(), o.clone())) {
+            let r = super::resources::by_key(key.0).expect("stored resources are known");
+            let mut o = o;
+            self.bump(&mut o);
+            self.objects.remove(&key);
+            self.record("DELETED", r, o);
+            return true;
+        }
+        false
     }
 
     /// Deletes (in the background, as Kubernetes' garbage collector does) every object whose
@@ -326,10 +420,13 @@ impl Store {
                 })
             });
             let Some(((res, ns, name), _)) = orphan.map(|(k, v)| (k.clone(), v.clone())) else {
+                if self.settle() {
+                    continue;
+                }
                 return;
             };
             let r = super::resources::by_key(res).expect("stored resources are known");
-            let _ = self.delete(r, &ns, &name);
+            let _ = self.delete(r, &ns, &name, false);
         }
     }
 }

@@ -143,6 +143,17 @@ impl ControlPlane {
         release(&self.client, &self.namespace, self.lab_id).await
     }
 
+    /// Makes another namespace for clusters, labelled with the lab so that `release` takes it too.
+    pub async fn create_namespace(&self, name: &str) -> crate::Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"runc-etcd.io/lab": self.lab_id.to_string()}}
+        }))
+        .expect("a valid Namespace");
+        namespaces.create(&Default::default(), &ns).await?;
+        Ok(())
+    }
+
     /// The Node name of a lab host (unique per lab, so labs can share a real cluster).
     pub fn node_name(&self, h: &LabHost) -> String {
         format!("lab{}-{}", self.lab_id, h.name())
@@ -303,27 +314,42 @@ where
 /// objects in it, then waits until the namespace is gone (a real cluster empties it first).
 async fn release(client: &kube::Client, ns: &str, id: u8) -> crate::Result<()> {
     use runc_etcd_api::{EtcdBackup, EtcdCluster, EtcdMember};
-    drop_finalizers::<EtcdBackup>(client, ns).await?;
-    drop_finalizers::<EtcdMember>(client, ns).await?;
-    drop_finalizers::<EtcdCluster>(client, ns).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mine = ListParams::default().labels(&format!("runc-etcd.io/lab={id}"));
+    // The lab's namespace, and those it made for clusters (`create_namespace`).
+    let mut all = vec![ns.to_string()];
+    for n in namespaces.list(&mine).await?.items {
+        all.extend(n.metadata.name);
+    }
+    for ns in &all {
+        drop_finalizers::<EtcdBackup>(client, ns).await?;
+        drop_finalizers::<EtcdMember>(client, ns).await?;
+        drop_finalizers::<EtcdCluster>(client, ns).await?;
+    }
     // Nodes first: on a real cluster the agent pods bound to them are only let go (by the pod
     // garbage collector) once their Node is gone, and the namespace waits for its pods.
     let nodes: Api<Node> = Api::all(client.clone());
-    let mine = ListParams::default().labels(&format!("runc-etcd.io/lab={id}"));
     for n in nodes.list(&mine).await?.items {
         delete_if_present(&nodes, n.metadata.name.as_deref().unwrap_or_default()).await?;
     }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    delete_if_present(&namespaces, ns).await?;
+    for ns in &all {
+        delete_if_present(&namespaces, ns).await?;
+    }
     for _ in 0..360 {
-        if namespaces.get_opt(ns).await?.is_none() {
+        let mut left = Vec::new();
+        for ns in &all {
+            if namespaces.get_opt(ns).await?.is_some() {
+                left.push(ns.clone());
+            }
+        }
+        if left.is_empty() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(crate::Error::transient(
         "releasing the lab",
-        format!("namespace {ns} is still there after three minutes"),
+        format!("namespaces {all:?} are still there after three minutes"),
     ))
 }
 
