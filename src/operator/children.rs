@@ -392,7 +392,14 @@ mod tests {
         assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(args[..5], ["agent", "--namespace", "prod", "--cluster", "main"]);
-        assert_eq!(ds.metadata.owner_references.unwrap()[0].uid, "uid-1");
+        // It lives beside the operator, unowned (an owner must share its namespace), and its
+        // labels name the cluster so the controller can map it back.
+        assert_eq!(ds.metadata.namespace.as_deref(), Some("runc-etcd-system"));
+        assert_eq!(ds.metadata.name.as_deref(), Some("prod.main-agent"));
+        assert!(ds.metadata.owner_references.is_none());
+        let labels = ds.metadata.labels.unwrap();
+        assert_eq!(labels[CLUSTER_LABEL], "main");
+        assert_eq!(labels[CLUSTER_NAMESPACE_LABEL], "prod");
     }
 
     #[test]
