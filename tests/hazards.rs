@@ -11,7 +11,7 @@ use common::plane::*;
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use runc_etcd_api::{EtcdMember, InitialClusterState};
 
 fn secrets(p: &Plane) -> Api<Secret> {
@@ -458,4 +458,88 @@ fn deleting_a_cluster_in_the_foreground_or_its_namespace_archives_every_member()
         "{:?}",
         left.iter().map(|d| d.metadata.name.clone()).collect::<Vec<_>>()
     );
+}
+
+/// Hazard 7, the failure path. New settings that a member cannot come back with: its host takes
+/// no new peer connections (a firewall rule that bites only at a restart). Before: the agent put
+/// the old settings back, then tried again on its next pass, restarting the member forever. Now
+/// the change is tried once: rolled back, reported (the member's phase, the rollout stopped with
+/// its reason), and not tried again until the spec changes; no other member is touched.
+#[test]
+fn a_change_a_member_cannot_take_is_rolled_back_once_and_stops_the_rollout() {
+    let p = Plane::up(3);
+    let c = main_cluster(&p, 3, "");
+    let w = writer(&p, &c);
+    every_unit_active(&p);
+    for h in &p.lab.hosts {
+        h.refuse_new(2380, true).unwrap();
+    }
+    let since = Since::now();
+    p.apply(&cluster_yaml(
+        "main",
+        3,
+        &p.lab.image(V_MID),
+        "  etcd: {snapshotCount: 5000}\n",
+    ))
+    .unwrap();
+    let c = p.wait("main", "the rollout stopped", 240, |c| {
+        let op = c.status.as_ref().and_then(|s| s.last_operation.clone());
+        op.is_some_and(|op| op.kind.as_str() == "UpgradeMember" && op.state.as_str() == "Failed")
+    });
+    let op = c.status.clone().unwrap().last_operation.unwrap();
+    let failed = op.member.clone().unwrap();
+    assert!(
+        op.message.as_deref().unwrap_or_default().contains("not tried again"),
+        "{op:?}\n{}",
+        p.cp.agent_logs(60)
+    );
+    let member = etcd_members(&p)
+        .into_iter()
+        .find(|m| m.spec.member_name == failed)
+        .unwrap();
+    assert_eq!(
+        member.status.unwrap().phase.map(|p| p.to_string()).as_deref(),
+        Some("Failed")
+    );
+    // Quiet: no more restarts of it, none of the others.
+    std::thread::sleep(Duration::from_secs(20));
+    let restarts = since.restarts(&p);
+    let host = p.lab.host(host_of(&p, &member.spec.node_name)).name().to_string();
+    for (h, n) in &restarts {
+        let want = if *h == host { 2 } else { 0 };
+        assert_eq!(
+            *n, want,
+            "{h}: restarts (one with the new settings, one with the old): {restarts:?}"
+        );
+    }
+    let state = format!("/var/lib/runc-etcd/{}", p.instance("main"));
+    let conf = std::fs::read_to_string(
+        p.lab
+            .host(host_of(&p, &member.spec.node_name))
+            .path(&format!("{state}/etcd.conf.yml")),
+    )
+    .unwrap();
+    assert!(
+        !conf.contains("snapshot-count: 5000"),
+        "the old settings are back: {conf}"
+    );
+
+    // The firewall fixed, the member serves again as it was; the spec put back, all is settled.
+    for h in &p.lab.hosts {
+        h.refuse_new(2380, false).unwrap();
+    }
+    // As `kubectl edit` would put it back (the lab's server-side apply is a merge patch, which
+    // cannot drop a field: issue 14).
+    let back = serde_json::json!({"spec": {"etcd": null}});
+    p.rt.block_on(
+        p.clusters()
+            .patch("main", &PatchParams::default(), &Patch::Merge(&back)),
+    )
+    .unwrap();
+    let c = p.wait("main", "healthy and settled", 120, |c| {
+        available_with(c, 3)
+            && condition(c, "Progressing") == Some("False")
+            && condition(c, "Degraded") == Some("False")
+    });
+    nothing_lost(&p, &c, w, 100, 3);
 }

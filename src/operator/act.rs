@@ -306,6 +306,17 @@ async fn upgrade_member(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access
         failpoint("after-upgrade-patch");
         return Ok(Outcome::NotYet(format!("{name} is being moved to {target}")));
     }
+    // Its agent tried this very change, put the old one back and will not try again until the
+    // spec changes: the upgrade stops now, with the agent's reason.
+    if let Some(s) = obj.status.as_ref()
+        && s.failed_generation.is_some()
+        && s.failed_generation == obj.metadata.generation
+    {
+        return Ok(Outcome::Failed(format!(
+            "{name} could not take the change and runs as before: {}",
+            s.message.clone().unwrap_or_default()
+        )));
+    }
     let running = me.and_then(|m| etcd_view.healthy.get(&m.id)).map(|s| s.version.clone());
     let applied = obj
         .status

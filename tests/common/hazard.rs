@@ -89,6 +89,22 @@ impl Since {
         Since(format!("@{}", now.as_secs()))
     }
 
+    /// How many times each host's member unit was started since then (host name, count).
+    pub fn restarts(&self, p: &Plane) -> Vec<(String, usize)> {
+        let unit = format!("runc-etcd@{}.service", p.instance("main"));
+        p.lab
+            .hosts
+            .iter()
+            .map(|h| {
+                let journal = h
+                    .check(&["journalctl", "-u", &unit, "-o", "cat", "--no-pager", "--since", &self.0])
+                    .unwrap();
+                let n = journal.lines().filter(|l| l.starts_with("Starting runc-etcd@")).count();
+                (h.name().to_string(), n)
+            })
+            .collect()
+    }
+
     /// A rolling change's promise: every member restarted exactly once, and never two down at
     /// the same time (what breaks a three-member quorum's margin).
     pub fn one_restart_each_one_at_a_time(&self, p: &Plane) {

@@ -52,6 +52,21 @@ fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
     Error::transient(what, e)
 }
 
+/// How long one question to one member may take as a whole. The client's own connect and
+/// request timeouts do not cover everything: etcd binds its client port before it is ready and
+/// accepts connections there only once it has joined, so a TLS handshake with a member that
+/// cannot reach its peers waits forever (seen: an agent's health wait never returned).
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(what: &str, question: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(ASK_TIMEOUT, question).await.unwrap_or_else(|_| {
+        Err(Error::transient(
+            what,
+            format!("no answer within {}s", ASK_TIMEOUT.as_secs()),
+        ))
+    })
+}
+
 /// How the engine reaches etcd: plain HTTP, or mutual TLS with a client identity.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -68,6 +83,11 @@ impl Access {
     }
 
     pub async fn connect(&self, endpoints: &[String]) -> Result<Client> {
+        let what = format!("connecting to {}", endpoints.join(","));
+        bounded(&what, self.connect_unbounded(endpoints)).await
+    }
+
+    async fn connect_unbounded(&self, endpoints: &[String]) -> Result<Client> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(10));
@@ -84,6 +104,10 @@ impl Access {
     }
 
     pub async fn status(&self, endpoint: &str) -> Result<EndpointStatus> {
+        bounded(&format!("status of {endpoint}"), self.status_unbounded(endpoint)).await
+    }
+
+    async fn status_unbounded(&self, endpoint: &str) -> Result<EndpointStatus> {
         let mut client = self.connect(&[endpoint.to_string()]).await?;
         let s = client
             .status()
@@ -107,7 +131,11 @@ impl Access {
     /// Healthy as `etcdctl endpoint health` means it: the member answers and, for a voter, a
     /// linearizable read goes through consensus. (Learners cannot serve those reads.)
     pub async fn health(&self, endpoint: &str) -> Result<EndpointStatus> {
-        let status = self.status(endpoint).await?;
+        bounded(&format!("health of {endpoint}"), self.health_unbounded(endpoint)).await
+    }
+
+    async fn health_unbounded(&self, endpoint: &str) -> Result<EndpointStatus> {
+        let status = self.status_unbounded(endpoint).await?;
         // An alarm (e.g. NOSPACE: the database is full) is reported by its own check; the member
         // still serves reads and keeps its vote.
         if status.errors.iter().any(|e| !e.contains("alarm:")) {
@@ -120,7 +148,7 @@ impl Access {
             return Err(Error::transient(format!("health of {endpoint}"), "no leader"));
         }
         if !status.is_learner {
-            let mut client = self.connect(&[endpoint.to_string()]).await?;
+            let mut client = self.connect_unbounded(&[endpoint.to_string()]).await?;
             client
                 .get("health", Some(GetOptions::new().with_count_only()))
                 .await

@@ -297,11 +297,35 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Replaces `path` with `bytes` so that, even after a power cut, it holds the old content or
+/// the new, never an empty or partial file: written beside it with its mode from the start,
+/// flushed to disk, renamed over it, and the folder flushed so that the rename itself lasts.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, bytes).ctx("writing", &tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).ctx("setting permissions", &tmp)?;
-    std::fs::rename(&tmp, path).ctx("replacing", path)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .ctx("writing", &tmp)?;
+    f.write_all(bytes).ctx("writing", &tmp)?;
+    // The mode given at creation is reduced by the umask, and an earlier leftover keeps its own.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx("setting permissions", &tmp)?;
+    f.sync_all().ctx("flushing to disk", &tmp)?;
+    drop(f);
+    std::fs::rename(&tmp, path).ctx("replacing", path)?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Flushes a folder's entries (a rename or a new file in it) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("flushing to disk", dir)
 }
 
 /// The address must be one of this host's, and both ports free on it.

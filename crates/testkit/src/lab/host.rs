@@ -333,6 +333,19 @@ impl LabHost {
         .map(|_| ())
     }
 
+    /// Refuses (or accepts again) new TCP connections to and from this host's `port`, while the
+    /// established ones go on: a firewall rule that bites only when a member restarts.
+    pub fn refuse_new(&self, port: u16, refuse: bool) -> LabResult<()> {
+        let op = if refuse { "-A" } else { "-D" };
+        let ns = self.ns();
+        let new = "-m conntrack --ctstate NEW -j DROP";
+        sh(&format!(
+            "ip netns exec {ns} iptables {op} INPUT -p tcp --dport {port} {new} && \
+             ip netns exec {ns} iptables {op} OUTPUT -p tcp --dport {port} {new}"
+        ))
+        .map(|_| ())
+    }
+
     /// Drops (or lets through again) TCP traffic from `from` to this host's `port`: e.g. the
     /// operator's route to etcd's client port, while the hosts still reach each other.
     pub fn refuse_from(&self, from: std::net::Ipv4Addr, port: u16, refuse: bool) -> LabResult<()> {
