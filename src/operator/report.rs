@@ -18,9 +18,12 @@ use runc_etcd_api::{EtcdCluster, EtcdMember};
 
 pub async fn write(c: &EtcdCluster, ctx: &Ctx, view: &View, step: &Step, events: &[Note]) -> Result<()> {
     let report = status::build(c, view, step);
+    // The Service's endpoints first: a client that waits for Ready then connects through the
+    // Service finds the members there (seen in a test: Ready, and an EndpointSlice not yet
+    // listing the restored cluster's member).
+    endpoints(c, ctx, view).await?;
     ctx.patch_status(c, status_patch(&report)).await?;
     ctx.metrics.observe_cluster(c, &report, &view.backups);
-    endpoints(c, ctx, view).await?;
     for e in events {
         ctx.event(c, e.type_, &e.reason, e.member.as_deref(), e.note.clone())
             .await;
