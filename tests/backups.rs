@@ -78,6 +78,9 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
         let h = p.lab.host(node_host(s.node_name.as_deref().unwrap()));
         let bytes = std::fs::read(h.path(s.location.as_deref().unwrap())).unwrap();
         assert_eq!(sha256(&bytes), s.sha256.unwrap());
+        // Readable by root only, from the destination folder down.
+        let wrong = not_private(&h.path("/var/backups/etcd"), &h.path(s.location.as_deref().unwrap()));
+        assert!(wrong.is_empty(), "{wrong:?}");
     }
     let gone: Vec<&String> = seen
         .iter()
@@ -129,6 +132,20 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
     let mut after = p.all_keys("copy");
     after.retain(|k, _| k.starts_with("k/"));
     assert_eq!(after, expected);
+
+    // A folder that does not say it is this backup's (its backup.json marker gone) is never
+    // deleted with it (issue 12, item 2): the EtcdBackup goes, the folder stays.
+    let s = before.status.clone().unwrap();
+    let h = p.lab.host(node_host(s.node_name.as_deref().unwrap()));
+    let snapshot = h.path(s.location.as_deref().unwrap());
+    std::fs::remove_file(snapshot.with_file_name("backup.json")).unwrap();
+    let api: Api<EtcdBackup> = Api::namespaced(p.cp.client.clone(), p.ns());
+    p.rt.block_on(api.delete("copy-before-gen2", &DeleteParams::default()))
+        .unwrap();
+    eventually("the EtcdBackup is gone", 30, || {
+        backup(&p, "copy-before-gen2").is_none()
+    });
+    assert!(snapshot.is_file(), "a folder without the marker is left in place");
 }
 
 #[test]
@@ -261,4 +278,73 @@ fn with_restore_from_backup_a_lost_quorum_is_rebuilt_after_its_timeout() {
     assert_eq!(p.all_keys("main"), backed_up, "exactly the backed-up keys");
     assert_eq!(p.event_count("main", "RebuildFromBackupSucceeded"), 1);
     drop(s3);
+}
+
+/// Issue 12, item 1: the destination down for longer than the retention. Before, retention
+/// counted every finished backup, so `retention` failures in a row deleted every good backup
+/// (and its snapshot). Now only good backups count: both good ones stay through an outage of
+/// five schedule periods, failures are kept to `failedRetention` (3 by default), and once the
+/// store is back, new good backups replace the old ones in the usual way.
+#[test]
+fn an_s3_outage_longer_than_the_retention_keeps_the_last_good_backups() {
+    let p = Plane::up(3);
+    let (s3, spec) = s3_destination(&p);
+    let spec = format!("{spec}    schedule: '*/10 * * * * *'\n    retention: 2\n");
+    p.apply(&cluster_yaml("main", 3, &p.lab.image(V_MID), &spec)).unwrap();
+    let c = p.wait_ready("main", 3, 180);
+    let w = common::hazard::writer(&p, &c);
+    let object = |name: &str| {
+        p.lab
+            .dir
+            .join(format!("s3/etcd-backups/lab/{}/{name}/snapshot.db", p.instance("main")))
+    };
+    let good = |bs: &[EtcdBackup]| -> Vec<EtcdBackup> { bs.iter().filter(|b| b.succeeded()).cloned().collect() };
+    eventually("two good scheduled backups", 60, || good(&backups(&p)).len() >= 2);
+
+    // The store goes away; what is running now fails too.
+    drop(s3);
+    let down = chrono::Utc::now();
+    let before: Vec<EtcdBackup> = good(&backups(&p));
+    let failed = |b: &EtcdBackup| b.phase() == Some(runc_etcd_api::BackupPhase::Failed);
+    let scheduled_after = |b: &EtcdBackup, secs: i64| {
+        b.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("runc-etcd.io/scheduled-for"))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t > down + chrono::Duration::seconds(secs))
+    };
+    // Five periods of failures: more than retention (2) and failedRetention (3) together.
+    eventually("a backup failed 40 s into the outage", 90, || {
+        backups(&p).iter().any(|b| failed(b) && scheduled_after(b, 40))
+    });
+    let all = backups(&p);
+    let kept: Vec<String> = good(&all).into_iter().filter_map(|b| b.metadata.name).collect();
+    for b in &before {
+        let name = b.metadata.name.clone().unwrap();
+        assert!(kept.contains(&name), "{name} was deleted in the outage: {all:#?}");
+        let bytes = std::fs::read(object(&name)).unwrap();
+        assert_eq!(sha256(&bytes), b.status.clone().unwrap().sha256.unwrap());
+    }
+    eventually("failures kept to failedRetention", 30, || {
+        backups(&p).iter().filter(|b| failed(b)).count() == 3
+    });
+    assert!(
+        p.event_count("main", "BackupExpired") >= 1,
+        "the older failures expired"
+    );
+
+    // The store is back: new good backups, and the old ones go with their snapshots.
+    let _s3 = p.lab.start_s3(&["etcd-backups"]).unwrap();
+    eventually("two good backups taken after the outage", 60, || {
+        let all = backups(&p);
+        good(&all).iter().filter(|b| scheduled_after(b, 0)).count() >= 2
+            && before
+                .iter()
+                .all(|b| !all.iter().any(|a| a.metadata.name == b.metadata.name))
+    });
+    for b in &before {
+        assert!(!object(&b.metadata.name.clone().unwrap()).exists());
+    }
+    common::hazard::nothing_lost(&p, &c, w, 50, 3);
 }

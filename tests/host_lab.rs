@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use runc_etcd_testkit::lab::Lab;
 
 #[test]
 fn create_and_joins_make_a_three_member_cluster() {
@@ -277,8 +278,32 @@ fn backup_then_restore(version: &str, tls: bool) {
     assert!(err.contains("--yes"), "{err}");
     assert_eq!(keys(&lab, h1, "k/").len(), 3, "nothing changed without --yes");
 
-    let out = ok(h1, &["restore", "--snapshot", &dir, "--yes"]);
+    // Traced: every state file is flushed to disk before it replaces the old one, and its folder
+    // after (issue 12, item 9: a power cut must leave the old file or the new, never an empty one).
+    let out = h1
+        .check(&[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/var/tmp/restore.trace",
+            "-e",
+            "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+            "runc-etcd",
+            "host",
+            "restore",
+            "--snapshot",
+            &dir,
+            "--yes",
+        ])
+        .unwrap();
     assert!(out.contains("1/1 members healthy"), "{out}");
+    let trace = std::fs::read_to_string(h1.path("/var/tmp/restore.trace")).unwrap();
+    for file in ["member.json", "etcd.conf.yml"] {
+        if let Err(e) = written_durably(&trace, "/var/lib/runc-etcd/etcd", file) {
+            panic!("{file}: {e}\n{trace}");
+        }
+    }
     let restored = keys(&lab, h1, "k/");
     assert_eq!(
         restored.into_iter().collect::<Vec<_>>(),
@@ -290,7 +315,98 @@ fn backup_then_restore(version: &str, tls: bool) {
         .unwrap()
         .flatten()
         .find(|e| e.file_name().to_string_lossy().ends_with("before-restore"));
-    assert!(archived.unwrap().path().join("data/member").is_dir());
+    let archived = archived.unwrap().path();
+    assert!(archived.join("data/member").is_dir());
+    if tls {
+        interrupted_restore_finishes(&lab, &dir);
+    }
+    // Snapshots, backups and archives are root's alone.
+    let state = h1.path("/var/lib/runc-etcd/etcd");
+    let mut wrong = not_private(&state, &h1.path(&format!("{dir}/snapshot.db")));
+    wrong.extend(not_private(&state, &archived));
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+/// The order a durable replacement of `dir/file` shows in an strace log: the temporary file
+/// written and fsynced, renamed over `file`, then `dir` itself opened and fsynced.
+fn written_durably(trace: &str, dir: &str, file: &str) -> Result<(), String> {
+    // As write_atomic names it: the last extension replaced.
+    let tmp = format!(
+        "{dir}/{}",
+        std::path::Path::new(file).with_extension("tmp-write").display()
+    );
+    // `<tid>   <call>`, as strace -f writes it.
+    let lines: Vec<(&str, &str)> = trace
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(' '))
+        .map(|(tid, call)| (tid, call.trim_start()))
+        .collect();
+    // `openat(AT_FDCWD, "<path>", ...) = <fd>`
+    let opened = |from: usize, path: &str| {
+        let quoted = format!("\"{path}\"");
+        lines[from..].iter().enumerate().find_map(|(i, (tid, call))| {
+            (call.starts_with("openat(") && call.contains(&quoted)).then_some(())?;
+            let fd = call.rsplit_once(" = ")?.1.trim().parse::<i32>().ok()?;
+            Some((from + i, tid.to_string(), fd))
+        })
+    };
+    let synced = |from: usize, tid: &str, fd: i32| {
+        lines[from..]
+            .iter()
+            .position(|(t, call)| {
+                *t == tid
+                    && (call.starts_with(&format!("fsync({fd})")) || call.starts_with(&format!("fdatasync({fd})")))
+            })
+            .map(|i| from + i)
+    };
+    // The last replacement of the file is the one checked (the restore writes it more than once).
+    let quoted = format!("\"{tmp}\"");
+    let start = lines
+        .iter()
+        .rposition(|(_, call)| call.starts_with("openat(") && call.contains(&quoted))
+        .ok_or(format!("{tmp} never opened"))?;
+    let (at, tid, fd) = opened(start, &tmp).expect("found above");
+    let at = synced(at, &tid, fd).ok_or(format!("{tmp} never flushed"))?;
+    let renamed = lines[at..]
+        .iter()
+        .position(|(_, call)| {
+            call.starts_with("rename")
+                && call.contains(&format!("\"{tmp}\""))
+                && call.contains(&format!("\"{dir}/{file}\""))
+        })
+        .map(|i| at + i)
+        .ok_or(format!("{tmp} not renamed to {file} after it was flushed"))?;
+    let (at, tid, fd) = opened(renamed, dir).ok_or(format!("{dir} not opened after the rename"))?;
+    synced(at, &tid, fd).ok_or(format!("{dir} not flushed after the rename"))?;
+    Ok(())
+}
+
+/// A restore killed right after it archived the old member (no member record left) is finished
+/// by running it again: the restored keys serve.
+fn interrupted_restore_finishes(lab: &Lab, dir: &str) {
+    let h1 = lab.host(1);
+    put(lab, h1, "k/d", "4");
+    let out = h1
+        .exec(&[
+            "env",
+            "RUNC_ETCD_FAILPOINT=restore-after-archive",
+            "runc-etcd",
+            "host",
+            "restore",
+            "--snapshot",
+            dir,
+            "--yes",
+        ])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!h1.path("/var/lib/runc-etcd/etcd/member.json").exists(), "archived");
+    let out = ok(h1, &["restore", "--snapshot", dir, "--yes"]);
+    assert!(out.contains("an interrupted restore, finished"), "{out}");
+    let restored = keys(lab, h1, "k/");
+    assert_eq!(
+        restored.into_iter().collect::<Vec<_>>(),
+        vec![("k/a".into(), "1".into()), ("k/b".into(), "2".into())]
+    );
 }
 
 #[test]

@@ -141,15 +141,24 @@ async fn store(b: &EtcdBackup, ctx: &Ctx, dest: &runc_etcd_api::BackupDestinatio
         .as_ref()
         .ok_or_else(|| Error::invalid("status.destination", "no destination", "the controller sets it"))?;
     let dir = backup::host_dir(host, ctx.instance.as_str(), &name)?;
-    std::fs::create_dir_all(&dir).ctx("creating a backup folder", &dir)?;
+    runc_etcd_host::private_dir(&dir)?;
+    // The marker first: a folder is deleted with its EtcdBackup only if it says it is that
+    // backup's (`delete_stored`), so a crash before the snapshot is in leaves nothing deletable
+    // that is not ours.
+    write_atomic(&dir.join(MARKER), marker(ctx, b).to_string().as_bytes(), 0o600)?;
     let to = dir.join("snapshot.db");
     // Another filesystem cannot take a rename: copy then.
     if std::fs::rename(file, &to).is_err() {
         std::fs::copy(file, &to).ctx("copying a snapshot", &to)?;
     }
-    let about = json!({"backup": name, "cluster": b.spec.cluster_name, "instance": ctx.instance.as_str()});
-    write_atomic(&dir.join("backup.json"), about.to_string().as_bytes(), 0o600)?;
     Ok(to.display().to_string())
+}
+
+/// The file in a host backup folder that says which backup it holds.
+const MARKER: &str = "backup.json";
+
+fn marker(ctx: &Ctx, b: &EtcdBackup) -> serde_json::Value {
+    json!({"backup": b.name_any(), "uid": b.metadata.uid, "cluster": b.spec.cluster_name, "instance": ctx.instance.as_str()})
 }
 
 /// A host-folder snapshot goes with its EtcdBackup (S3 objects are deleted by the controller).
@@ -163,10 +172,28 @@ async fn delete_stored(b: &EtcdBackup, ctx: &Ctx, status: &EtcdBackupStatus) -> 
         status.destination.as_ref().and_then(|d| d.host_path.as_ref()),
     ) {
         let dir = backup::host_dir(host, ctx.instance.as_str(), &b.name_any())?;
-        // Only ever the backup's own folder, whatever the location says.
+        // Only ever the backup's own folder, whatever the location says, and only if it carries
+        // the marker this agent wrote for this very backup.
+        let ours = std::fs::read(dir.join(MARKER))
+            .ok()
+            .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
+            .is_some_and(|m| {
+                let want = marker(ctx, b);
+                // Markers written before they carried the uid name the backup and instance only.
+                ["backup", "instance"].iter().all(|k| m[k] == want[k])
+                    && (m["uid"].is_null() || m["uid"] == want["uid"])
+            });
         if Path::new(location).parent() == Some(dir.as_path()) && dir.exists() {
-            std::fs::remove_dir_all(&dir).ctx("deleting a backup", &dir)?;
-            tracing::info!("backup {}: deleted {}", b.name_any(), dir.display());
+            if ours {
+                std::fs::remove_dir_all(&dir).ctx("deleting a backup", &dir)?;
+                tracing::info!("backup {}: deleted {}", b.name_any(), dir.display());
+            } else {
+                tracing::warn!(
+                    "backup {}: {} does not carry this backup's {MARKER}: left in place",
+                    b.name_any(),
+                    dir.display()
+                );
+            }
         }
     }
     let patch = runc_etcd_api::objects::finalizers_patch(b, None, Some(BACKUP_FINALIZER));

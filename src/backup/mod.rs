@@ -16,8 +16,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{Error, IoContext, Result};
 use runc_etcd_api::{BackupDestination, EtcdBackup, HostPathDestination, S3Destination};
 
-/// The host folder used when a cluster names no backup destination.
-pub const DEFAULT_HOST_DIR: &str = "/var/lib/runc-etcd/backups";
+use runc_etcd_api::contract::{AGENT_HOST_PATHS, DEFAULT_BACKUP_DIR};
 
 /// The access keys of an S3 destination (from the Secret `credentialsSecret`).
 #[derive(Clone)]
@@ -77,7 +76,27 @@ pub fn check_host_path(path: &str) -> Result<PathBuf> {
             "give an absolute path without '..', such as /var/backups/etcd",
         ));
     }
-    Ok(p.to_path_buf())
+    // Components, not strings: "/var/lib/runc-etcd/" and "/var//lib" are the same folders.
+    let p: PathBuf = p.components().collect();
+    if p == Path::new(DEFAULT_BACKUP_DIR) {
+        return Ok(p);
+    }
+    // Inside a folder the agent works in, a backup named `data` would be a member's own data
+    // folder, and deleting that backup would delete it; a folder holding one would be mounted
+    // over it.
+    if let Some((_, reserved)) = AGENT_HOST_PATHS
+        .iter()
+        .find(|(_, r)| p.starts_with(r) || Path::new(r).starts_with(&p))
+    {
+        return Err(Error::invalid(
+            "spec.backup.hostPath.path",
+            format!(
+                "{path:?} overlaps {reserved}, a folder the agent works in (member data lives under /var/lib/runc-etcd)"
+            ),
+            "choose a folder of its own, such as /var/backups/etcd",
+        ));
+    }
+    Ok(p)
 }
 
 /// The destination a cluster's backups go to.
@@ -90,7 +109,7 @@ pub fn destination(spec: Option<&runc_etcd_api::BackupSpec>) -> BackupDestinatio
         _ => BackupDestination {
             s3: None,
             host_path: Some(HostPathDestination {
-                path: DEFAULT_HOST_DIR.into(),
+                path: DEFAULT_BACKUP_DIR.into(),
             }),
         },
     }
@@ -166,7 +185,7 @@ impl Bucket {
             .await
             .map_err(|e| Error::transient(what(), e))?;
         let mut stream = got.into_stream();
-        let mut file = tokio::fs::File::create(to).await.ctx("writing a snapshot", to)?;
+        let mut file = runc_etcd_host::private_file(to).await?;
         let (mut hasher, mut size) = (Sha256::new(), 0u64);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Error::transient(what(), e))?;
@@ -223,12 +242,44 @@ mod tests {
             let e = check_host_path(bad).unwrap_err().to_string();
             assert!(e.contains("spec.backup.hostPath.path"), "{bad}: {e}");
         }
+        assert_eq!(
+            check_host_path("/var/backups//etcd/").unwrap(),
+            Path::new("/var/backups/etcd")
+        );
+    }
+
+    /// Issue 12, item 2: with `/var/lib/runc-etcd/<instance>` as a destination, a backup named
+    /// `data` was the member's data folder, and deleting the backup deleted it.
+    #[test]
+    fn host_folders_overlapping_the_agents_are_refused() {
+        for bad in [
+            "/var/lib/runc-etcd",
+            "/var/lib/runc-etcd/",
+            "/var/lib/runc-etcd/prod.main",
+            "/var/lib",
+            "/var",
+            "/run/systemd/x",
+            "/etc/systemd",
+            "/opt/runc-etcd/bin",
+            "/run/lock",
+        ] {
+            let e = check_host_path(bad).unwrap_err().to_string();
+            assert!(e.contains("overlaps") && e.contains("/var/backups/etcd"), "{bad}: {e}");
+        }
+        for good in [
+            "/var/backups/etcd",
+            "/var/lib/runc-etcd/backups",
+            "/srv/etcd-backups",
+            "/run/dbus-backups",
+        ] {
+            assert!(check_host_path(good).is_ok(), "{good}");
+        }
     }
 
     #[test]
     fn without_a_destination_backups_stay_on_the_host() {
         let d = destination(None);
-        assert_eq!(d.host_path.unwrap().path, DEFAULT_HOST_DIR);
+        assert_eq!(d.host_path.unwrap().path, DEFAULT_BACKUP_DIR);
         assert!(d.s3.is_none());
     }
 

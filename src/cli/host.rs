@@ -229,11 +229,22 @@ pub async fn run(args: HostArgs) -> Result<()> {
         }
         Action::Restore { snapshot, yes } => {
             let r = engine::restore(&engine, &instance, &snapshot, yes).await?;
-            println!("Restored {} into a new one-member cluster", r.snapshot.display());
+            let how = if r.resumed {
+                " (an interrupted restore, finished)"
+            } else {
+                ""
+            };
+            println!("Restored {} into a new one-member cluster{how}", r.snapshot.display());
             if let Some(b) = r.backup_before {
                 println!("What ran before was backed up at {}", b.display());
             }
-            println!("Old data archived in {}", r.archive.display());
+            match r.archive {
+                Some(a) => println!("Old data archived in {}", a.display()),
+                None => println!(
+                    "Old data was archived by the interrupted run, in {}",
+                    engine.paths(&instance).archive().display()
+                ),
+            }
             print_status(&engine::status(&engine, &instance).await?);
             println!("Other hosts of the old cluster: `{me} host remove --force --yes`, then join again:");
             print_reference(&me, &instance, Some(&r.record.client_url()));

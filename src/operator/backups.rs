@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::operator::context::Ctx;
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
+use crate::operator::retention::{self, Keep, Kind};
 use runc_etcd_api::contract::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::objects::finalizers_patch;
@@ -61,27 +62,6 @@ pub fn due(
         fire = n;
     }
     (Some(fire), None)
-}
-
-fn scheduled_for(b: &EtcdBackup) -> Option<DateTime<Utc>> {
-    let at = b.annotations().get(SCHEDULED_FOR)?;
-    DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
-}
-
-fn is_scheduled(b: &EtcdBackup) -> bool {
-    b.labels().get(REASON_LABEL).map(String::as_str) == Some("scheduled")
-}
-
-/// Scheduled backups past `retention` (finished ones, the oldest first); a backup still being
-/// taken is never deleted.
-pub fn expired(backups: &[EtcdBackup], retention: usize) -> Vec<String> {
-    let mut done: Vec<&EtcdBackup> = backups
-        .iter()
-        .filter(|b| is_scheduled(b) && b.finished() && b.metadata.deletion_timestamp.is_none())
-        .collect();
-    done.sort_by_key(|b| (scheduled_for(b), b.name_any()));
-    let extra = done.len().saturating_sub(retention.max(1));
-    done.iter().take(extra).map(|b| b.name_any()).collect()
 }
 
 /// The healthy voters a backup can be taken from, as (is leader, member, node): a follower
@@ -161,7 +141,7 @@ pub fn before_change(c: &EtcdCluster, step: &Step) -> Option<&'static str> {
     }
 }
 
-fn new_backup(c: &EtcdCluster, name: &str, reason: &str, scheduled: Option<DateTime<Utc>>) -> EtcdBackup {
+fn new_backup(c: &EtcdCluster, name: &str, kind: Kind, scheduled: Option<DateTime<Utc>>) -> EtcdBackup {
     let mut b = EtcdBackup::new(
         name,
         EtcdBackupSpec {
@@ -169,7 +149,9 @@ fn new_backup(c: &EtcdCluster, name: &str, reason: &str, scheduled: Option<DateT
         },
     );
     b.metadata.namespace = c.namespace();
-    b.metadata.labels = Some([(REASON_LABEL.to_string(), reason.to_string())].into());
+    b.metadata.labels = kind
+        .label()
+        .map(|reason| [(REASON_LABEL.to_string(), reason.to_string())].into());
     if let Some(at) = scheduled {
         b.metadata.annotations = Some([(SCHEDULED_FOR.to_string(), at.to_rfc3339())].into());
     }
@@ -187,7 +169,7 @@ pub enum Gate {
     Wait(String),
 }
 
-fn before_change_name(c: &EtcdCluster) -> String {
+pub(super) fn before_change_name(c: &EtcdCluster) -> String {
     format!("{}-before-gen{}", c.name_any(), c.metadata.generation.unwrap_or(0))
 }
 
@@ -209,7 +191,7 @@ pub fn gate(c: &EtcdCluster, view: &View, why: &str) -> Gate {
 
 /// Creates the backup a gate asked for (kept if it exists).
 pub async fn take_before_change(c: &EtcdCluster, ctx: &Ctx, name: &str) -> Result<()> {
-    create_or_keep(&ctx.api(c), &new_backup(c, name, "before-change", None)).await?;
+    create_or_keep(&ctx.api(c), &new_backup(c, name, Kind::BeforeChange, None)).await?;
     Ok(())
 }
 
@@ -227,17 +209,7 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Dura
     let Some(spec) = &c.spec.backup else {
         return Ok(None);
     };
-    for name in expired(&view.backups, spec.retention as usize) {
-        api.delete(&name, &DeleteParams::default()).await?;
-        ctx.event(
-            c,
-            EventType::Normal,
-            "BackupExpired",
-            None,
-            format!("{name} (retention {})", spec.retention),
-        )
-        .await;
-    }
+    expire(c, ctx, view, &api, Keep::of(spec)).await?;
     let Some(schedule) = &spec.schedule else {
         return Ok(None);
     };
@@ -251,8 +223,8 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Dura
     let last = view
         .backups
         .iter()
-        .filter(|b| is_scheduled(b))
-        .filter_map(scheduled_for)
+        .filter(|b| Kind::of(b) == Kind::Scheduled)
+        .filter_map(retention::taken_at)
         .max();
     let since = c
         .metadata
@@ -264,10 +236,32 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<Option<Dura
     let (fire, next) = due(&cron, last, since, now);
     if let Some(at) = fire {
         let name = format!("{}-{}", c.name_any(), at.format("%Y%m%d-%H%M%S"));
-        create_or_keep(&api, &new_backup(c, &name, "scheduled", Some(at))).await?;
+        create_or_keep(&api, &new_backup(c, &name, Kind::Scheduled, Some(at))).await?;
         ctx.event(c, EventType::Normal, "BackupScheduled", None, name).await;
     }
     Ok(next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(50)))
+}
+
+/// Deletes the backups past retention (`retention::expired`), each named in an Event. The
+/// namespace's clusters are read only when something would expire: one being restored from a
+/// backup of this cluster keeps it.
+async fn expire(c: &EtcdCluster, ctx: &Ctx, view: &View, api: &Api<EtcdBackup>, keep: Keep) -> Result<()> {
+    let seeds: Vec<String> = view
+        .members
+        .iter()
+        .filter_map(|m| m.spec.restore_from.clone())
+        .collect();
+    if retention::expired(&view.backups, keep, &retention::in_use(c, &seeds, &[])).is_empty() {
+        return Ok(());
+    }
+    let others = ctx.api::<EtcdCluster>(c).list(&Default::default()).await?.items;
+    for name in retention::expired(&view.backups, keep, &retention::in_use(c, &seeds, &others)) {
+        api.delete(&name, &DeleteParams::default()).await?;
+        let kind = view.backups.iter().find(|b| b.name_any() == name).map(Kind::of);
+        let note = format!("{name}: past the retention of {kind:?} backups (spec.backup)");
+        ctx.event(c, EventType::Normal, "BackupExpired", None, note).await;
+    }
+    Ok(())
 }
 
 /// Marks an abandoned backup Failed, saying why.
@@ -458,27 +452,13 @@ mod tests {
             "metadata": {"name": "main", "namespace": "prod"}, "spec": {"version": "3.5.16"}}))
         .unwrap();
         let when = at(&format!("2026-01-01T{hour:02}:00:00Z"));
-        let reason = if scheduled { "scheduled" } else { "before-change" };
-        let mut b = new_backup(&c, name, reason, scheduled.then_some(when));
+        let kind = if scheduled { Kind::Scheduled } else { Kind::BeforeChange };
+        let mut b = new_backup(&c, name, kind, scheduled.then_some(when));
         b.status = Some(EtcdBackupStatus {
             phase: Some(phase),
             ..Default::default()
         });
         b
-    }
-
-    #[test]
-    fn retention_deletes_the_oldest_finished_scheduled_backups_only() {
-        let all = vec![
-            backup("b10", 10, BackupPhase::Succeeded, true),
-            backup("b11", 11, BackupPhase::Failed, true),
-            backup("b12", 12, BackupPhase::Succeeded, true),
-            backup("b13", 13, BackupPhase::Running, true),
-            backup("pre", 9, BackupPhase::Succeeded, false),
-        ];
-        assert_eq!(expired(&all, 1), vec!["b10", "b11"]);
-        assert_eq!(expired(&all, 3), Vec::<String>::new());
-        assert_eq!(expired(&all, 0), vec!["b10", "b11"], "at least one is kept");
     }
 
     #[test]

@@ -15,7 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use runc_etcd_api::contract::{CLUSTER_LABEL, ClusterNames, IMAGE_RUNC, MEMBER_FINALIZER, NODE_LABEL, member_secret};
+use runc_etcd_api::contract::{
+    AGENT_HOST_PATHS, CLUSTER_LABEL, ClusterNames, DEFAULT_BACKUP_DIR, IMAGE_RUNC, MEMBER_FINALIZER, NODE_LABEL,
+    member_secret,
+};
 use runc_etcd_api::{EtcdCluster, EtcdMember, EtcdMemberSpec, InitialClusterState};
 use runc_etcd_host::pki::{ClientTls, MemberCerts};
 
@@ -60,33 +63,22 @@ fn meta(c: &EtcdCluster, name: String) -> ObjectMeta {
     }
 }
 
-/// Host paths the agent works in (ARCHITECTURE.md §5), mounted at the same place in its pod.
-const HOST_PATHS: [(&str, &str); 7] = [
-    ("state", "/var/lib/runc-etcd"),
-    ("units", "/etc/systemd/system"),
-    ("systemd", "/run/systemd"),
-    ("dbus", "/run/dbus"),
-    ("runc-root", "/run/runc-etcd"),
-    ("locks", "/run/lock/runc-etcd"),
-    ("runc-bin", "/opt/runc-etcd"),
-];
-
 /// The agent DaemonSet: one privileged pod per eligible node (the cluster's node selector and
 /// tolerations), talking to the host's systemd.
 pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
-    let mut host_paths: Vec<(String, String)> =
-        HOST_PATHS.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect();
-    // A host-folder backup destination outside the state folder is mounted too (checked: an
-    // absolute path without '..').
+    let mut host_paths: Vec<(String, String)> = AGENT_HOST_PATHS
+        .iter()
+        .map(|(n, p)| (n.to_string(), p.to_string()))
+        .collect();
+    // A host-folder backup destination is mounted too, once checked (a folder of its own: it
+    // overlaps none of the above).
     let backup_dir = c
         .spec
         .backup
         .as_ref()
         .and_then(|b| b.host_path.as_ref())
         .map(|h| h.path.clone());
-    if let Some(dir) =
-        backup_dir.filter(|d| crate::backup::check_host_path(d).is_ok() && !d.starts_with("/var/lib/runc-etcd/"))
-    {
+    if let Some(dir) = backup_dir.filter(|d| crate::backup::check_host_path(d).is_ok() && d != DEFAULT_BACKUP_DIR) {
         host_paths.push(("backups".into(), dir));
     }
     let labels = BTreeMap::from([

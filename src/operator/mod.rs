@@ -32,6 +32,7 @@ mod plan;
 mod reconcile;
 mod record;
 mod report;
+mod retention;
 mod status;
 #[cfg(test)]
 mod testing;

@@ -245,3 +245,21 @@ pub fn assert_none_missing(acked: &[String], has: impl Fn(&str) -> bool) {
         &lost[..lost.len().min(10)]
     );
 }
+
+/// Whether `path` and each folder under `root` above it is readable by root only: 0700 folders
+/// and a 0600 file (snapshots, archives and backups hold the whole keyspace). Returns what is not.
+pub fn not_private(root: &std::path::Path, path: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut wrong = Vec::new();
+    let mut at = Some(path);
+    while let Some(p) = at.filter(|p| p.starts_with(root) && *p != root) {
+        let meta = std::fs::metadata(p).unwrap();
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode != want {
+            wrong.push(format!("{} is {mode:o}, not {want:o}", p.display()));
+        }
+        at = p.parent();
+    }
+    wrong
+}

@@ -185,10 +185,26 @@ pub struct BackupSpec {
     #[schemars(regex(pattern = r"^(\S+\s+){4,5}\S+$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
-    /// How many scheduled backups to keep (the oldest are deleted, with their snapshots).
+    /// How many scheduled backups that succeeded to keep (the oldest are deleted, with their
+    /// snapshots). Failed ones do not count: an outage of the destination never deletes the last
+    /// good backups.
     #[schemars(range(min = 1, max = 1000))]
     #[serde(default = "default_retention")]
     pub retention: i32,
+    /// How many backups taken before a resize or an upgrade to keep, succeeded ones (the one a
+    /// change in progress waits for is always kept).
+    #[schemars(range(min = 1, max = 1000))]
+    #[serde(default = "default_before_change_retention")]
+    pub before_change_retention: i32,
+    /// How many on-demand backups (EtcdBackups made by a user) to keep, succeeded ones.
+    #[schemars(range(min = 1, max = 1000))]
+    #[serde(default = "default_on_demand_retention")]
+    pub on_demand_retention: i32,
+    /// How many failed backups of each kind to keep, the newest (they hold no data; they show
+    /// what went wrong).
+    #[schemars(range(min = 0, max = 1000))]
+    #[serde(default = "default_failed_retention")]
+    pub failed_retention: i32,
     /// An S3-compatible object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Destination>,
@@ -199,6 +215,18 @@ pub struct BackupSpec {
 
 fn default_retention() -> i32 {
     7
+}
+
+fn default_before_change_retention() -> i32 {
+    3
+}
+
+fn default_on_demand_retention() -> i32 {
+    10
+}
+
+fn default_failed_retention() -> i32 {
+    3
 }
 
 /// An S3-compatible bucket.
@@ -224,9 +252,13 @@ pub struct S3Destination {
 /// A folder on a member's host.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.path == '/var/lib/runc-etcd/backups' || ['/var/lib/runc-etcd', '/etc/systemd/system', '/run/systemd', '/run/dbus', '/run/runc-etcd', '/run/lock/runc-etcd', '/opt/runc-etcd'].all(r, self.path != r && !self.path.startsWith(r + '/') && !r.startsWith(self.path + '/'))").message("hostPath.path overlaps a folder the agent works in (member data lives under /var/lib/runc-etcd): choose a folder of its own, such as /var/backups/etcd"))]
 pub struct HostPathDestination {
-    /// Absolute path of the folder, e.g. /var/backups/etcd.
-    #[schemars(regex(pattern = r"^/[A-Za-z0-9._/-]*$"))]
+    /// Absolute path of the folder, e.g. /var/backups/etcd: no '.' or '..' parts, no trailing
+    /// '/', and outside every folder the agent works in (/var/lib/runc-etcd, where member data
+    /// lives, /etc/systemd/system, /run/systemd, /run/dbus, /run/runc-etcd, /run/lock/runc-etcd,
+    /// /opt/runc-etcd).
+    #[schemars(regex(pattern = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"))]
     pub path: String,
 }
 

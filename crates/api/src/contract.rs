@@ -32,6 +32,22 @@ pub const BACKUP_FINALIZER: &str = "runc-etcd.io/snapshot";
 /// A user's request to rebuild a cluster that lost quorum from a backup (`latest` or a name).
 pub const RESTORE_ANNOTATION: &str = "runc-etcd.io/restore-from-backup";
 
+/// Host folders the agent works in (ARCHITECTURE.md §5), mounted at the same place in its pod:
+/// (volume name, path). A host-folder backup destination may overlap none of them (the CRD's
+/// rule on `spec.backup.hostPath.path` lists them too, checked against this list in a test).
+pub const AGENT_HOST_PATHS: [(&str, &str); 7] = [
+    ("state", "/var/lib/runc-etcd"),
+    ("units", "/etc/systemd/system"),
+    ("systemd", "/run/systemd"),
+    ("dbus", "/run/dbus"),
+    ("runc-root", "/run/runc-etcd"),
+    ("locks", "/run/lock/runc-etcd"),
+    ("runc-bin", "/opt/runc-etcd"),
+];
+/// Where backups go without a destination: the one backup folder inside the state folder (no
+/// member's folder is named so: instance names hold a dot).
+pub const DEFAULT_BACKUP_DIR: &str = "/var/lib/runc-etcd/backups";
+
 /// Where the agent image carries runc (Debian's runc package): the agent installs it on the
 /// host, whose systemd runs it.
 pub const IMAGE_RUNC: &str = "/usr/sbin/runc";

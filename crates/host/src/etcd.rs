@@ -172,9 +172,7 @@ impl Access {
     pub async fn snapshot(&self, endpoint: &str, path: &Path) -> Result<(u64, String)> {
         let mut client = self.connect(&[endpoint.to_string()]).await?;
         let part = path.with_extension("part");
-        let mut file = tokio::fs::File::create(&part)
-            .await
-            .ctx("creating a snapshot file", &part)?;
+        let mut file = crate::private_file(&part).await?;
         let mut stream = client
             .snapshot()
             .await

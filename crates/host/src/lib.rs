@@ -201,7 +201,8 @@ impl Engine {
             vec![paths.pki(), paths.client(), paths.ca()]
         };
         let dest = layout::timestamped(&paths.archive(), why);
-        std::fs::create_dir_all(&dest).ctx("creating an archive folder", &dest)?;
+        private_dir(&paths.archive())?;
+        private_dir(&dest)?;
         // The record and the bundle go first: after a crash half-way, no member "exists" here and
         // the unit cannot start (ConditionPathExists), while create/join refuse the data left over.
         for p in [
@@ -319,6 +320,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     drop(f);
     std::fs::rename(&tmp, path).ctx("replacing", path)?;
     sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Creates `dir`, and any missing parent, readable by root only (0700, an existing `dir` made so
+/// too): for snapshots, archives and backups, which hold the whole keyspace.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .ctx("creating a private folder", dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ctx("protecting a folder", dir)
+}
+
+/// Creates (or truncates) `path` for writing, readable by root only (0600).
+pub async fn private_file(path: &Path) -> Result<tokio::fs::File> {
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .ctx("creating a private file", path)?;
+    // A file that existed keeps its mode through `open`.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .await
+        .ctx("protecting a file", path)?;
+    Ok(file)
 }
 
 /// Flushes a folder's entries (a rename or a new file in it) to disk.

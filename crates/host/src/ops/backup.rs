@@ -36,7 +36,7 @@ async fn take_backup(engine: &Engine, record: &MemberRecord, why: &str) -> Resul
     let access = engine.access(record)?;
     let status = access.status(&endpoint).await?;
     let dir = layout::timestamped(&paths.backups(), why);
-    std::fs::create_dir_all(&dir).ctx("creating a backup folder", &dir)?;
+    crate::private_dir(&dir)?;
     let taken = async {
         let (size, sha256) = access.snapshot(&endpoint, &dir.join("snapshot.db")).await?;
         for f in [paths.etcd_conf(), paths.member_json(), paths.config_json()] {
@@ -65,10 +65,27 @@ async fn take_backup(engine: &Engine, record: &MemberRecord, why: &str) -> Resul
 #[derive(Debug)]
 pub struct RestoreReport {
     pub snapshot: PathBuf,
-    /// The backup taken of what ran before (None when etcd was not running).
+    /// The backup taken of what ran before (None when etcd was not running, or when this run
+    /// finished one that was interrupted).
     pub backup_before: Option<PathBuf>,
-    pub archive: PathBuf,
+    /// Where what ran before was archived (None when an interrupted run had done it already).
+    pub archive: Option<PathBuf>,
     pub record: MemberRecord,
+    /// This run finished a restore that was interrupted.
+    pub resumed: bool,
+}
+
+/// `restore-work/restored.json`: the restored data beside it is complete, and this is the member
+/// it makes. From here on a restore that is run again finishes instead of starting over (the old
+/// member record may already be archived).
+#[derive(Debug, Serialize, Deserialize)]
+struct Restored {
+    snapshot: PathBuf,
+    record: MemberRecord,
+}
+
+fn restored_path(paths: &layout::MemberPaths) -> PathBuf {
+    paths.dir.join("restore-work").join("restored.json")
 }
 
 /// A snapshot argument: a snapshot file, a backup folder, or a backup folder's name.
@@ -98,6 +115,29 @@ fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<
 }
 
 pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, yes: bool) -> Result<RestoreReport> {
+    let paths = engine.paths(instance);
+    if let Ok(bytes) = std::fs::read(restored_path(&paths)) {
+        let done: Restored = serde_json::from_slice(&bytes)
+            .map_err(std::io::Error::other)
+            .ctx("reading an interrupted restore", restored_path(&paths))?;
+        require_yes(
+            yes,
+            &format!(
+                "a restore of {} was interrupted; running it again finishes it (the snapshot argument is not used)",
+                done.snapshot.display()
+            ),
+        )?;
+        let _lock = engine.lock(instance)?;
+        tracing::warn!("finishing the interrupted restore of {}", done.snapshot.display());
+        let archive = finish_restore(engine, &paths, &done.record).await?;
+        return Ok(RestoreReport {
+            snapshot: done.snapshot,
+            backup_before: None,
+            archive,
+            record: engine.require(instance)?,
+            resumed: true,
+        });
+    }
     let record = engine.require(instance)?;
     let snapshot = find_snapshot(engine, instance, snapshot)?;
     require_yes(
@@ -106,7 +146,6 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
          (the current data is backed up and archived first)",
     )?;
     let _lock = engine.lock(instance)?;
-    let paths = engine.paths(instance);
 
     let backup_before = match take_backup(engine, &record, "before-restore").await {
         Ok(b) => Some(b.dir),
@@ -134,28 +173,52 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
         systemd::start(instance).await?;
         return Err(e);
     }
-
-    let archive = engine.archive_member(instance, "before-restore", true)?;
-    std::fs::rename(work.join("data"), paths.data()).ctx("moving the restored data into place", paths.data())?;
-    let _ = std::fs::remove_dir_all(&work);
-    engine.write_member_files(&new, &engine.rootfs(&new)?)?;
-    systemd::enable_and_start(instance).await?;
-    engine.wait_member_healthy(&new, HEALTH_TIMEOUT).await?;
-    super::identity::stamp_locked(engine, new.clone())?;
-    let new = engine.require(instance)?;
+    let done = Restored {
+        snapshot: snapshot.clone(),
+        record: new,
+    };
+    write_atomic(
+        &restored_path(&paths),
+        &serde_json::to_vec_pretty(&done).expect("a record serializes"),
+        0o600,
+    )?;
+    let archive = finish_restore(engine, &paths, &done.record).await?;
     Ok(RestoreReport {
         snapshot,
         backup_before,
         archive,
-        record: new,
+        record: engine.require(instance)?,
+        resumed: false,
     })
+}
+
+/// From a complete restored copy in `restore-work` to the member serving it; each part is
+/// skipped when a run before this one (interrupted) did it. Returns the archive made, if any.
+async fn finish_restore(engine: &Engine, paths: &layout::MemberPaths, new: &MemberRecord) -> Result<Option<PathBuf>> {
+    let work = paths.dir.join("restore-work");
+    let mut archive = None;
+    // The restored data not moved in yet: archive what is left of the old member first.
+    if work.join("data").exists() {
+        if paths.member_json().exists() || paths.data().exists() {
+            archive = Some(engine.archive_member(&new.instance, "before-restore", true)?);
+        }
+        crate::failpoint::hit("restore-after-archive");
+        std::fs::rename(work.join("data"), paths.data()).ctx("moving the restored data into place", paths.data())?;
+    }
+    engine.write_member_files(new, &engine.rootfs(new)?)?;
+    // The record is in place: the work folder (and its restored.json) is no longer needed.
+    let _ = std::fs::remove_dir_all(&work);
+    systemd::enable_and_start(&new.instance).await?;
+    engine.wait_member_healthy(new, HEALTH_TIMEOUT).await?;
+    super::identity::stamp_locked(engine, new.clone())?;
+    Ok(archive)
 }
 
 /// A clean `restore-work` folder holding a copy of the snapshot.
 fn prepare_work(paths: &layout::MemberPaths, snapshot: &Path) -> Result<PathBuf> {
     let work = paths.dir.join("restore-work");
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).ctx("creating a restore folder", &work)?;
+    crate::private_dir(&work)?;
     std::fs::copy(snapshot, work.join("snapshot.db")).ctx("copying the snapshot", snapshot)?;
     Ok(work)
 }
@@ -168,9 +231,7 @@ pub(crate) async fn restore_data(engine: &Engine, record: &MemberRecord, snapsho
     // The tool's bundle mounts what the member's does: the data and pki folders and the config
     // (written for real once the data is in place; until then an empty one).
     let data = paths.data();
-    std::fs::create_dir_all(&data).ctx("creating the data folder", &data)?;
-    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .ctx("protecting the data folder", &data)?;
+    crate::private_dir(&data)?;
     std::fs::create_dir_all(paths.pki()).ctx("creating the pki folder", paths.pki())?;
     if !paths.etcd_conf().exists() {
         write_atomic(&paths.etcd_conf(), b"", 0o600)?;

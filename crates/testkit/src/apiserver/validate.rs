@@ -150,12 +150,56 @@ mod tests {
                 "spec: {version: 3.5.16, backup: {retention: 3}}",
                 "exactly one backup destination",
             ),
+            // Issue 12, item 2: a destination inside (or holding) a folder the agent works in.
+            (
+                "spec: {version: 3.5.16, backup: {hostPath: {path: /var/lib/runc-etcd/prod.main}}}",
+                "overlaps a folder the agent works in",
+            ),
+            (
+                "spec: {version: 3.5.16, backup: {hostPath: {path: /var/lib}}}",
+                "overlaps a folder the agent works in",
+            ),
+            (
+                "spec: {version: 3.5.16, backup: {hostPath: {path: /run/systemd/b}}}",
+                "overlaps a folder the agent works in",
+            ),
+            (
+                "spec: {version: 3.5.16, backup: {hostPath: {path: /var/lib/runc-etcd/}}}",
+                "spec.backup.hostPath.path",
+            ),
+            (
+                "spec: {version: 3.5.16, backup: {hostPath: {path: /var/backups/../lib}}}",
+                "spec.backup.hostPath.path",
+            ),
         ];
         for (spec, want) in cases {
             let c = yaml(&VALID.replace("spec: {version: 3.5.16}\n", &format!("{spec}\n")));
             let err = check(clusters, &c, None).expect_err(spec);
             assert!(format!("{err:?}").contains(want), "{spec}: {err:?}");
         }
+    }
+
+    #[test]
+    fn backup_folders_of_their_own_are_accepted() {
+        let clusters = by_key("runc-etcd.io/etcdclusters").unwrap();
+        for path in ["/var/backups/etcd", "/var/lib/runc-etcd/backups", "/srv/etcd.backups"] {
+            let spec = format!("spec: {{version: 3.5.16, backup: {{hostPath: {{path: {path}}}}}}}\n");
+            let c = yaml(&VALID.replace("spec: {version: 3.5.16}\n", &spec));
+            check(clusters, &c, None).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        }
+    }
+
+    /// The CRD's rule lists the folders the agent mounts: the same list the agent checks.
+    #[test]
+    fn the_backup_folder_rule_names_every_agent_folder() {
+        let crds = serde_json::to_string(&runc_etcd_api::crds()).unwrap();
+        for (_, path) in runc_etcd_api::contract::AGENT_HOST_PATHS {
+            assert!(
+                crds.contains(&format!("'{path}'")),
+                "{path} is missing from the CEL rule"
+            );
+        }
+        assert!(crds.contains(&format!("'{}'", runc_etcd_api::contract::DEFAULT_BACKUP_DIR)));
     }
 
     #[test]
