@@ -122,6 +122,14 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
         p.get("main").unwrap().status.unwrap().cluster_id,
         "a restored cluster has its own ID"
     );
+    // Its revision is raised far above the snapshot's (issue 12, item 4): a watcher of the old
+    // cluster is told to list again rather than miss or replay events.
+    let snapshot_revision = newest.status.as_ref().unwrap().revision.unwrap();
+    let revision = p.revision("copy");
+    assert!(
+        revision >= snapshot_revision + 1_000_000_000,
+        "revision {revision}, snapshot at {snapshot_revision}"
+    );
 
     // Growing the restored cluster is a resize of a converged cluster: a backup comes first.
     p.apply(&cluster_yaml("copy", 2, &image, &copy)).unwrap();
@@ -235,6 +243,9 @@ fn quorum_loss_is_reported_and_rebuilt_from_an_s3_backup_on_request() {
     );
     assert_eq!(p.all_keys("main"), backed_up, "exactly the backed-up keys");
     assert_eq!(p.event_count("main", "RebuildFromBackupSucceeded"), 1);
+    // A rebuild raises the revision above the backup's too (issue 12, item 4).
+    let revision = p.revision("main");
+    assert!(revision >= s.revision.unwrap() + 1_000_000_000, "revision {revision}");
     // The survivor's old data was archived, not deleted.
     let archive = p
         .lab

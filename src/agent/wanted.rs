@@ -75,6 +75,7 @@ pub fn wanted_member(
         certs,
         tuning: tuning(spec)?,
         restore: None,
+        restore_bump_revision: spec.restore_bump_revision,
     })
 }
 
@@ -121,6 +122,7 @@ mod tests {
             etcd: None,
             next_image: None,
             restore_from: None,
+            restore_bump_revision: false,
             cluster_token: Some("prod.main-5d1c".into()),
         }
     }

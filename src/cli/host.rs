@@ -102,6 +102,11 @@ enum Action {
         /// A snapshot file, a backup folder, or a backup folder's name.
         #[arg(long, short = 's')]
         snapshot: String,
+        /// Keep the snapshot's revision. By default it is raised by 1,000,000,000 and marked
+        /// compacted, so that watchers (a Kubernetes API server) list again instead of missing or
+        /// replaying events (etcd 3.5+; etcd 3.4 cannot).
+        #[arg(long)]
+        keep_revision: bool,
         #[arg(long, short = 'y')]
         yes: bool,
     },
@@ -227,8 +232,12 @@ pub async fn run(args: HostArgs) -> Result<()> {
                 b.dir.display()
             );
         }
-        Action::Restore { snapshot, yes } => {
-            let r = engine::restore(&engine, &instance, &snapshot, yes).await?;
+        Action::Restore {
+            snapshot,
+            keep_revision,
+            yes,
+        } => {
+            let r = engine::restore(&engine, &instance, &snapshot, yes, !keep_revision).await?;
             let how = if r.resumed {
                 " (an interrupted restore, finished)"
             } else {

@@ -345,6 +345,7 @@ pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
             etcd: tuning(c),
             next_image: None,
             restore_from: p.restore_from.clone(),
+            restore_bump_revision: p.restore_from.is_some() && c.spec.recovery.bump_revision_on_restore,
             cluster_token: c.status.as_ref().and_then(|s| s.cluster_token.clone()),
         },
     );

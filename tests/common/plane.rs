@@ -174,6 +174,16 @@ impl Plane {
             .collect()
     }
 
+    /// The cluster's current revision (etcd's key-value revision), read through its Service.
+    pub fn revision(&self, cluster: &str) -> i64 {
+        let (endpoints, tls) = (self.service_endpoints(cluster, "https"), self.client_tls(cluster));
+        runc_etcd_testkit::lab::netns::run_in(&self.lab.client_ns(), move || async move {
+            let mut c = super::connect(endpoints, tls).await;
+            let r = c.get("revision", None).await.expect("get");
+            r.header().expect("a response header").revision()
+        })
+    }
+
     /// Writes `<prefix><i>` = `v<i>` for i in 0..n through the cluster's Service endpoints.
     pub fn put_keys(&self, cluster: &str, prefix: &str, n: usize) {
         let (endpoints, tls, prefix) = (

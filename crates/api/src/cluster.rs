@@ -338,6 +338,17 @@ pub struct Recovery {
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_loss_timeout: Option<String>,
+    /// Every restore of this cluster (`bootstrap.restore`, and a rebuild after quorum loss)
+    /// raises the restored revision by 1,000,000,000 and marks it compacted (etcdutl's
+    /// `--bump-revision`, `--mark-compacted`), as etcd asks for clusters that serve watchers (a
+    /// Kubernetes API server among them): a watcher then neither misses nor replays events, it
+    /// is told to list again. etcd 3.4's etcdctl cannot: its restores keep the revision.
+    #[serde(default = "default_true")]
+    pub bump_revision_on_restore: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_member_timeout() -> String {
@@ -372,6 +383,7 @@ impl Default for Recovery {
             member_unhealthy_timeout: default_member_timeout(),
             quorum_loss: QuorumLossPolicy::Manual,
             quorum_loss_timeout: None,
+            bump_revision_on_restore: true,
         }
     }
 }

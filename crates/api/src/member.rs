@@ -68,6 +68,10 @@ pub struct EtcdMemberSpec {
     /// Start from this backup's snapshot instead of empty data (the seed of a restored cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,
+    /// With `restoreFrom`: raise the restored revision and mark it compacted (the cluster's
+    /// `spec.recovery.bumpRevisionOnRestore`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_bump_revision: bool,
 }
 
 /// etcd's `initial-cluster-state`.

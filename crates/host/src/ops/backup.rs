@@ -114,7 +114,15 @@ fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<
     Ok(found)
 }
 
-pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, yes: bool) -> Result<RestoreReport> {
+/// With `bump_revision` the restored revision is raised and marked compacted (see
+/// `run_restore_tool`).
+pub async fn restore(
+    engine: &Engine,
+    instance: &InstanceName,
+    snapshot: &str,
+    yes: bool,
+    bump_revision: bool,
+) -> Result<RestoreReport> {
     let paths = engine.paths(instance);
     if let Ok(bytes) = std::fs::read(restored_path(&paths)) {
         let done: Restored = serde_json::from_slice(&bytes)
@@ -167,7 +175,7 @@ pub async fn restore(engine: &Engine, instance: &InstanceName, snapshot: &str, y
     new.initial_cluster = vec![(record.name.clone(), record.peer_url())];
     new.initial_cluster_state = ClusterState::New;
     new.hide_initial_cluster = false;
-    if let Err(e) = run_restore_tool(engine, &new, &work).await {
+    if let Err(e) = run_restore_tool(engine, &new, &work, bump_revision).await {
         // The live data was not touched: bring the member back as it was.
         let _ = std::fs::remove_dir_all(&work);
         systemd::start(instance).await?;
@@ -225,7 +233,12 @@ fn prepare_work(paths: &layout::MemberPaths, snapshot: &Path) -> Result<PathBuf>
 
 /// Writes a new member's data folder from a snapshot (its record, not yet on disk, names the
 /// member, its peer URL and cluster token). The folder must not hold data.
-pub(crate) async fn restore_data(engine: &Engine, record: &MemberRecord, snapshot: &Path) -> Result<()> {
+pub(crate) async fn restore_data(
+    engine: &Engine,
+    record: &MemberRecord,
+    snapshot: &Path,
+    bump_revision: bool,
+) -> Result<()> {
     let paths = engine.paths(&record.instance);
     let work = prepare_work(&paths, snapshot)?;
     // The tool's bundle mounts what the member's does: the data and pki folders and the config
@@ -236,7 +249,7 @@ pub(crate) async fn restore_data(engine: &Engine, record: &MemberRecord, snapsho
     if !paths.etcd_conf().exists() {
         write_atomic(&paths.etcd_conf(), b"", 0o600)?;
     }
-    let restored = run_restore_tool(engine, record, &work).await;
+    let restored = run_restore_tool(engine, record, &work, bump_revision).await;
     if restored.is_ok() {
         // rename replaces the (empty) folder made above.
         std::fs::rename(work.join("data"), &data).ctx("moving the restored data into place", &data)?;
@@ -245,16 +258,24 @@ pub(crate) async fn restore_data(engine: &Engine, record: &MemberRecord, snapsho
     restored
 }
 
+/// How far a restore raises the revision: above any revision the old cluster can have reached
+/// since the snapshot (the figure Kubernetes' own etcd restore guide uses).
+const REVISION_BUMP: u64 = 1_000_000_000;
+
 /// `etcdutl snapshot restore` (etcd 3.5+) or `etcdctl snapshot restore` (3.4) in the member's
-/// image, writing `work/data`.
-async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path) -> Result<()> {
+/// image, writing `work/data`. With `bump_revision`, etcdutl raises the revision by
+/// `REVISION_BUMP` and marks it compacted, so that watchers of the old cluster (a Kubernetes API
+/// server) are told to list again instead of missing or replaying events (etcd's restore guide);
+/// etcd 3.4's etcdctl has no such flags, and its restore keeps the revision.
+async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path, bump_revision: bool) -> Result<()> {
     let rootfs = engine.rootfs(m)?;
-    let tool = if rootfs.join("usr/local/bin/etcdutl").is_file() {
+    let etcdutl = rootfs.join("usr/local/bin/etcdutl").is_file();
+    let tool = if etcdutl {
         "/usr/local/bin/etcdutl"
     } else {
         "/usr/local/bin/etcdctl"
     };
-    let args = vec![
+    let mut args = vec![
         tool.to_string(),
         "snapshot".into(),
         "restore".into(),
@@ -270,6 +291,15 @@ async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path) -> Res
         "--initial-cluster-token".into(),
         m.cluster_token.clone(),
     ];
+    match (bump_revision, etcdutl) {
+        (true, true) => args.extend([
+            "--bump-revision".into(),
+            REVISION_BUMP.to_string(),
+            "--mark-compacted".into(),
+        ]),
+        (true, false) => tracing::warn!("etcd 3.4's etcdctl cannot raise the revision: the restored cluster keeps it"),
+        (false, _) => {}
+    }
     let paths = engine.paths(&m.instance);
     let bundle_dir = work.join("bundle");
     std::fs::create_dir_all(&bundle_dir).ctx("creating the restore bundle", &bundle_dir)?;

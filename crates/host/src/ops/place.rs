@@ -31,6 +31,8 @@ pub struct WantedMember {
     /// Start from this snapshot (a local file, already fetched and checked) instead of empty
     /// data: the seed of a restored cluster, which gets a new cluster ID.
     pub restore: Option<PathBuf>,
+    /// With `restore`: raise the restored revision and mark it compacted (for watchers).
+    pub restore_bump_revision: bool,
 }
 
 /// Installs the member (image, certificates, files, unit) unless it is installed, and makes sure
@@ -84,7 +86,7 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
     if let Some(snapshot) = &w.restore {
         // The data first, the record last: a crash in between leaves data without a record,
         // which the next pass archives (archive_leftovers) before restoring again.
-        super::backup::restore_data(engine, &record, snapshot).await?;
+        super::backup::restore_data(engine, &record, snapshot, w.restore_bump_revision).await?;
     }
     engine.write_member_files(&record, &img.rootfs)?;
     crate::failpoint::hit("place-before-start");
