@@ -77,7 +77,13 @@ fn scheduled_backups_are_kept_as_configured_and_restore_into_a_new_cluster() {
         let s = b.status.clone().unwrap();
         let h = p.lab.host(node_host(s.node_name.as_deref().unwrap()));
         let bytes = std::fs::read(h.path(s.location.as_deref().unwrap())).unwrap();
-        assert_eq!(sha256(&bytes), s.sha256.unwrap());
+        assert_eq!(sha256(&bytes), s.sha256.clone().unwrap());
+        // Its checksum is recorded beside it (`host restore` checks it), with the marker.
+        let about: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(h.path(s.location.as_deref().unwrap()).with_file_name("backup.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(about["sha256"].as_str(), s.sha256.as_deref(), "{about}");
         // Readable by root only, from the destination folder down.
         let wrong = not_private(&h.path("/var/backups/etcd"), &h.path(s.location.as_deref().unwrap()));
         assert!(wrong.is_empty(), "{wrong:?}");

@@ -324,6 +324,7 @@ fn backup_then_restore(version: &str, tls: bool) {
     assert!(archived.join("data/member").is_dir());
     if tls {
         interrupted_restore_finishes(&lab, &dir);
+        raw_database_restores_unchecked_with_yes(&lab, &archived);
     }
     // Snapshots, backups and archives are root's alone.
     let state = h1.path("/var/lib/runc-etcd/etcd");
@@ -411,6 +412,36 @@ fn interrupted_restore_finishes(lab: &Lab, dir: &str) {
     assert_eq!(
         restored.into_iter().collect::<Vec<_>>(),
         vec![("k/a".into(), "1".into()), ("k/b".into(), "2".into())]
+    );
+}
+
+/// The runbook's last resort (docs/operations.md): a member's `db` out of an archived data folder.
+/// It carries no hash: said on the terminal, and restored only with --yes (issue 12, item 3;
+/// before, etcdutl refused it, as no --skip-hash-check was ever passed).
+fn raw_database_restores_unchecked_with_yes(lab: &Lab, archived: &std::path::Path) {
+    let h1 = lab.host(1);
+    let root = h1.path("/");
+    let db = format!(
+        "/{}",
+        archived
+            .join("data/member/snap/db")
+            .strip_prefix(&root)
+            .unwrap()
+            .display()
+    );
+    let err = fails(h1, 2, &["restore", "--snapshot", &db]);
+    assert!(err.contains("carries no hash") && err.contains("--yes"), "{err}");
+    let out = ok(h1, &["restore", "--snapshot", &db, "--yes"]);
+    assert!(out.contains("1/1 members healthy"), "{out}");
+    let restored = keys(lab, h1, "k/");
+    assert_eq!(
+        restored.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("k/a".into(), "changed".into()),
+            ("k/b".into(), "2".into()),
+            ("k/c".into(), "3".into())
+        ],
+        "the keys of the member the first restore archived"
     );
 }
 

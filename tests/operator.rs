@@ -755,3 +755,36 @@ fn fragmented_and_full_databases_are_recovered() {
         available_with(c, 3) && condition(c, "Degraded") == Some("False")
     });
 }
+
+/// Issue 12, item 7: a member whose unpacked image is gone from its host (removed by hand, or by
+/// a collection that raced a pull) is pulled again by its agent, by the digest its record pins,
+/// and runs again. Before, the unit failed to start forever: nothing pulled it again.
+#[test]
+fn a_member_whose_image_is_gone_pulls_it_again() {
+    use common::hazard::*;
+    let p = Plane::up(3);
+    let c = main_cluster(&p, 3, "");
+    let w = writer(&p, &c);
+    every_unit_active(&p);
+    let h = p.lab.host(1);
+    let record: runc_etcd_host::member::MemberRecord = serde_json::from_slice(
+        &std::fs::read(h.path(&format!("/var/lib/runc-etcd/{}/member.json", p.instance("main")))).unwrap(),
+    )
+    .unwrap();
+    let image = h.path(&format!(
+        "/var/lib/runc-etcd/images/{}",
+        record.image.digest.trim_start_matches("sha256:")
+    ));
+    assert!(image.join("rootfs").is_dir());
+    std::fs::remove_dir_all(&image).unwrap();
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
+    h.check(&["systemctl", "kill", "--signal=SIGKILL", &unit]).unwrap();
+    eventually("the image pulled again", 60, || {
+        image.join("rootfs/usr/local/bin/etcd").is_file()
+    });
+    let images = std::fs::metadata(image.parent().unwrap()).unwrap();
+    assert_eq!(images.permissions().mode() & 0o777, 0o700, "images/ is root's alone");
+    every_unit_active(&p);
+    let c = p.wait_ready("main", 3, 120);
+    nothing_lost(&p, &c, w, 50, 3);
+}

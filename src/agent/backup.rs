@@ -111,7 +111,7 @@ async fn take(b: &EtcdBackup, ctx: &Ctx, status: EtcdBackupStatus) -> Result<Etc
         .dir
         .join(format!("backup-{}.db", b.name_any()));
     let (size, sha256) = access.snapshot(&endpoint, &part).await?;
-    let stored = store(b, ctx, &dest, &part).await;
+    let stored = store(b, ctx, &dest, &part, &sha256).await;
     let _ = std::fs::remove_file(&part);
     let location = stored?;
     Ok(EtcdBackupStatus {
@@ -128,7 +128,13 @@ async fn take(b: &EtcdBackup, ctx: &Ctx, status: EtcdBackupStatus) -> Result<Etc
     })
 }
 
-async fn store(b: &EtcdBackup, ctx: &Ctx, dest: &runc_etcd_api::BackupDestination, file: &Path) -> Result<String> {
+async fn store(
+    b: &EtcdBackup,
+    ctx: &Ctx,
+    dest: &runc_etcd_api::BackupDestination,
+    file: &Path,
+    sha256: &str,
+) -> Result<String> {
     let name = b.name_any();
     if let Some(s3) = &dest.s3 {
         let bucket = ctx.bucket(s3).await?;
@@ -151,6 +157,10 @@ async fn store(b: &EtcdBackup, ctx: &Ctx, dest: &runc_etcd_api::BackupDestinatio
     if std::fs::rename(file, &to).is_err() {
         std::fs::copy(file, &to).ctx("copying a snapshot", &to)?;
     }
+    // Then its checksum beside it: `runc-etcd host restore` checks a snapshot against it.
+    let mut about = marker(ctx, b);
+    about["sha256"] = json!(sha256);
+    write_atomic(&dir.join(MARKER), about.to_string().as_bytes(), 0o600)?;
     Ok(to.display().to_string())
 }
 

@@ -4,6 +4,10 @@
 //!
 //! Unpacking goes to a temporary folder renamed into place at the end, so a folder named after a
 //! digest is always complete: a crash mid-pull leaves only a `.tmp-*` folder, removed next time.
+//!
+//! Pulls, unpacks and garbage collection take one host-wide lock (`images/.lock`, shared by the
+//! agents of every cluster on the host and the host CLI), and collection spares images unpacked
+//! in the last `GC_GRACE`: one just unpacked for a member whose record is not written yet.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -104,9 +108,58 @@ fn check_digest(reference: &str, what: &str, want: &str, bytes: &[u8]) -> Result
     Ok(())
 }
 
-/// Pulls (if needed) and unpacks `reference`, returning where its rootfs is.
+/// How long a freshly unpacked image is spared by `gc`: the time between its unpacking and the
+/// member record that names it being written.
+const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The host-wide images lock, held while it lives (`flock`, waited for off the async runtime).
+pub(crate) struct ImagesLock {
+    _file: std::fs::File,
+}
+
+pub(crate) async fn lock_images(images_dir: &Path) -> Result<ImagesLock> {
+    // Root's alone: what is unpacked there is for runc, not for the host's users.
+    crate::private_dir(images_dir)?;
+    let path = images_dir.join(".lock");
+    let file = std::fs::File::create(&path).ctx("creating the images lock", &path)?;
+    tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; released when `file` is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx("taking the images lock", path);
+        }
+        Ok(ImagesLock { _file: file })
+    })
+    .await
+    .expect("the lock task does not panic")
+}
+
+/// The reference that names exactly the image a member record was made from: its digest, so a
+/// tag moved since then cannot change what a member runs (an OCI layout has tags only).
+pub fn pinned(image: &ImageRecord) -> String {
+    match ImageSource::parse(&image.reference) {
+        Ok(ImageSource::Registry(r)) => r.clone_with_digest(image.digest.clone()).whole(),
+        _ => image.reference.clone(),
+    }
+}
+
+/// Pulls (if needed) and unpacks `reference`, returning where its rootfs is. A reference pinned
+/// by digest whose image is unpacked already is not asked of its registry again.
 pub async fn ensure(images_dir: &Path, reference: &str, opts: &PullOptions) -> Result<LocalImage> {
     let source = ImageSource::parse(reference)?;
+    if let ImageSource::Registry(r) = &source
+        && let Some(digest) = r.digest()
+        && rootfs_of(images_dir, digest)?.is_dir()
+    {
+        return Ok(LocalImage {
+            record: ImageRecord {
+                reference: reference.into(),
+                digest: digest.into(),
+            },
+            rootfs: rootfs_of(images_dir, digest)?,
+        });
+    }
+    let _lock = lock_images(images_dir).await?;
     let fetcher = Fetcher::new(&source, reference, opts);
     let (manifest, digest) = fetcher.manifest().await?;
     let rootfs = rootfs_of(images_dir, &digest)?;
@@ -167,8 +220,10 @@ pub async fn ensure(images_dir: &Path, reference: &str, opts: &PullOptions) -> R
     Ok(LocalImage { record, rootfs })
 }
 
-/// Removes unpacked images no member refers to (and leftovers of interrupted pulls).
-pub fn gc(images_dir: &Path, keep_digests: &BTreeSet<String>) -> Result<Vec<String>> {
+/// Removes unpacked images not in `keep_digests` (and leftovers of interrupted pulls), sparing
+/// what was unpacked (or is being pulled) in the last `GC_GRACE`. The caller holds the images
+/// lock (`lock_images`) from before it read the records that make `keep_digests`.
+pub(crate) fn gc(images_dir: &Path, keep_digests: &BTreeSet<String>) -> Result<Vec<String>> {
     let keep: BTreeSet<&str> = keep_digests.iter().filter_map(|d| digest_hex(d).ok()).collect();
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(images_dir) else {
@@ -178,7 +233,11 @@ pub fn gc(images_dir: &Path, keep_digests: &BTreeSet<String>) -> Result<Vec<Stri
         let name = entry.file_name().to_string_lossy().into_owned();
         let stale_tmp = name.starts_with(".tmp-");
         let unused = name.len() == 64 && !keep.contains(name.as_str());
-        if stale_tmp || unused {
+        let recent = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_GRACE));
+        if (stale_tmp || unused) && !recent {
             std::fs::remove_dir_all(entry.path()).ctx("removing an unused image", entry.path())?;
             removed.push(name);
         }
@@ -325,6 +384,65 @@ fn read_json(path: &Path) -> std::result::Result<serde_json::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image_dir(images: &Path, name: &str, age_secs: u64) {
+        let d = images.join(name);
+        std::fs::create_dir_all(d.join("rootfs")).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+        std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
+    }
+
+    /// Issue 12, item 7: collection spares what a member names, and what was unpacked a moment
+    /// ago for a member whose record is not written yet (or is being pulled now).
+    #[test]
+    fn gc_spares_named_and_fresh_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path();
+        let (named, old, fresh) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        image_dir(images, &named, 3600);
+        image_dir(images, &old, 3600);
+        image_dir(images, &fresh, 5);
+        image_dir(images, ".tmp-dddd-1", 5);
+        image_dir(images, ".tmp-eeee-2", 3600);
+        let keep = BTreeSet::from([format!("sha256:{named}")]);
+        let mut removed = gc(images, &keep).unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![".tmp-eeee-2".to_string(), old]);
+        assert!(images.join(&named).is_dir() && images.join(&fresh).is_dir() && images.join(".tmp-dddd-1").is_dir());
+    }
+
+    /// A pinned reference whose image is here is not asked of its registry (here, none listens).
+    #[test]
+    fn a_pinned_image_on_the_host_is_not_resolved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex = "a".repeat(64);
+        image_dir(dir.path(), &hex, 0);
+        let reference = format!("127.0.0.1:1/etcd@sha256:{hex}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let img = rt
+            .block_on(ensure(dir.path(), &reference, &PullOptions::default()))
+            .unwrap();
+        assert_eq!(img.record.digest, format!("sha256:{hex}"));
+        assert_eq!(img.rootfs, dir.path().join(&hex).join("rootfs"));
+    }
+
+    #[test]
+    fn a_record_pins_its_image_by_digest() {
+        let digest = format!("sha256:{}", "f".repeat(64));
+        let image = ImageRecord {
+            reference: "10.0.0.1:5000/etcd:3.5.16".into(),
+            digest: digest.clone(),
+        };
+        assert_eq!(pinned(&image), format!("10.0.0.1:5000/etcd@{digest}"));
+        let layout = ImageRecord {
+            reference: "oci-layout:/srv/images:3.5.16".into(),
+            digest,
+        };
+        assert_eq!(pinned(&layout), "oci-layout:/srv/images:3.5.16");
+    }
 
     #[test]
     fn parses_references() {

@@ -4,6 +4,11 @@
 //! Each layer is read twice: first its whiteouts are applied, then its files are extracted. A
 //! whiteout only hides what lower layers put there, so applying them first keeps entries of the
 //! same layer whatever order the tar lists them in.
+//!
+//! An image carries no privilege onto the host: setuid and setgid bits are dropped, device nodes
+//! and FIFOs are refused (etcd needs none; runc gives the container its own /dev), and nothing is
+//! created through a symlink an image planted. Owners are kept: an image may run etcd as a user
+//! of its own, whose data folders it owns.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -31,6 +36,8 @@ fn open_layer(reference: &str, path: &Path, media_type: &str) -> Result<tar::Arc
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_preserve_ownerships(true);
+    // No setuid or setgid file leaves the image (a setuid-root binary on the host otherwise).
+    archive.set_mask(0o6000);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     Ok(archive)
@@ -116,9 +123,16 @@ fn extract(reference: &str, layer: &Path, media_type: &str, root: &Path) -> Resu
         if name.starts_with(WHITEOUT) {
             continue;
         }
+        let kind = entry.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            return Err(Error::Image {
+                reference: reference.into(),
+                message: format!("layer entry {} is a device node or a FIFO: refused", path.display()),
+            });
+        }
         // A file replacing a folder (or the reverse) must remove what the lower layer had.
         let target = root.join(&rel);
-        let is_dir = entry.header().entry_type().is_dir();
+        let is_dir = kind.is_dir();
         if let Ok(m) = std::fs::symlink_metadata(&target)
             && !(m.is_dir() && is_dir)
             && no_symlink_parents(root, &rel)
@@ -157,8 +171,23 @@ pub fn unpack_layers(reference: &str, layers: &[(PathBuf, String)], root: &Path)
     }
     for file in container::MOUNT_FILES {
         let p = root.join(file);
+        if !no_symlink_parents(root, Path::new(file)) {
+            return Err(Error::Image {
+                reference: reference.into(),
+                message: format!("/{file} in the image goes through a symlink; runc-etcd needs a plain file there"),
+            });
+        }
+        // A symlink there would be followed by the creation and by the bind mount: replaced by
+        // a plain file, inside the rootfs.
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&p).ctx("removing an image's symlink at a mount point", &p)?;
+        }
         if !p.exists() {
-            File::create(&p).ctx("creating a mount point", &p)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .ctx("creating a mount point", &p)?;
         }
     }
     Ok(())
@@ -236,6 +265,72 @@ mod tests {
         );
         assert!(root.join("var/lib/etcd").is_dir() && root.join("etc/etcd/etcd.conf.yml").is_file());
         assert!(!root.join("etc/.wh.a").exists());
+    }
+
+    /// Issue 12, item 6.
+    #[test]
+    fn an_image_brings_no_setuid_file_no_device_and_no_way_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let raw = |name: &str, entries: &[(&str, tar::EntryType, u32, Option<&str>)]| {
+            let path = t.path().join(name);
+            let mut b = tar::Builder::new(File::create(&path).unwrap());
+            for (p, kind, mode, link) in entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
+                h.set_entry_type(*kind);
+                h.set_mode(*mode);
+                h.set_size(0);
+                if let Some(l) = link {
+                    h.set_link_name(l).unwrap();
+                }
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            b.into_inner().unwrap();
+            (path, "application/vnd.oci.image.layer.v1.tar".to_string())
+        };
+        use tar::EntryType::*;
+        // setuid root and setgid: unpacked without those bits.
+        let root = t.path().join("r1");
+        let l = raw(
+            "l1",
+            &[("usr/", Directory, 0o755, None), ("usr/su", Regular, 0o6755, None)],
+        );
+        unpack_layers("img", &[l], &root).unwrap();
+        let mode = std::fs::metadata(root.join("usr/su")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+        // A device node, or a FIFO: refused.
+        for kind in [Char, Block, Fifo] {
+            let l = raw("l2", &[("dev-or-fifo", kind, 0o600, None)]);
+            let e = unpack_layers("img", &[l], &t.path().join("r2"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("device node or a FIFO"), "{kind:?}: {e}");
+        }
+        // The config file a bundle mounts, planted as a link out of the rootfs: the outside file
+        // is left alone, and a plain file takes the link's place.
+        let outside = t.path().join("host-file");
+        std::fs::write(&outside, "host").unwrap();
+        let root = t.path().join("r3");
+        let l = raw(
+            "l3",
+            &[
+                ("etc/", Directory, 0o755, None),
+                ("etc/etcd/", Directory, 0o755, None),
+                (
+                    "etc/etcd/etcd.conf.yml",
+                    Symlink,
+                    0o777,
+                    Some(outside.to_str().unwrap()),
+                ),
+            ],
+        );
+        unpack_layers("img", &[l], &root).unwrap();
+        let conf = root.join("etc/etcd/etcd.conf.yml");
+        assert!(!std::fs::symlink_metadata(&conf).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "host");
     }
 
     #[test]

@@ -88,6 +88,22 @@ fn restored_path(paths: &layout::MemberPaths) -> PathBuf {
     paths.dir.join("restore-work").join("restored.json")
 }
 
+/// How etcd's restore tool is run.
+#[derive(Debug, Clone, Copy)]
+struct ToolOptions {
+    /// Raise the revision and mark it compacted (see `run_restore_tool`).
+    bump_revision: bool,
+    /// The file carries no hash (a member's `db` copied out of its data folder, not a snapshot).
+    skip_hash_check: bool,
+}
+
+/// Whether a file carries the sha256 that `etcdctl snapshot save` appends, by etcd's own rule:
+/// the database is whole pages, so a file 32 bytes past a multiple of 512 has it.
+fn has_etcd_hash(path: &Path) -> Result<bool> {
+    let size = std::fs::metadata(path).ctx("reading a snapshot", path)?.len();
+    Ok(size % 512 == 32)
+}
+
 /// A snapshot argument: a snapshot file, a backup folder, or a backup folder's name.
 fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<PathBuf> {
     let fix = "pass a snapshot file, a backup folder, or the name of a folder under backups/ (see `ls /var/lib/runc-etcd/<cluster>/backups`)";
@@ -99,19 +115,26 @@ fn find_snapshot(engine: &Engine, instance: &InstanceName, arg: &str) -> Result<
         .into_iter()
         .find(|p| p.is_file())
         .ok_or_else(|| Error::invalid("--snapshot", format!("no snapshot at {arg:?}"), fix))?;
-    // A backup made by runc-etcd knows its checksum: refuse a damaged file before stopping anything.
-    let meta = found.with_file_name("backup.json");
+    check_recorded_sha256(&found, fix)?;
+    Ok(found)
+}
+
+/// A backup made by runc-etcd (the host CLI's or an agent's) records its checksum in
+/// `backup.json` beside it: a damaged file is refused before anything is stopped.
+fn check_recorded_sha256(snapshot: &Path, fix: &str) -> Result<()> {
+    let meta = snapshot.with_file_name("backup.json");
     if let Ok(bytes) = std::fs::read(&meta)
-        && let Ok(report) = serde_json::from_slice::<BackupReport>(&bytes)
-        && crate::sha256_file(&found)? != report.sha256
+        && let Ok(report) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(sha256) = report["sha256"].as_str()
+        && crate::sha256_file(snapshot)? != sha256
     {
         return Err(Error::invalid(
             "--snapshot",
-            format!("{} does not match its sha256 in backup.json", found.display()),
+            format!("{} does not match its sha256 in backup.json", snapshot.display()),
             fix,
         ));
     }
-    Ok(found)
+    Ok(())
 }
 
 /// With `bump_revision` the restored revision is raised and marked compacted (see
@@ -148,11 +171,29 @@ pub async fn restore(
     }
     let record = engine.require(instance)?;
     let snapshot = find_snapshot(engine, instance, snapshot)?;
+    let tool = ToolOptions {
+        bump_revision,
+        skip_hash_check: !has_etcd_hash(&snapshot)?,
+    };
+    let unchecked = if tool.skip_hash_check {
+        format!(
+            ". {} carries no hash (a member's db copied from its data folder, not a snapshot): \
+             nothing can tell whether it is whole, and it is restored unchecked",
+            snapshot.display()
+        )
+    } else {
+        String::new()
+    };
     require_yes(
         yes,
-        "restore replaces this member's keys with the snapshot's and starts a new one-member cluster \
-         (the current data is backed up and archived first)",
+        &format!(
+            "restore replaces this member's keys with the snapshot's and starts a new one-member cluster \
+             (the current data is backed up and archived first){unchecked}"
+        ),
     )?;
+    if tool.skip_hash_check {
+        tracing::warn!("{} carries no hash: restoring it unchecked", snapshot.display());
+    }
     let _lock = engine.lock(instance)?;
 
     let backup_before = match take_backup(engine, &record, "before-restore").await {
@@ -175,7 +216,7 @@ pub async fn restore(
     new.initial_cluster = vec![(record.name.clone(), record.peer_url())];
     new.initial_cluster_state = ClusterState::New;
     new.hide_initial_cluster = false;
-    if let Err(e) = run_restore_tool(engine, &new, &work, bump_revision).await {
+    if let Err(e) = run_restore_tool(engine, &new, &work, tool).await {
         // The live data was not touched: bring the member back as it was.
         let _ = std::fs::remove_dir_all(&work);
         systemd::start(instance).await?;
@@ -249,7 +290,12 @@ pub(crate) async fn restore_data(
     if !paths.etcd_conf().exists() {
         write_atomic(&paths.etcd_conf(), b"", 0o600)?;
     }
-    let restored = run_restore_tool(engine, record, &work, bump_revision).await;
+    // A snapshot an agent fetched was streamed from etcd: it carries its hash.
+    let tool = ToolOptions {
+        bump_revision,
+        skip_hash_check: false,
+    };
+    let restored = run_restore_tool(engine, record, &work, tool).await;
     if restored.is_ok() {
         // rename replaces the (empty) folder made above.
         std::fs::rename(work.join("data"), &data).ctx("moving the restored data into place", &data)?;
@@ -267,7 +313,7 @@ const REVISION_BUMP: u64 = 1_000_000_000;
 /// `REVISION_BUMP` and marks it compacted, so that watchers of the old cluster (a Kubernetes API
 /// server) are told to list again instead of missing or replaying events (etcd's restore guide);
 /// etcd 3.4's etcdctl has no such flags, and its restore keeps the revision.
-async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path, bump_revision: bool) -> Result<()> {
+async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path, opts: ToolOptions) -> Result<()> {
     let rootfs = engine.rootfs(m)?;
     let etcdutl = rootfs.join("usr/local/bin/etcdutl").is_file();
     let tool = if etcdutl {
@@ -291,7 +337,10 @@ async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path, bump_r
         "--initial-cluster-token".into(),
         m.cluster_token.clone(),
     ];
-    match (bump_revision, etcdutl) {
+    if opts.skip_hash_check {
+        args.push("--skip-hash-check".into());
+    }
+    match (opts.bump_revision, etcdutl) {
         (true, true) => args.extend([
             "--bump-revision".into(),
             REVISION_BUMP.to_string(),
@@ -320,4 +369,38 @@ async fn run_restore_tool(engine: &Engine, m: &MemberRecord, work: &Path, bump_r
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 3: an agent's backup folder records the sha256 too (beside its marker),
+    /// and a damaged snapshot in it is refused like one of the host CLI's.
+    #[test]
+    fn a_snapshot_that_does_not_match_its_recorded_sha256_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("snapshot.db");
+        std::fs::write(&snapshot, b"the snapshot").unwrap();
+        let sha = crate::sha256_file(&snapshot).unwrap();
+        let agent = serde_json::json!({"backup": "b", "instance": "prod.main", "sha256": sha});
+        std::fs::write(dir.path().join("backup.json"), agent.to_string()).unwrap();
+        check_recorded_sha256(&snapshot, "fix").unwrap();
+        std::fs::write(&snapshot, b"the snapshoT").unwrap();
+        let e = check_recorded_sha256(&snapshot, "fix").unwrap_err().to_string();
+        assert!(e.contains("does not match its sha256"), "{e}");
+        // No record (a member's db copied by hand): nothing to check against here.
+        std::fs::remove_file(dir.path().join("backup.json")).unwrap();
+        check_recorded_sha256(&snapshot, "fix").unwrap();
+    }
+
+    #[test]
+    fn etcds_own_rule_tells_a_snapshot_from_a_raw_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (saved, raw) = (dir.path().join("saved"), dir.path().join("db"));
+        std::fs::write(&saved, vec![0u8; 4096 * 3 + 32]).unwrap();
+        std::fs::write(&raw, vec![0u8; 4096 * 3]).unwrap();
+        assert!(has_etcd_hash(&saved).unwrap());
+        assert!(!has_etcd_hash(&raw).unwrap());
+    }
 }

@@ -129,6 +129,25 @@ pub async fn reconfigure_member(engine: &Engine, instance: &InstanceName, tuning
 /// Starts the unit if systemd is not running it (systemd restarts a crashed etcd by itself; this
 /// covers a unit stopped by hand or left disabled by a crash between writing and starting).
 async fn ensure_running(engine: &Engine, record: &MemberRecord) -> Result<()> {
+    // Its image gone from the host (removed by hand, or by a collection that raced a pull): the
+    // unit cannot start, and nothing else would pull it again. The record pins the digest.
+    if !engine.rootfs(record)?.is_dir() {
+        let reference = image::pinned(&record.image);
+        tracing::warn!(
+            "the image of {} is missing on this host: pulling {reference} again",
+            systemd::unit_name(&record.instance)
+        );
+        let img = image::ensure(&engine.layout.images_dir(), &reference, &engine.pull).await?;
+        if img.record.digest != record.image.digest {
+            return Err(Error::Image {
+                reference,
+                message: format!(
+                    "it is now {}, not {} as the member was made with",
+                    img.record.digest, record.image.digest
+                ),
+            });
+        }
+    }
     let unit = systemd::show(&record.instance).await?;
     if unit.stuck_starting() {
         tracing::warn!(

@@ -92,7 +92,9 @@ pub async fn upgrade(
             ),
         )
     })?;
-    let _ = engine.gc_images();
+    if let Err(e) = engine.gc_images().await {
+        tracing::warn!("collecting unused images: {e}");
+    }
     Ok(UpgradeReport {
         from,
         to: reference.into(),
