@@ -144,7 +144,9 @@ async fn prepare_next_image(ctx: &Ctx, m: &EtcdMember, base: EtcdMemberStatus) -
     }
     wanted::check_image("spec.nextImage", next)?;
     tracing::info!("pulling {next} ahead of an upgrade");
-    host::image::ensure(&ctx.engine.layout.images_dir(), next, &ctx.engine.pull).await?;
+    // No record names it until the upgrade: a collection meanwhile may remove it, and the
+    // upgrade then pulls it again.
+    let _ = host::image::ensure(&ctx.engine.layout, next, &ctx.engine.pull).await?;
     Ok(EtcdMemberStatus {
         prepared_image: Some(next.to_string()),
         ..base

@@ -258,7 +258,8 @@ async fn expire(c: &EtcdCluster, ctx: &Ctx, view: &View, api: &Api<EtcdBackup>, 
     for name in retention::expired(&view.backups, keep, &retention::in_use(c, &seeds, &others)) {
         api.delete(&name, &DeleteParams::default()).await?;
         let kind = view.backups.iter().find(|b| b.name_any() == name).map(Kind::of);
-        let note = format!("{name}: past the retention of {kind:?} backups (spec.backup)");
+        let kind = kind.and_then(Kind::label).unwrap_or("on-demand");
+        let note = format!("{name}: past the retention of {kind} backups (spec.backup)");
         ctx.event(c, EventType::Normal, "BackupExpired", None, note).await;
     }
     Ok(())

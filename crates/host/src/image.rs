@@ -5,9 +5,11 @@
 //! Unpacking goes to a temporary folder renamed into place at the end, so a folder named after a
 //! digest is always complete: a crash mid-pull leaves only a `.tmp-*` folder, removed next time.
 //!
-//! Pulls, unpacks and garbage collection take one host-wide lock (`images/.lock`, shared by the
-//! agents of every cluster on the host and the host CLI), and collection spares images unpacked
-//! in the last `GC_GRACE`: one just unpacked for a member whose record is not written yet.
+//! Pulls, unpacks and garbage collection take one host-wide lock (`images.lock` in the lock
+//! folder, shared by the
+//! agents of every cluster on the host and the host CLI). `ensure` hands the lock to its caller,
+//! who holds it until the member record naming the image is written: collection, which reads
+//! the records under the same lock, can never remove an image a member is about to use.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, IoContext, Result};
-use crate::layout::container;
+use crate::layout::{Layout, container};
 use crate::member::ImageRecord;
 use crate::unpack::unpack_layers;
 
@@ -108,19 +110,18 @@ fn check_digest(reference: &str, what: &str, want: &str, bytes: &[u8]) -> Result
     Ok(())
 }
 
-/// How long a freshly unpacked image is spared by `gc`: the time between its unpacking and the
-/// member record that names it being written.
-const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// The host-wide images lock, held while it lives (`flock`, waited for off the async runtime).
-pub(crate) struct ImagesLock {
+/// A second one in the same process waits too: drop it before collecting.
+#[must_use = "hold it until the member record naming the image is written"]
+pub struct ImagesLock {
     _file: std::fs::File,
 }
 
-pub(crate) async fn lock_images(images_dir: &Path) -> Result<ImagesLock> {
+pub(crate) async fn lock_images(layout: &Layout) -> Result<ImagesLock> {
     // Root's alone: what is unpacked there is for runc, not for the host's users.
-    crate::private_dir(images_dir)?;
-    let path = images_dir.join(".lock");
+    crate::private_dir(&layout.images_dir())?;
+    std::fs::create_dir_all(&layout.lock_dir).ctx("creating the lock dir", &layout.lock_dir)?;
+    let path = layout.lock_dir.join("images.lock");
     let file = std::fs::File::create(&path).ctx("creating the images lock", &path)?;
     tokio::task::spawn_blocking(move || {
         use std::os::fd::AsRawFd;
@@ -143,24 +144,33 @@ pub fn pinned(image: &ImageRecord) -> String {
     }
 }
 
-/// Pulls (if needed) and unpacks `reference`, returning where its rootfs is. A reference pinned
+/// Pulls (if needed) and unpacks `reference`, returning where its rootfs is, and the images lock:
+/// the caller holds it until the member record naming the image is written. A reference pinned
 /// by digest whose image is unpacked already is not asked of its registry again.
-pub async fn ensure(images_dir: &Path, reference: &str, opts: &PullOptions) -> Result<LocalImage> {
+pub async fn ensure(layout: &Layout, reference: &str, opts: &PullOptions) -> Result<(LocalImage, ImagesLock)> {
     let source = ImageSource::parse(reference)?;
+    let lock = lock_images(layout).await?;
+    let images_dir = &layout.images_dir();
     if let ImageSource::Registry(r) = &source
         && let Some(digest) = r.digest()
         && rootfs_of(images_dir, digest)?.is_dir()
     {
-        return Ok(LocalImage {
+        let image = LocalImage {
             record: ImageRecord {
                 reference: reference.into(),
                 digest: digest.into(),
             },
             rootfs: rootfs_of(images_dir, digest)?,
-        });
+        };
+        return Ok((image, lock));
     }
-    let _lock = lock_images(images_dir).await?;
-    let fetcher = Fetcher::new(&source, reference, opts);
+    let image = pull(images_dir, reference, &source, opts).await?;
+    Ok((image, lock))
+}
+
+/// Fetches and unpacks an image unless its folder exists (the caller holds the images lock).
+async fn pull(images_dir: &Path, reference: &str, source: &ImageSource, opts: &PullOptions) -> Result<LocalImage> {
+    let fetcher = Fetcher::new(source, reference, opts);
     let (manifest, digest) = fetcher.manifest().await?;
     let rootfs = rootfs_of(images_dir, &digest)?;
     let record = ImageRecord {
@@ -220,9 +230,9 @@ pub async fn ensure(images_dir: &Path, reference: &str, opts: &PullOptions) -> R
     Ok(LocalImage { record, rootfs })
 }
 
-/// Removes unpacked images not in `keep_digests` (and leftovers of interrupted pulls), sparing
-/// what was unpacked (or is being pulled) in the last `GC_GRACE`. The caller holds the images
-/// lock (`lock_images`) from before it read the records that make `keep_digests`.
+/// Removes unpacked images not in `keep_digests`, and leftovers of interrupted pulls. The caller
+/// holds the images lock (`lock_images`) from before it read the records that make
+/// `keep_digests`: no pull is in progress, and no image is waiting for its record.
 pub(crate) fn gc(images_dir: &Path, keep_digests: &BTreeSet<String>) -> Result<Vec<String>> {
     let keep: BTreeSet<&str> = keep_digests.iter().filter_map(|d| digest_hex(d).ok()).collect();
     let mut removed = Vec::new();
@@ -233,11 +243,7 @@ pub(crate) fn gc(images_dir: &Path, keep_digests: &BTreeSet<String>) -> Result<V
         let name = entry.file_name().to_string_lossy().into_owned();
         let stale_tmp = name.starts_with(".tmp-");
         let unused = name.len() == 64 && !keep.contains(name.as_str());
-        let recent = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_GRACE));
-        if (stale_tmp || unused) && !recent {
+        if stale_tmp || unused {
             std::fs::remove_dir_all(entry.path()).ctx("removing an unused image", entry.path())?;
             removed.push(name);
         }
@@ -385,48 +391,74 @@ fn read_json(path: &Path) -> std::result::Result<serde_json::Value, String> {
 mod tests {
     use super::*;
 
-    fn image_dir(images: &Path, name: &str, age_secs: u64) {
-        let d = images.join(name);
-        std::fs::create_dir_all(d.join("rootfs")).unwrap();
-        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
-        std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
+    fn test_layout(root: &Path) -> Layout {
+        Layout {
+            state_dir: root.join("state"),
+            unit_dir: root.join("units"),
+            runc_root: root.join("runc"),
+            lock_dir: root.join("locks"),
+        }
     }
 
-    /// Issue 12, item 7: collection spares what a member names, and what was unpacked a moment
-    /// ago for a member whose record is not written yet (or is being pulled now).
+    fn image_dir(images: &Path, name: &str) {
+        std::fs::create_dir_all(images.join(name).join("rootfs")).unwrap();
+    }
+
+    /// Issue 12, item 7: while one holds the images lock (as a placement does from its pull until
+    /// its record is written), collection waits; then it spares what a member names.
     #[test]
-    fn gc_spares_named_and_fresh_images() {
+    fn gc_waits_for_the_lock_and_spares_named_images() {
         let dir = tempfile::tempdir().unwrap();
-        let images = dir.path();
-        let (named, old, fresh) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
-        image_dir(images, &named, 3600);
-        image_dir(images, &old, 3600);
-        image_dir(images, &fresh, 5);
-        image_dir(images, ".tmp-dddd-1", 5);
-        image_dir(images, ".tmp-eeee-2", 3600);
+        let layout = test_layout(dir.path());
+        let images = layout.images_dir();
+        let (named, unused) = ("a".repeat(64), "b".repeat(64));
+        image_dir(&images, &named);
+        image_dir(&images, &unused);
+        image_dir(&images, ".tmp-dddd-1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let held = rt.block_on(lock_images(&layout)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let layout2 = layout.clone();
         let keep = BTreeSet::from([format!("sha256:{named}")]);
-        let mut removed = gc(images, &keep).unwrap();
+        let collector = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _lock = rt.block_on(lock_images(&layout2)).unwrap();
+            tx.send(gc(&layout2.images_dir(), &keep).unwrap()).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(rx.try_recv().is_err(), "collection waits while the lock is held");
+        assert!(images.join(&unused).is_dir());
+        drop(held);
+        let mut removed = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        collector.join().unwrap();
         removed.sort();
-        assert_eq!(removed, vec![".tmp-eeee-2".to_string(), old]);
-        assert!(images.join(&named).is_dir() && images.join(&fresh).is_dir() && images.join(".tmp-dddd-1").is_dir());
+        assert_eq!(removed, vec![".tmp-dddd-1".to_string(), unused]);
+        assert!(images.join(&named).is_dir());
     }
 
     /// A pinned reference whose image is here is not asked of its registry (here, none listens).
     #[test]
     fn a_pinned_image_on_the_host_is_not_resolved_again() {
         let dir = tempfile::tempdir().unwrap();
+        let layout = test_layout(dir.path());
         let hex = "a".repeat(64);
-        image_dir(dir.path(), &hex, 0);
+        image_dir(&layout.images_dir(), &hex);
         let reference = format!("127.0.0.1:1/etcd@sha256:{hex}");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let img = rt
-            .block_on(ensure(dir.path(), &reference, &PullOptions::default()))
+        let (img, _lock) = rt
+            .block_on(ensure(&layout, &reference, &PullOptions::default()))
             .unwrap();
         assert_eq!(img.record.digest, format!("sha256:{hex}"));
-        assert_eq!(img.rootfs, dir.path().join(&hex).join("rootfs"));
+        assert_eq!(img.rootfs, layout.images_dir().join(&hex).join("rootfs"));
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl Engine {
     /// Removes unpacked images that no member on this host runs or keeps for rollback. The
     /// records are read under the images lock: no pull can slip between them and the deletion.
     pub async fn gc_images(&self) -> Result<Vec<String>> {
-        let _lock = image::lock_images(&self.layout.images_dir()).await?;
+        let _lock = image::lock_images(&self.layout).await?;
         let keep: BTreeSet<String> = self
             .all_members()?
             .into_iter()

@@ -128,9 +128,10 @@ pub async fn create(engine: &Engine, m: NewMember) -> Result<MemberRecord> {
     let _lock = engine.lock(&m.instance)?;
     preflight(engine, &m)?;
     let certs = m.certs()?;
-    let img = image::ensure(&engine.layout.images_dir(), &m.image, &engine.pull).await?;
+    let (img, images_lock) = image::ensure(&engine.layout, &m.image, &engine.pull).await?;
     let record = m.record(img.record, vec![(m.name.clone(), m.peer_url())], ClusterState::New);
     install_and_start(engine, &record, certs.as_ref(), m.ca.as_ref(), &img.rootfs).await?;
+    drop(images_lock); // the record names the image now
     if let Err(e) = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await {
         rollback(engine, &m.instance).await;
         return Err(e);
@@ -201,7 +202,7 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
             "{peer_url} is already a started member of that cluster; remove it there first (`member remove`)"
         )));
     }
-    let img = image::ensure(&engine.layout.images_dir(), &m.image, &engine.pull).await?;
+    let (img, images_lock) = image::ensure(&engine.layout, &m.image, &engine.pull).await?;
 
     // Resume a join that was interrupted after `member add`: that learner is ours.
     let id = match members.iter().find(|x| is_us(x, &peer_url)) {
@@ -226,6 +227,7 @@ pub async fn join(engine: &Engine, m: NewMember, endpoint: &str) -> Result<Membe
     let record = m.record(img.record, initial_cluster, ClusterState::Existing);
     let joined = async {
         install_and_start(engine, &record, certs.as_ref(), m.ca.as_ref(), &img.rootfs).await?;
+        drop(images_lock); // the record names the image now
         tracing::info!("waiting for learner {id:x} to catch up, then promoting it");
         etcd::promote(&client, id, PROMOTE_TIMEOUT).await?;
         engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await

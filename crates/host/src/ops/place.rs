@@ -57,7 +57,8 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
     }
     archive_leftovers(engine, &w.instance)?;
     check_listen(w.ip, w.client_port, w.peer_port)?;
-    let img = image::ensure(&engine.layout.images_dir(), &w.image, &engine.pull).await?;
+    // Held until the record naming the image is written (the end of this function).
+    let (img, _images_lock) = image::ensure(&engine.layout, &w.image, &engine.pull).await?;
     let record = MemberRecord {
         instance: w.instance.clone(),
         name: w.name.clone(),
@@ -137,7 +138,7 @@ async fn ensure_running(engine: &Engine, record: &MemberRecord) -> Result<()> {
             "the image of {} is missing on this host: pulling {reference} again",
             systemd::unit_name(&record.instance)
         );
-        let img = image::ensure(&engine.layout.images_dir(), &reference, &engine.pull).await?;
+        let (img, _images_lock) = image::ensure(&engine.layout, &reference, &engine.pull).await?;
         if img.record.digest != record.image.digest {
             return Err(Error::Image {
                 reference,

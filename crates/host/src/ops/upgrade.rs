@@ -32,7 +32,7 @@ pub async fn upgrade(
     }
     let _lock = engine.lock(instance)?;
     let mut record = engine.require(instance)?;
-    let img = image::ensure(&engine.layout.images_dir(), reference, &engine.pull).await?;
+    let (img, images_lock) = image::ensure(&engine.layout, reference, &engine.pull).await?;
     let from = record.image.reference.clone();
     if img.record.digest == record.image.digest {
         let version = engine
@@ -82,6 +82,8 @@ pub async fn upgrade(
         systemd::start(instance).await?;
         return Err(e);
     }
+    // The record names the new image now: collections may run (ours below among them).
+    drop(images_lock);
     systemd::start(instance).await?;
     let status = engine.wait_member_healthy(&record, HEALTH_TIMEOUT).await.map_err(|e| {
         Error::transient(
