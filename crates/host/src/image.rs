@@ -6,10 +6,10 @@
 //! digest is always complete: a crash mid-pull leaves only a `.tmp-*` folder, removed next time.
 //!
 //! Pulls, unpacks and garbage collection take one host-wide lock (`images.lock` in the lock
-//! folder, shared by the
-//! agents of every cluster on the host and the host CLI). `ensure` hands the lock to its caller,
-//! who holds it until the member record naming the image is written: collection, which reads
-//! the records under the same lock, can never remove an image a member is about to use.
+//! folder, shared by the agents of every cluster on the host and the host CLI). `ensure` hands
+//! the lock to its caller, who holds it until the member record naming the image is written:
+//! collection, which reads the records under the same lock, can never remove an image a member
+//! is about to use.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
