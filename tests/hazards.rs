@@ -261,9 +261,7 @@ fn an_operator_cut_off_from_the_members_changes_nothing() {
 #[test]
 fn a_version_and_settings_changed_together_restart_one_member_at_a_time() {
     let p = Plane::up(3);
-    let c = main_cluster(&p, 3, "");
-    let w = writer(&p, &c);
-    every_unit_active(&p);
+    let (_, w) = settled_under_writes(&p);
     let since = Since::now();
     let both = cluster_yaml("main", 3, &p.lab.image(V_NEW), "  etcd: {snapshotCount: 5000}\n")
         .replace(&format!("version: {V_MID}"), &format!("version: {V_NEW}"));
@@ -474,9 +472,7 @@ fn deleting_a_cluster_in_the_foreground_or_its_namespace_archives_every_member()
 #[test]
 fn a_change_a_member_cannot_take_is_rolled_back_once_and_stops_the_rollout() {
     let p = Plane::up(3);
-    let c = main_cluster(&p, 3, "");
-    let w = writer(&p, &c);
-    every_unit_active(&p);
+    let (_, w) = settled_under_writes(&p);
     for h in &p.lab.hosts {
         h.refuse_new(2380, true).unwrap();
     }

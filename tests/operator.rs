@@ -763,9 +763,7 @@ fn fragmented_and_full_databases_are_recovered() {
 fn a_member_whose_image_is_gone_pulls_it_again() {
     use common::hazard::*;
     let p = Plane::up(3);
-    let c = main_cluster(&p, 3, "");
-    let w = writer(&p, &c);
-    every_unit_active(&p);
+    let (_, w) = settled_under_writes(&p);
     let h = p.lab.host(1);
     let record: runc_etcd_host::member::MemberRecord = serde_json::from_slice(
         &std::fs::read(h.path(&format!("/var/lib/runc-etcd/{}/member.json", p.instance("main")))).unwrap(),

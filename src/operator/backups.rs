@@ -251,11 +251,13 @@ async fn expire(c: &EtcdCluster, ctx: &Ctx, view: &View, api: &Api<EtcdBackup>, 
         .iter()
         .filter_map(|m| m.spec.restore_from.clone())
         .collect();
-    if retention::expired(&view.backups, keep, &retention::in_use(c, &seeds, &[])).is_empty() {
+    let candidates = retention::expired(&view.backups, keep, &retention::in_use(c, &seeds, &[]));
+    if candidates.is_empty() {
         return Ok(());
     }
     let others = ctx.api::<EtcdCluster>(c).list(&Default::default()).await?.items;
-    for name in retention::expired(&view.backups, keep, &retention::in_use(c, &seeds, &others)) {
+    let used = retention::in_use(c, &seeds, &others);
+    for name in candidates.into_iter().filter(|n| !used.contains(n)) {
         api.delete(&name, &DeleteParams::default()).await?;
         let kind = view.backups.iter().find(|b| b.name_any() == name).map(Kind::of);
         let kind = kind.and_then(Kind::label).unwrap_or("on-demand");

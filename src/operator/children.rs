@@ -77,9 +77,10 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
         .backup
         .as_ref()
         .and_then(|b| b.host_path.as_ref())
-        .map(|h| h.path.clone());
-    if let Some(dir) = backup_dir.filter(|d| crate::backup::check_host_path(d).is_ok() && d != DEFAULT_BACKUP_DIR) {
-        host_paths.push(("backups".into(), dir));
+        .and_then(|h| crate::backup::check_host_path(&h.path).ok());
+    // The default lies in the state folder, mounted already.
+    if let Some(dir) = backup_dir.filter(|d| d != std::path::Path::new(DEFAULT_BACKUP_DIR)) {
+        host_paths.push(("backups".into(), dir.display().to_string()));
     }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "runc-etcd-agent".to_string()),

@@ -7,6 +7,7 @@ use runc_etcd_api::EtcdMember;
 
 use super::plane::*;
 use super::{V_MID, Writer};
+use runc_etcd_testkit::lab::LabHost;
 
 /// The cluster "main" at the lab's 3.5 image, with `extra` spec lines.
 pub fn main_cluster(p: &Plane, size: u32, extra: &str) -> runc_etcd_api::EtcdCluster {
@@ -89,16 +90,29 @@ impl Since {
         Since(format!("@{}", now.as_secs()))
     }
 
+    /// The journal of `h`'s member unit since then, in journalctl's `format`.
+    fn journal(&self, p: &Plane, h: &LabHost, format: &str) -> String {
+        let unit = format!("runc-etcd@{}.service", p.instance("main"));
+        h.check(&[
+            "journalctl",
+            "-u",
+            &unit,
+            "-o",
+            format,
+            "--no-pager",
+            "--since",
+            &self.0,
+        ])
+        .unwrap()
+    }
+
     /// How many times each host's member unit was started since then (host name, count).
     pub fn restarts(&self, p: &Plane) -> Vec<(String, usize)> {
-        let unit = format!("runc-etcd@{}.service", p.instance("main"));
         p.lab
             .hosts
             .iter()
             .map(|h| {
-                let journal = h
-                    .check(&["journalctl", "-u", &unit, "-o", "cat", "--no-pager", "--since", &self.0])
-                    .unwrap();
+                let journal = self.journal(p, h, "cat");
                 let n = journal.lines().filter(|l| l.starts_with("Starting runc-etcd@")).count();
                 (h.name().to_string(), n)
             })
@@ -108,21 +122,9 @@ impl Since {
     /// A rolling change's promise: every member restarted exactly once, and never two down at
     /// the same time (what breaks a three-member quorum's margin).
     pub fn one_restart_each_one_at_a_time(&self, p: &Plane) {
-        let unit = format!("runc-etcd@{}.service", p.instance("main"));
         let mut downs = Vec::new();
         for h in &p.lab.hosts {
-            let journal = h
-                .check(&[
-                    "journalctl",
-                    "-u",
-                    &unit,
-                    "-o",
-                    "short-unix",
-                    "--no-pager",
-                    "--since",
-                    &self.0,
-                ])
-                .unwrap();
+            let journal = self.journal(p, h, "short-unix");
             let (host, spans) = (h.name(), down_spans(&journal));
             assert_eq!(
                 spans.len(),
@@ -141,6 +143,15 @@ impl Since {
             }
         }
     }
+}
+
+/// A three-member "main" cluster, a writer on it, and every unit active: where a hazard test
+/// starts.
+pub fn settled_under_writes(p: &Plane) -> (runc_etcd_api::EtcdCluster, Writer) {
+    let c = main_cluster(p, 3, "");
+    let w = writer(p, &c);
+    every_unit_active(p);
+    (c, w)
 }
 
 /// Waits until every host's member unit is active (the last learner's READY may come after the

@@ -305,19 +305,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// flushed to disk, renamed over it, and the folder flushed so that the rename itself lasts.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp-write");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .ctx("writing", &tmp)?;
+    let mut f = create_with_mode(&tmp, mode)?;
     f.write_all(bytes).ctx("writing", &tmp)?;
-    // The mode given at creation is reduced by the umask, and an earlier leftover keeps its own.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .ctx("setting permissions", &tmp)?;
     f.sync_all().ctx("flushing to disk", &tmp)?;
     drop(f);
     std::fs::rename(&tmp, path).ctx("replacing", path)?;
@@ -335,21 +325,25 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ctx("protecting a folder", dir)
 }
 
-/// Creates (or truncates) `path` for writing, readable by root only (0600).
-pub async fn private_file(path: &Path) -> Result<tokio::fs::File> {
-    let file = tokio::fs::OpenOptions::new()
+/// Creates (or truncates) `path` for writing with exactly `mode`, from the first byte.
+fn create_with_mode(path: &Path, mode: u32) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
-        .await
-        .ctx("creating a private file", path)?;
-    // A file that existed keeps its mode through `open`.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .await
-        .ctx("protecting a file", path)?;
-    Ok(file)
+        .ctx("writing", path)?;
+    // The mode given at creation is reduced by the umask, and a file that existed keeps its own.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx("setting permissions", path)?;
+    Ok(f)
+}
+
+/// Creates (or truncates) `path` for writing, readable by root only (0600).
+pub async fn private_file(path: &Path) -> Result<tokio::fs::File> {
+    Ok(tokio::fs::File::from_std(create_with_mode(path, 0o600)?))
 }
 
 /// Flushes a folder's entries (a rename or a new file in it) to disk.
