@@ -29,6 +29,13 @@ pub struct MemberLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub namespace: String,
+    pub cluster: String,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub namespace: String,
     pub cluster: String,
@@ -62,6 +69,8 @@ pub struct Metrics {
     pub agent_member_running: Family<MemberLabels, Gauge>,
     pub agent_unit_restarts: Family<MemberLabels, Gauge>,
     pub agent_backups: Family<KindLabels, Counter>,
+    pub agent_archives: Family<NodeLabels, Gauge>,
+    pub agent_archive_bytes: Family<NodeLabels, Gauge>,
     /// The members whose series the operator publishes, per cluster: a member that leaves takes
     /// its series along (a stale `member_healthy 0` would page someone for a member long gone).
     published: Mutex<HashMap<ClusterLabels, BTreeSet<String>>>,
@@ -86,6 +95,8 @@ impl Metrics {
             agent_member_running: Family::default(),
             agent_unit_restarts: Family::default(),
             agent_backups: Family::default(),
+            agent_archives: Family::default(),
+            agent_archive_bytes: Family::default(),
             published: Mutex::default(),
             registry: Registry::default(),
         };
@@ -150,6 +161,16 @@ impl Metrics {
             "agent_backups",
             "Backups this agent took, by result",
             m.agent_backups.clone(),
+        );
+        r.register(
+            "agent_archives",
+            "Archives of old member files the cluster keeps on this node",
+            m.agent_archives.clone(),
+        );
+        r.register(
+            "agent_archive_bytes",
+            "Bytes in the archives of old member files the cluster keeps on this node",
+            m.agent_archive_bytes.clone(),
         );
         Arc::new(Metrics { registry: r, ..m })
     }

@@ -92,7 +92,13 @@ fn the_shipped_binary_has_the_subcommands_the_chart_and_daemonsets_run() {
     }
     let help = Command::new(bin).args(["agent", "--help"]).output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for flag in ["--metrics-address", "--install-runc", "--cluster", "--node"] {
+    for flag in [
+        "--metrics-address",
+        "--install-runc",
+        "--cluster",
+        "--node",
+        "--keep-archives",
+    ] {
         assert!(help.contains(flag), "agent {flag}");
     }
     let help = Command::new(bin).args(["operator", "--help"]).output().unwrap();

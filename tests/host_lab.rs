@@ -481,6 +481,31 @@ fn remove_deregisters_stops_and_archives() {
         removed.join("data/member/wal").is_dir() && removed.join("etcd.conf.yml").is_file(),
         "{removed:?}"
     );
+    // Archives are listed with their sizes, and pruned by hand only with --yes, the newest kept.
+    let older = ["2020-01-01T00-00-00Z-replaced", "2020-01-02T00-00-00Z-removed"];
+    for old in older {
+        std::fs::create_dir_all(archive.join(old)).unwrap();
+        std::fs::write(archive.join(old).join("db"), vec![0u8; 1000]).unwrap();
+    }
+    let listed = ok(h3, &["archives"]);
+    assert!(
+        listed.contains("3 archive(s)") && listed.contains(&format!("{}  1000 bytes", older[0])),
+        "{listed}"
+    );
+    let err = fails(h3, 2, &["archives", "--keep", "0", "--yes"]);
+    assert!(err.contains("--keep"), "{err}");
+    let err = fails(h3, 2, &["archives", "--keep", "1"]);
+    assert!(err.contains("--yes") && older.iter().all(|o| err.contains(o)), "{err}");
+    assert!(
+        older.iter().all(|o| archive.join(o).exists()),
+        "nothing deleted without --yes"
+    );
+    let out = ok(h3, &["archives", "--keep", "1", "--yes"]);
+    assert!(out.contains("1 archive(s)"), "{out}");
+    assert!(
+        older.iter().all(|o| !archive.join(o).exists()) && removed.is_dir(),
+        "{out}"
+    );
     // Reboot: the removed member does not come back.
     h3.reboot(true).unwrap();
     assert_eq!(unit_prop(h3, "ActiveState"), "inactive");

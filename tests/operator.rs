@@ -502,7 +502,12 @@ fn members_on(c: &runc_etcd_api::EtcdCluster) -> Vec<(String, String)> {
 fn failed_members_are_replaced_on_their_node_or_another() {
     let p = Plane::up(4);
     let image = p.lab.image(V_MID);
-    let spec = cluster_yaml("main", 3, &image, "  recovery: {memberUnhealthyTimeout: 10s}\n");
+    let spec = cluster_yaml(
+        "main",
+        3,
+        &image,
+        "  recovery: {memberUnhealthyTimeout: 10s, keepArchives: 2}\n",
+    );
     p.apply(&spec).unwrap();
     let c = p.wait_ready("main", 3, 180);
     let endpoints = c.status.clone().unwrap().client_endpoints;
@@ -520,6 +525,13 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     let node = follower_nodes(&c)[0].clone();
     let (old_name, _) = members_on(&c).into_iter().find(|(_, n)| *n == node).unwrap();
     let h = p.lab.host(host_of(&p, &node));
+    // Two archives of earlier replacements on that node, and a folder the engine did not make.
+    let archive = h.path(&format!("{}/archive", state(&p)));
+    let (oldest, older) = ("2020-01-01T00-00-00Z-replaced", "2020-01-02T00-00-00Z-replaced");
+    for old in [oldest, older, "notes"] {
+        std::fs::create_dir_all(archive.join(old).join("data")).unwrap();
+        std::fs::write(archive.join(old).join("data/db"), vec![7u8; 4096]).unwrap();
+    }
     h.check(&[
         "sh",
         "-c",
@@ -536,13 +548,50 @@ fn failed_members_are_replaced_on_their_node_or_another() {
     });
     assert!(!members_on(&c).iter().any(|(n, _)| *n == old_name));
     assert_eq!(read_key(&p, &c, "before").as_deref(), Some("failures"));
-    let archive = h.path(&format!("{}/archive", state(&p)));
+    assert!(p.event_reasons("main").iter().any(|r| r == "ReplaceMemberSucceeded"));
+
+    // Three archives now, two kept (keepArchives): the oldest goes, named in an Event; the
+    // broken data (the newest) stays, and so does what the engine did not make.
+    eventually("the oldest archive to be deleted", 90, || {
+        !archive.join(oldest).exists()
+    });
+    let left: Vec<String> = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        archive.join(older).exists() && archive.join("notes").exists(),
+        "{left:?}"
+    );
     let kept = std::fs::read_dir(&archive)
         .unwrap()
         .flatten()
         .any(|e| std::fs::read(e.path().join("data/member/snap/db")).is_ok_and(|db| db == b"garbage\n"));
     assert!(kept, "the broken data is archived on its host, not deleted");
-    assert!(p.event_reasons("main").iter().any(|r| r == "ReplaceMemberSucceeded"));
+    let deleted: Vec<String> = p
+        .events("main")
+        .into_iter()
+        .filter(|(reason, _)| reason == "ArchiveDeleted")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(deleted[0].contains(oldest) && deleted[0].contains(&node), "{deleted:?}");
+    let (_, metrics) = p.http_get(&format!("{}:2382", h.ip()), "/metrics");
+    let labels = format!(r#"{{namespace="{}",cluster="main",node="{node}"}}"#, p.ns());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("runc_etcd_agent_archives{labels} 2")),
+        "{metrics}"
+    );
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("runc_etcd_agent_archive_bytes{labels} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no archive bytes in\n{metrics}"));
+    assert!(bytes > 4096, "the older archive and the broken member's data: {bytes}");
 
     // 2. A member whose host is lost (power cut, Node NotReady): replaced on the spare node.
     let lost_node = follower_nodes(&c)[0].clone();

@@ -11,6 +11,7 @@
 //! purely from it), and the report (`report`: status, metrics, heartbeat). A deleted member is
 //! stopped and archived (`retire`).
 
+mod archives;
 mod backup;
 mod converge;
 mod probe;
@@ -26,6 +27,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use serde_json::json;
 
@@ -47,6 +49,8 @@ pub struct AgentConfig {
     pub namespace: String,
     pub cluster: String,
     pub node: String,
+    /// Archives of old member files kept on this node (`archives`).
+    pub keep_archives: usize,
 }
 
 struct Ctx {
@@ -56,6 +60,7 @@ struct Ctx {
     config: AgentConfig,
     instance: InstanceName,
     retries: Retries,
+    recorder: Recorder,
 }
 
 pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metrics: Arc<Metrics>) -> Result<()> {
@@ -67,8 +72,16 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metr
         instance,
         config.node
     );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "runc-etcd-agent".into(),
+            instance: Some(config.node.clone()),
+        },
+    );
     let ctx = Arc::new(Ctx {
         metrics: metrics.clone(),
+        recorder,
         client,
         engine,
         config,
@@ -106,11 +119,14 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metr
 
 /// A member installed on this host whose EtcdMember is gone was removed while this agent could
 /// not act on it (its host was down, and the controller released the finalizer): stop it and
-/// archive it, at start and then every few resyncs.
+/// archive it, at start and then every few resyncs. The archives are kept bounded then too.
 async fn sweep_orphans(ctx: Arc<Ctx>, selector: String) {
     loop {
         if let Err(e) = sweep_once(&ctx, &selector).await {
             tracing::warn!("looking for orphaned members: {e}");
+        }
+        if let Err(e) = archives::tend(&ctx).await {
+            tracing::warn!("keeping the archives bounded: {e}");
         }
         tokio::time::sleep(RESYNC * 3).await;
     }

@@ -121,6 +121,15 @@ enum Action {
     },
     /// Leave initial-cluster out of this member's config (once its data dir exists).
     HideInitCluster,
+    /// List the archives of old member files here, with their sizes; with --keep, delete all
+    /// but the newest N. DANGEROUS with --keep.
+    Archives {
+        /// Keep the newest N archives and delete the older ones (at least 1).
+        #[arg(long)]
+        keep: Option<usize>,
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 fn hostname() -> String {
@@ -261,6 +270,19 @@ pub async fn run(args: HostArgs) -> Result<()> {
         Action::DelKeys { prefix, all, yes } => {
             let n = engine::del_keys(&engine, &instance, prefix.as_deref(), all, yes).await?;
             println!("Deleted {n} key(s)");
+        }
+        Action::Archives { keep, yes } => {
+            if let Some(keep) = keep {
+                for a in engine::prune_archives(&engine, &instance, keep, yes)? {
+                    println!("Deleted archive {} ({} bytes)", a.path.display(), a.bytes);
+                }
+            }
+            let dir = engine.paths(&instance).archive();
+            let all = engine::archives::list(&dir)?;
+            println!("{} archive(s) in {}:", all.len(), dir.display());
+            for a in all {
+                println!("  {}  {} bytes", a.name, a.bytes);
+            }
         }
         Action::HideInitCluster => {
             engine::hide_init_cluster(&engine, &instance)?;

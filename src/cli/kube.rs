@@ -63,6 +63,10 @@ pub struct AgentArgs {
     /// own runc: the units run it from the host).
     #[arg(long)]
     install_runc: Option<PathBuf>,
+    /// How many archives of old member files to keep on this node (the cluster's
+    /// `spec.recovery.keepArchives`); older ones are deleted, each with an Event.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    keep_archives: u16,
 }
 
 async fn client() -> Result<kube::Client> {
@@ -119,6 +123,7 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         namespace: args.namespace,
         cluster: args.cluster,
         node: args.node,
+        keep_archives: args.keep_archives.into(),
     };
     crate::agent::run(client().await?, engine, config, metrics).await
 }

@@ -113,6 +113,8 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
                 &format!("0.0.0.0:{}", c.spec.ports.agent),
                 "--install-runc",
                 IMAGE_RUNC,
+                "--keep-archives",
+                &c.spec.recovery.keep_archives.to_string(),
             ]
             .map(String::from)
             .to_vec(),
@@ -386,6 +388,7 @@ mod tests {
         assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(args[..5], ["agent", "--namespace", "prod", "--cluster", "main"]);
+        assert!(args.ends_with(&["--keep-archives".into(), "3".into()]), "{args:?}");
         // It lives beside the operator, unowned (an owner must share its namespace), and its
         // labels name the cluster so the controller can map it back.
         assert_eq!(ds.metadata.namespace.as_deref(), Some("runc-etcd-system"));

@@ -37,6 +37,7 @@ ELECTION = {
 # Cluster-wide: only this project's resources, so that a namespace being deleted cannot take the
 # agents' access to its members before they are retired.
 AGENT_CLUSTER = {
+    ("runc-etcd.io", "etcdclusters"): {"get"},
     ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "patch"},
     ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "patch"},
     ("runc-etcd.io", "etcdmembers/status"): {"patch"},
@@ -46,6 +47,7 @@ AGENT_CLUSTER = {
 AGENT = {
     ("", "secrets"): {"get"},
     ("coordination.k8s.io", "leases"): {"get", "create", "patch", "delete"},
+    ("events.k8s.io", "events"): {"create", "patch"},
 }
 
 

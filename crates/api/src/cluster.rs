@@ -345,6 +345,17 @@ pub struct Recovery {
     /// is told to list again. etcd 3.4's etcdctl cannot: its restores keep the revision.
     #[serde(default = "default_true")]
     pub bump_revision_on_restore: bool,
+    /// How many archives of old member files each node keeps for this cluster (a member
+    /// replaced, removed or restored over leaves its data in
+    /// `/var/lib/runc-etcd/<namespace>.<cluster>/archive/`). The newest are kept, the older ones
+    /// deleted by the node's agent with an Event naming each; the newest is never deleted.
+    #[schemars(range(min = 1, max = 100))]
+    #[serde(default = "default_keep_archives")]
+    pub keep_archives: i32,
+}
+
+fn default_keep_archives() -> i32 {
+    3
 }
 
 fn default_true() -> bool {
@@ -384,6 +395,7 @@ impl Default for Recovery {
             quorum_loss: QuorumLossPolicy::Manual,
             quorum_loss_timeout: None,
             bump_revision_on_restore: true,
+            keep_archives: default_keep_archives(),
         }
     }
 }

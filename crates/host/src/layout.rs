@@ -94,7 +94,7 @@ impl MemberPaths {
     pub fn data_stamp(&self) -> PathBuf {
         self.data().join("member").join("runc-etcd-data.id")
     }
-    /// Old data of removed or replaced members; never deleted by runc-etcd.
+    /// Old data of removed or replaced members, the newest few kept (`archives`).
     pub fn archive(&self) -> PathBuf {
         self.dir.join("archive")
     }
@@ -117,9 +117,12 @@ pub mod container {
     pub const MOUNT_FILES: &[&str] = &["etc/etcd/etcd.conf.yml"];
 }
 
+/// How a timestamp is written in a folder name (UTC, no colons): `2026-11-22T02-30-05Z`.
+pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H-%M-%SZ";
+
 /// A timestamp usable as a folder name, sortable: `2026-11-22T02-30-05Z`.
 pub fn timestamp() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ").to_string()
+    chrono::Utc::now().format(TIMESTAMP_FORMAT).to_string()
 }
 
 /// `dir/<timestamp>-<what>`, unique even when two are made within a second.

@@ -2,6 +2,7 @@
 //! No Kubernetes in here (the crate does not depend on it); the host CLI and the agent both
 //! drive it.
 
+pub mod archives;
 pub mod bundle;
 pub mod error;
 pub mod etcd;

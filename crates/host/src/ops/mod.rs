@@ -17,7 +17,7 @@ pub use create::{NewMember, create, join};
 pub use identity::{data_lost, stamp_data};
 pub use inspect::{ClusterStatus, MemberHealth, del_keys, getconf, hide_init_cluster, status};
 pub use place::{WantedMember, place_member, reconfigure_member, retire_member};
-pub use remove::{RemoveReport, remove};
+pub use remove::{RemoveReport, prune_archives, remove};
 pub use upgrade::{UpgradeReport, upgrade};
 
 /// How long a started member may take to become healthy.

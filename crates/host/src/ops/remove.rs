@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::archives::{self, Archive};
 use crate::error::{Error, Result};
 use crate::etcd::{self, MemberInfo};
 use crate::names::InstanceName;
@@ -121,6 +122,35 @@ async fn deregister(
     tracing::info!("deregistering member {:x} ({})", me.id, me.name);
     etcd::remove(&client, me.id, RECONFIG_TIMEOUT).await?;
     Ok(me.id)
+}
+
+/// Deletes the archives of `instance`'s member folder beyond the newest `keep`, naming each one
+/// and asking for `yes` first. No instance lock: pruning never touches the newest archive, and
+/// one made meanwhile is newer than any it deletes.
+pub fn prune_archives(engine: &Engine, instance: &InstanceName, keep: usize, yes: bool) -> Result<Vec<Archive>> {
+    if keep == 0 {
+        return Err(Error::invalid(
+            "--keep",
+            "0 would delete the newest archive",
+            "keep at least 1",
+        ));
+    }
+    let dir = engine.paths(instance).archive();
+    let all = archives::list(&dir)?;
+    let doomed = archives::beyond(&all, keep);
+    if doomed.is_empty() {
+        return Ok(vec![]);
+    }
+    let names: Vec<&str> = doomed.iter().map(|a| a.name.as_str()).collect();
+    require_yes(
+        yes,
+        &format!(
+            "this deletes {} archive(s) of {instance} for good: {}",
+            doomed.len(),
+            names.join(", ")
+        ),
+    )?;
+    archives::prune(&dir, keep)
 }
 
 #[cfg(test)]
