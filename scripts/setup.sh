@@ -10,12 +10,12 @@ CACHE=${RUNC_ETCD_LAB_CACHE:-/var/cache/runc-etcd-lab}
 SUITES=${SUITES:-bookworm trixie sid}
 
 if ! [ -f /usr/include/google/protobuf/descriptor.proto ] || ! command -v protoc >/dev/null || ! command -v runc >/dev/null || ! command -v docker-registry >/dev/null \
-   || ! command -v skopeo >/dev/null || ! command -v dbus-daemon >/dev/null || ! command -v ip >/dev/null || ! command -v iptables >/dev/null || ! command -v faketime >/dev/null || ! command -v strace >/dev/null \
+   || ! command -v skopeo >/dev/null || ! command -v dbus-daemon >/dev/null || ! command -v ip >/dev/null || ! command -v iptables >/dev/null || ! command -v faketime >/dev/null || ! command -v strace >/dev/null || ! command -v openssl >/dev/null \
    || ! [ -x /usr/bin/python3 ]; then
   apt-get update -q >/dev/null
   # --no-upgrade: the simulated hosts boot on an overlay of this machine's / and must not see it change
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade \
-    protobuf-compiler libprotobuf-dev runc docker-registry skopeo dbus iproute2 iptables faketime strace util-linux procps systemd ca-certificates python3 >/dev/null
+    protobuf-compiler libprotobuf-dev runc docker-registry skopeo dbus iproute2 iptables faketime strace openssl util-linux procps systemd ca-certificates python3 >/dev/null
 fi
 
 A=$CACHE/apt

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub upgrade_members_done: Family<ClusterLabels, Gauge>,
     pub backup_age: Family<ClusterLabels, FloatGauge>,
     pub backup_size: Family<ClusterLabels, Gauge>,
+    pub certificates_expiry: Family<ClusterLabels, Gauge>,
     pub agent_member_running: Family<MemberLabels, Gauge>,
     pub agent_unit_restarts: Family<MemberLabels, Gauge>,
     pub agent_backups: Family<KindLabels, Counter>,
@@ -92,6 +93,7 @@ impl Metrics {
             upgrade_members_done: Family::default(),
             backup_age: Family::default(),
             backup_size: Family::default(),
+            certificates_expiry: Family::default(),
             agent_member_running: Family::default(),
             agent_unit_restarts: Family::default(),
             agent_backups: Family::default(),
@@ -146,6 +148,11 @@ impl Metrics {
             "cluster_last_backup_size_bytes",
             "Size of the newest successful backup",
             m.backup_size.clone(),
+        );
+        r.register(
+            "cluster_certificates_expiry_timestamp_seconds",
+            "When the first of the members' certificates expires (Unix time); renewal keeps it ahead",
+            m.certificates_expiry.clone(),
         );
         r.register(
             "agent_member_running",
@@ -235,6 +242,18 @@ impl Metrics {
             }
             self.backup_size.get_or_create(&labels).set(st.size_bytes.unwrap_or(0));
         }
+        match s
+            .certificates_not_after
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            Some(t) => {
+                self.certificates_expiry.get_or_create(&labels).set(t.timestamp());
+            }
+            None => {
+                self.certificates_expiry.remove(&labels);
+            }
+        }
     }
 
     /// Forgets a deleted cluster's series.
@@ -248,6 +267,7 @@ impl Metrics {
             &self.members_healthy,
             &self.upgrade_members_done,
             &self.backup_size,
+            &self.certificates_expiry,
         ] {
             f.remove(&labels);
         }

@@ -16,6 +16,8 @@ pub(super) struct Seen {
     etcd: std::result::Result<EndpointStatus, String>,
     /// Whether it serves (`etcdctl endpoint health`: a leader, and for a voter a quorum read).
     serving: std::result::Result<(), String>,
+    /// When the first of its installed certificates expires (RFC 3339).
+    certificate_not_after: Option<String>,
 }
 
 pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
@@ -43,10 +45,16 @@ pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
         }
         Err(e) => (Err(Error::from(e)), Err("no client identity".to_string())),
     };
+    let certificate_not_after = record
+        .tls
+        .then(|| runc_etcd_host::pki::installed_not_after(&ctx.engine.paths(&ctx.instance)))
+        .flatten()
+        .map(|t| t.to_rfc3339());
     Ok(Seen {
         unit,
         etcd: etcd.map_err(|e| e.to_string()),
         serving,
+        certificate_not_after,
     })
 }
 
@@ -57,6 +65,7 @@ pub(super) fn status(base: EtcdMemberStatus, seen: &Seen, ack: Option<i64>) -> E
     let status = EtcdMemberStatus {
         unit_state: Some(format!("{}/{}", seen.unit.active_state, seen.unit.sub_state)),
         restart_count: seen.unit.n_restarts as i32,
+        certificate_not_after: seen.certificate_not_after.clone(),
         ..base
     };
     let silent = EtcdMemberStatus {
@@ -113,6 +122,7 @@ mod tests {
                 ..Default::default()
             }),
             serving: Ok(()),
+            certificate_not_after: None,
         };
         let s = status(EtcdMemberStatus::default(), &answered, Some(3));
         assert_eq!((s.phase, s.observed_generation), (Some(MemberPhase::Running), Some(3)));
@@ -146,6 +156,7 @@ mod tests {
             unit: unit(active),
             etcd: Err("connection refused".into()),
             serving: Err("connection refused".into()),
+            certificate_not_after: None,
         };
         let s = status(EtcdMemberStatus::default(), &silent("failed"), Some(3));
         assert_eq!((s.phase, s.observed_generation), (Some(MemberPhase::Failed), None));

@@ -32,6 +32,29 @@ pub struct OperatorArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
+    /// The Kubernetes cluster's DNS domain: member serving certificates name the client Service
+    /// as `<cluster>-client.<namespace>.svc.<domain>` too.
+    #[arg(long, env = "RUNC_ETCD_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = dns_domain)]
+    cluster_domain: String,
+}
+
+/// A DNS domain such as `cluster.local`: lowercase labels of letters, digits and inner hyphens.
+fn dns_domain(s: &str) -> std::result::Result<String, String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if s.len() <= 253 && s.split('.').all(label) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS domain; use lowercase labels such as cluster.local"
+        ))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +118,7 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
             service_account: args.agent_service_account,
             namespace: args.namespace,
         },
+        cluster_domain: args.cluster_domain,
     };
     crate::operator::run(client().await?, config, metrics).await
 }

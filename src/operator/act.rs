@@ -415,6 +415,7 @@ async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) 
     let ca = runc_etcd_api::contract::read_ca(&ca_secret)
         .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
     let ip = runc_etcd_host::names::parse_ip(ip)?;
-    let certs = pki::issue(&ca, &MemberName::new(name)?, ip)?;
+    let policy = crate::operator::certs::current_policy(c, ctx).await?;
+    let certs = pki::issue(&ca, &MemberName::new(name)?, ip, &policy, None)?;
     Ok(create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await?)
 }

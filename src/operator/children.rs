@@ -422,7 +422,9 @@ mod tests {
     fn secrets_round_trip() {
         let c = cluster(SPEC);
         let ca = runc_etcd_host::pki::new_ca("main").unwrap();
-        let certs = runc_etcd_host::pki::issue(&ca, &"m1".parse().unwrap(), "10.0.0.1".parse().unwrap()).unwrap();
+        let policy = runc_etcd_host::pki::Policy::default();
+        let certs = runc_etcd_host::pki::issue(&ca, &"m1".parse().unwrap(), "10.0.0.1".parse().unwrap(), &policy, None)
+            .unwrap();
         let s = member_tls_secret(&c, "m1", &certs);
         let back = runc_etcd_api::contract::read_member_certs(&s).unwrap();
         assert_eq!(back.server, certs.server);

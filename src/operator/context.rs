@@ -22,6 +22,8 @@ pub struct Ctx {
     pub retries: Retries,
     /// The agents' heartbeats as this process saw them change (`evidence`).
     pub heartbeats: crate::operator::evidence::Heartbeats,
+    /// The Kubernetes cluster's DNS domain, named in serving certificates (`certs`).
+    pub cluster_domain: String,
 }
 
 pub fn apply() -> PatchParams {

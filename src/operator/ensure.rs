@@ -11,8 +11,8 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::operator::children;
 use crate::operator::context::{Ctx, apply, selector};
+use crate::operator::{certs, children};
 use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, MEMBER_FINALIZER, NODE_LABEL, released};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
@@ -47,8 +47,8 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
             "use a shorter name or namespace (delete this EtcdCluster and create it under the new name)",
         ));
     }
-    let access = match tls(c, ctx).await? {
-        Tls::Ready(access) => access,
+    let (access, ca) = match tls(c, ctx).await? {
+        Tls::Ready(access, ca) => (access, ca),
         Tls::Blocked(problem) => return Ok(Ensured::Blocked(problem)),
     };
     if c.status.as_ref().and_then(|s| s.cluster_token.as_ref()).is_none() {
@@ -70,6 +70,9 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         &Patch::Apply(&children::client_service(c)),
     )
     .await?;
+    if let Some(ca) = &ca {
+        certs::members(c, ctx, ca).await?;
+    }
     restore_members(c, ctx).await?;
     Ok(Ensured::Ready(access))
 }
@@ -199,10 +202,10 @@ async fn had_members(c: &EtcdCluster, ctx: &Ctx) -> Result<bool> {
 /// The cluster CA and the controller's client identity, created once and kept in Secrets. A CA
 /// Secret that is gone or replaced while members exist blocks the pass (a new CA would make
 /// every member unverifiable, hence "lost"); a missing client identity is issued again from the
-/// kept CA, which every member still trusts.
+/// kept CA, which every member still trusts, and one late in its validity is renewed (`certs`).
 async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
     if !c.spec.tls.enabled {
-        return Ok(Tls::Ready(Access::plain()));
+        return Ok(Tls::Ready(Access::plain(), None));
     }
     let secrets: Api<Secret> = ctx.api(c);
     let stored = secrets
@@ -248,9 +251,10 @@ async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
         .await?
         .and_then(|s| runc_etcd_api::contract::read_client(&s))
     {
-        return Ok(Tls::Ready(Access::tls(tls)));
+        let tls = certs::client(c, ctx, &ca, tls).await?;
+        return Ok(Tls::Ready(Access::tls(tls), Some(ca)));
     }
-    let tls = pki::issue_client(&ca, &format!("{} client", c.instance()))?;
+    let tls = pki::issue_client(&ca, &format!("{} client", c.instance()), c.spec.tls.validity(), None)?;
     create_or_keep(&secrets, &children::client_secret(c, &tls)).await?;
     if had_members {
         let note = format!(
@@ -261,13 +265,15 @@ async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
             .await;
     }
     let stored = secrets.get(&c.client_secret()).await?;
-    Ok(Tls::Ready(Access::tls(
-        runc_etcd_api::contract::read_client(&stored).unwrap_or(tls),
-    )))
+    Ok(Tls::Ready(
+        Access::tls(runc_etcd_api::contract::read_client(&stored).unwrap_or(tls)),
+        Some(ca),
+    ))
 }
 
 enum Tls {
-    Ready(Access),
+    /// How to reach etcd, and the cluster CA (None without TLS).
+    Ready(Access, Option<pki::Ca>),
     Blocked(Problem),
 }
 

@@ -18,6 +18,7 @@
 mod act;
 mod agree;
 mod backups;
+mod certs;
 mod children;
 mod context;
 mod decide;
@@ -64,6 +65,8 @@ pub struct OperatorConfig {
     pub identity: String,
     pub lease_duration: Duration,
     pub agent: children::AgentImage,
+    /// The Kubernetes cluster's DNS domain (`cluster.local` unless set up otherwise).
+    pub cluster_domain: String,
 }
 
 /// Waits for leadership, then reconciles every EtcdCluster until leadership is lost (then it
@@ -88,6 +91,7 @@ pub async fn run(client: kube::Client, config: OperatorConfig, metrics: Arc<Metr
         metrics: metrics.clone(),
         retries: Default::default(),
         heartbeats: Default::default(),
+        cluster_domain: config.cluster_domain.clone(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -28,6 +28,10 @@ pub async fn write(c: &EtcdCluster, ctx: &Ctx, view: &View, step: &Step, events:
         ctx.event(c, e.type_, &e.reason, e.member.as_deref(), e.note.clone())
             .await;
     }
+    if let Some(warning) = status::newly_expiring(c, &report) {
+        ctx.event(c, EventType::Warning, status::CERTIFICATES_EXPIRING, None, warning)
+            .await;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use crate::operator::certs;
 use crate::operator::children;
 use crate::operator::evidence;
 use crate::operator::observe::{self, View};
@@ -14,6 +15,8 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
+/// The Degraded reason (and Warning Event) of certificates renewal has not reached in time.
+pub const CERTIFICATES_EXPIRING: &str = "CertificatesExpiring";
 
 /// Why the cluster is not where the spec wants it, when the reason is the spec or the nodes
 /// rather than a change in flight: the Degraded reason (and Event) for a wait.
@@ -141,6 +144,9 @@ struct Health<'a> {
     ran: bool,
     /// Too many voters are down by their own side's evidence (`evidence::quorum_lost`).
     lost_by_evidence: bool,
+    /// Members whose installed certificates are late in their validity: renewal (due at two
+    /// thirds) has not reached their hosts (`certs::overdue`).
+    expiring: Vec<String>,
 }
 
 impl Health<'_> {
@@ -155,7 +161,7 @@ impl Health<'_> {
     }
 }
 
-fn health<'a>(view: &View, members: &'a [MemberStatus]) -> Health<'a> {
+fn health<'a>(c: &EtcdCluster, view: &View, members: &'a [MemberStatus]) -> Health<'a> {
     let voters = members.iter().filter(|m| m.role != Some(MemberRole::Learner)).count();
     let ready = members
         .iter()
@@ -194,7 +200,29 @@ fn health<'a>(view: &View, members: &'a [MemberStatus]) -> Health<'a> {
                 .collect();
             evidence::quorum_lost(&voters, &view.said)
         },
+        expiring: expiring(c, &view.members, chrono::Utc::now()),
     }
+}
+
+/// The members whose installed certificates renewal should have replaced by `now`, each with
+/// when it expires.
+fn expiring(c: &EtcdCluster, members: &[runc_etcd_api::EtcdMember], now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let validity = c.spec.tls.validity();
+    members
+        .iter()
+        .filter_map(|m| {
+            let at = m.status.as_ref()?.certificate_not_after.as_deref()?;
+            let at = chrono::DateTime::parse_from_rfc3339(at).ok()?.to_utc();
+            certs::overdue(at, validity, now).then(|| {
+                format!(
+                    "{} on node {} (expires {})",
+                    m.spec.member_name,
+                    m.spec.node_name,
+                    at.to_rfc3339()
+                )
+            })
+        })
+        .collect()
 }
 
 /// The members as etcd reports them, each sick one with the time it fell sick: the recovery
@@ -234,7 +262,8 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
         || !h.lost.is_empty()
         || !h.diverged.is_empty()
         || h.quorum_lost()
-        || h.unreached();
+        || h.unreached()
+        || !h.expiring.is_empty();
     let reason = if h.quorum_lost() {
         "QuorumLost"
     } else if h.unreached() {
@@ -251,6 +280,8 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
         "MemberFailed"
     } else if !h.unhealthy.is_empty() {
         "MembersUnhealthy"
+    } else if !h.expiring.is_empty() {
+        CERTIFICATES_EXPIRING
     } else {
         "AllHealthy"
     };
@@ -266,10 +297,15 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
         why
     } else if !h.failed.is_empty() {
         h.failed.join("; ")
-    } else if h.unhealthy.is_empty() {
-        "every member is healthy".into()
-    } else {
+    } else if !h.unhealthy.is_empty() {
         format!("unhealthy: {}", h.unhealthy.join(", "))
+    } else if !h.expiring.is_empty() {
+        format!(
+            "certificates not renewed in time: {}; the operator renews them in the member's Secret and its agent installs them: check the agent on that node and the operator's log",
+            h.expiring.join("; ")
+        )
+    } else {
+        "every member is healthy".into()
     };
     (on, reason, message)
 }
@@ -313,12 +349,25 @@ fn backup_condition(prev: &[Condition], view: &View, generation: i64) -> Option<
     ))
 }
 
+/// The message of a Degraded condition that has just become CertificatesExpiring: the once
+/// per episode a Warning Event says it (the condition keeps saying it while it lasts).
+pub fn newly_expiring(c: &EtcdCluster, next: &EtcdClusterStatus) -> Option<String> {
+    let expiring = |s: &EtcdClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|d| d.type_ == DEGRADED && d.reason == CERTIFICATES_EXPIRING)
+            .map(|d| d.message.clone())
+    };
+    let before = c.status.as_ref().and_then(expiring);
+    expiring(next).filter(|_| before.is_none())
+}
+
 /// The status after observing `view` and choosing `step`.
 pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
     let prev = c.status.clone().unwrap_or_default();
     let generation = c.metadata.generation.unwrap_or(0);
     let members = members_with_clock(c, view, &prev);
-    let h = health(view, &members);
+    let h = health(c, view, &members);
     let (progressing, progress_reason, progress_msg) = progress(step, h.ready, c.spec.size.max(1) as usize);
     let (is_degraded, degraded_reason, degraded_msg) = degraded(&h, step);
     let mut conditions = vec![
@@ -397,8 +446,19 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         last_operation: prev.last_operation,
         ca_fingerprint: prev.ca_fingerprint,
         cluster_token: prev.cluster_token,
+        certificates_not_after: certificates_not_after(&view.members),
         members,
     }
+}
+
+/// The earliest expiry the members' agents report for their installed certificates.
+fn certificates_not_after(members: &[runc_etcd_api::EtcdMember]) -> Option<String> {
+    members
+        .iter()
+        .filter_map(|m| m.status.as_ref()?.certificate_not_after.as_deref())
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .min()
+        .map(|t| t.to_utc().to_rfc3339())
 }
 
 #[cfg(test)]
@@ -474,6 +534,50 @@ mod tests {
             cond(&s, DEGRADED)
                 .message
                 .contains("main-a on node n2: 10.0.0.2:2379 is already in use")
+        );
+    }
+
+    #[test]
+    fn certificates_renewal_has_not_reached_are_warned_of_ahead_of_expiry() {
+        let mut c = cluster();
+        c.spec.tls.certificate_validity = "600m".into();
+        let installed = |v: &mut View, id: usize, left: chrono::Duration| {
+            v.members[id].status = Some(runc_etcd_api::EtcdMemberStatus {
+                certificate_not_after: Some((chrono::Utc::now() + left).to_rfc3339()),
+                ..Default::default()
+            });
+        };
+        let mut v = crate::operator::testing::view_with_objects(3, 3);
+        for id in 0..3 {
+            installed(&mut v, id, chrono::Duration::minutes(300));
+        }
+        let s = build(&c, &v, &Step::Converged);
+        assert_eq!(cond(&s, DEGRADED).status, "False", "renewal is due, not yet late");
+        assert!(newly_expiring(&c, &s).is_none());
+
+        // m2's renewal has not reached it with a sixth of its validity (100m) left
+        installed(&mut v, 1, chrono::Duration::minutes(90));
+        let s = build(&c, &v, &Step::Converged);
+        let d = cond(&s, DEGRADED);
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", CERTIFICATES_EXPIRING));
+        assert!(d.message.contains("m2 on node n2 (expires "), "{}", d.message);
+        assert!(d.message.contains("check the agent on that node"), "{}", d.message);
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(s.certificates_not_after.as_deref().map(|t| t < "9"), Some(true));
+        let warning = newly_expiring(&c, &s).expect("a Warning Event when it starts");
+        assert_eq!(warning, d.message);
+        c.status = Some(s.clone());
+        assert!(
+            newly_expiring(&c, &build(&c, &v, &Step::Converged)).is_none(),
+            "once per episode"
+        );
+
+        // a member that is down outranks it
+        let mut down = v.clone();
+        down.etcd.as_mut().unwrap().healthy.clear();
+        assert_ne!(
+            cond(&build(&c, &down, &Step::Converged), DEGRADED).reason,
+            CERTIFICATES_EXPIRING
         );
     }
 

@@ -85,6 +85,7 @@ fn default_size() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.client != self.peer && self.client != self.metrics && self.peer != self.metrics && self.agent != self.client && self.agent != self.peer && self.agent != self.metrics").message("client, peer, metrics and agent ports must all differ"))]
+#[x_kube(validation = Rule::new("self.client == oldSelf.client && self.peer == oldSelf.peer").message("ports.client and ports.peer cannot change on a live cluster (every member and client knows the old ones): back up, then restore into a new EtcdCluster with the ports you want (docs/operations.md, \"Changing TLS or ports\")"))]
 pub struct Ports {
     /// Client port (etcd default 2379).
     #[schemars(range(min = 1, max = 65535))]
@@ -158,20 +159,45 @@ pub struct EtcdTuning {
 /// TLS settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.enabled == oldSelf.enabled").message("tls.enabled cannot change on a live cluster (members and clients would stop understanding each other): back up, then restore into a new EtcdCluster with the setting you want (docs/operations.md, \"Changing TLS or ports\")"))]
 pub struct TlsSpec {
     /// Mutual TLS for peers and clients with a CA runc-etcd generates. Turn off only on a trusted
     /// network: without it any client that reaches the port can read and write every key.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// How long the members' and clients' certificates are valid, e.g. "8760h" (default 3 years,
+    /// at least 60s; short values are for tests). Each is renewed, keeping its key, once two
+    /// thirds of it have passed; etcd picks renewed files up at the next connection, without a
+    /// restart.
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    #[serde(default = "default_validity")]
+    pub certificate_validity: String,
 }
 
 fn yes() -> bool {
     true
 }
 
+fn default_validity() -> String {
+    "26280h".into()
+}
+
+impl TlsSpec {
+    /// The validity of leaf certificates, at least 60 s (3 years if unreadable, which the schema
+    /// prevents).
+    pub fn validity(&self) -> std::time::Duration {
+        parse_duration(&self.certificate_validity)
+            .unwrap_or(std::time::Duration::from_secs(3 * 365 * 24 * 3600))
+            .max(std::time::Duration::from_secs(60))
+    }
+}
+
 impl Default for TlsSpec {
     fn default() -> Self {
-        TlsSpec { enabled: true }
+        TlsSpec {
+            enabled: true,
+            certificate_validity: default_validity(),
+        }
     }
 }
 
@@ -442,6 +468,10 @@ pub struct EtcdClusterStatus {
     /// reported (Degraded), never replaced: the members' certificates chain to this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
+    /// When the first of the members' certificates expires (RFC 3339), as their agents read them
+    /// on the hosts. Renewal keeps it in the last two thirds of `tls.certificateValidity` ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_not_after: Option<String>,
     /// Name of the newest successful EtcdBackup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,

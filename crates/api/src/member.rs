@@ -125,4 +125,8 @@ pub struct EtcdMemberStatus {
     /// What the agent is doing, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the first of the certificates installed on the host for this member expires
+    /// (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<String>,
 }

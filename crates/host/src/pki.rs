@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::Datelike;
 use rcgen::{
@@ -73,11 +74,45 @@ fn tls_err(what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Validity from now for `years` (etcd refuses expired certificates: renew before then).
+/// How long a leaf certificate is valid unless the cluster says otherwise: 3 years.
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(3 * 365 * 24 * 3600);
+
+/// Leaves are dated a minute back: a host whose clock is a little behind still accepts them.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+/// The CA's validity from today for `years` (etcd refuses expired certificates).
 fn validity(params: &mut CertificateParams, years: i32) {
     let now = chrono::Utc::now();
     params.not_before = rcgen::date_time_ymd(now.year(), now.month() as u8, now.day() as u8);
     params.not_after = rcgen::date_time_ymd(now.year() + years, now.month() as u8, now.day().min(28) as u8);
+}
+
+/// How leaves are issued: how long they are valid, and the names a member's serving
+/// certificate carries besides its address and localhost (the client Service's DNS names and
+/// ClusterIP).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub validity: Duration,
+    pub service_names: Vec<String>,
+    pub service_ips: Vec<IpAddr>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            validity: LEAF_VALIDITY,
+            service_names: vec![],
+            service_ips: vec![],
+        }
+    }
+}
+
+impl Policy {
+    /// The policy's names, as `CertInfo::names` spells them.
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        let ips = self.service_ips.iter().map(|ip| ip.to_string());
+        self.service_names.iter().cloned().chain(ips)
+    }
 }
 
 pub fn new_ca(cluster: &str) -> Result<Ca> {
@@ -130,35 +165,83 @@ pub fn load_ca(dir: &Path) -> Result<Ca> {
     Ok(ca)
 }
 
-fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>, usages: Vec<ExtendedKeyUsagePurpose>) -> Result<(String, String)> {
+/// A leaf signed by `ca`, valid from a minute ago for `validity`; with `key` (PEM) the same
+/// key is certified again (a renewal: etcd, which reads its files at each handshake, then never
+/// sees a certificate beside a key it does not match), else a new one is made.
+fn leaf(
+    ca: &Ca,
+    cn: &str,
+    sans: Vec<SanType>,
+    usages: Vec<ExtendedKeyUsagePurpose>,
+    validity: Duration,
+    key: Option<&str>,
+) -> Result<(String, String)> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| tls_err("a certificate", e))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| tls_err("a certificate", e))?;
-    let key = KeyPair::generate().map_err(|e| tls_err("a key", e))?;
+    let key = match key {
+        Some(pem) => KeyPair::from_pem(pem).map_err(|e| tls_err("a certificate from its key", e))?,
+        None => KeyPair::generate().map_err(|e| tls_err("a key", e))?,
+    };
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = sans;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = usages;
-    validity(&mut params, 3);
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
     let cert = params.signed_by(&key, &issuer).map_err(|e| tls_err(cn, e))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Issues a member's certificates from the cluster CA. The serving and peer certificates name
-/// the member's address (clients and peers connect by IP) and localhost.
-pub fn issue(ca: &Ca, name: &MemberName, ip: IpAddr) -> Result<MemberCerts> {
+/// the member's address (clients and peers connect by IP) and localhost; the serving one also
+/// the policy's Service names. With `renewing`, each certificate keeps its key.
+pub fn issue(
+    ca: &Ca,
+    name: &MemberName,
+    ip: IpAddr,
+    policy: &Policy,
+    renewing: Option<&MemberCerts>,
+) -> Result<MemberCerts> {
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let key = |pick: fn(&MemberCerts) -> &(String, String)| renewing.map(|c| pick(c).1.as_str());
+    let mut server_names = serving_names(ip);
+    for dns in &policy.service_names {
+        server_names.push(SanType::DnsName(
+            dns.as_str()
+                .try_into()
+                .map_err(|e| tls_err(&format!("a certificate for {dns}"), e))?,
+        ));
+    }
+    server_names.extend(policy.service_ips.iter().map(|ip| SanType::IpAddress(*ip)));
     Ok(MemberCerts {
         ca_cert: ca.cert.clone(),
-        server: issue_server(ca, &format!("{name} server"), ip)?,
+        server: leaf(
+            ca,
+            &format!("{name} server"),
+            server_names,
+            vec![ServerAuth],
+            policy.validity,
+            key(|c| &c.server),
+        )?,
         peer: leaf(
             ca,
             &format!("{name} peer"),
             serving_names(ip),
             vec![ServerAuth, ClientAuth],
+            policy.validity,
+            key(|c| &c.peer),
         )?,
-        client: leaf(ca, &format!("{name} runc-etcd client"), vec![], vec![ClientAuth])?,
+        client: leaf(
+            ca,
+            &format!("{name} runc-etcd client"),
+            vec![],
+            vec![ClientAuth],
+            policy.validity,
+            key(|c| &c.client),
+        )?,
     })
 }
 
@@ -172,17 +255,81 @@ fn serving_names(ip: IpAddr) -> Vec<SanType> {
 
 /// A serving certificate and key for `ip` (and localhost), PEM.
 pub fn issue_server(ca: &Ca, cn: &str, ip: IpAddr) -> Result<(String, String)> {
-    leaf(ca, cn, serving_names(ip), vec![ExtendedKeyUsagePurpose::ServerAuth])
+    leaf(
+        ca,
+        cn,
+        serving_names(ip),
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+        LEAF_VALIDITY,
+        None,
+    )
 }
 
-/// A client identity (for the controller and for users) issued by the cluster CA.
-pub fn issue_client(ca: &Ca, cn: &str) -> Result<ClientTls> {
-    let (cert, key) = leaf(ca, cn, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+/// A client identity (for the controller and for users) issued by the cluster CA; with `key`,
+/// a renewal that keeps it.
+pub fn issue_client(ca: &Ca, cn: &str, validity: Duration, key: Option<&str>) -> Result<ClientTls> {
+    let (cert, key) = leaf(ca, cn, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth], validity, key)?;
     Ok(ClientTls {
         ca: ca.cert.clone(),
         cert,
         key,
     })
+}
+
+/// What a certificate says of itself that renewal looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertInfo {
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    /// Its subject alternative names: DNS names, and addresses as text.
+    pub names: Vec<String>,
+}
+
+/// Reads a PEM certificate's expiry and names; None if it is not one.
+pub fn cert_info(pem: &str) -> Option<CertInfo> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => Some(IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                        16 => Some(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(CertInfo { not_after, names })
+}
+
+/// Whether a member's serving certificate lacks a name the policy asks for (it was issued
+/// before the Service had its address, or by an older version).
+pub fn lacks_names(pem: &str, policy: &Policy) -> bool {
+    let Some(info) = cert_info(pem) else {
+        return true;
+    };
+    policy.names().any(|n| !info.names.contains(&n))
+}
+
+/// Whether a certificate issued for `validity` should be issued again at `now`: in the last
+/// third of its validity (or past it), or unreadable.
+pub fn renewal_due(pem: &str, validity: Duration, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let Some(info) = cert_info(pem) else {
+        return true;
+    };
+    let left = info.not_after - now;
+    left.to_std().map_or(true, |left| left < validity / 3)
 }
 
 /// Writes the files: `pki/` (mounted into the container), `client/` and, given the CA (the host
@@ -198,16 +345,7 @@ pub fn write(paths: &MemberPaths, certs: &MemberCerts, ca: Option<&Ca>) -> Resul
             .create(&dir)
             .ctx("creating a TLS folder", &dir)?;
     }
-    let mut files = vec![
-        (paths.pki().join("ca.crt"), &certs.ca_cert),
-        (paths.pki().join("server.crt"), &certs.server.0),
-        (paths.pki().join("server.key"), &certs.server.1),
-        (paths.pki().join("peer.crt"), &certs.peer.0),
-        (paths.pki().join("peer.key"), &certs.peer.1),
-        (paths.client().join("ca.crt"), &certs.ca_cert),
-        (paths.client().join("client.crt"), &certs.client.0),
-        (paths.client().join("client.key"), &certs.client.1),
-    ];
+    let mut files = member_files(paths, certs);
     if let Some(ca) = ca {
         files.extend([
             (paths.ca().join("ca.crt"), &ca.cert),
@@ -218,6 +356,58 @@ pub fn write(paths: &MemberPaths, certs: &MemberCerts, ca: Option<&Ca>) -> Resul
         write_atomic(&path, pem.as_bytes(), 0o600)?;
     }
     Ok(())
+}
+
+/// The files `write` makes, each with what it holds (PEM). Keys come before their certificates:
+/// a renewal keeps the keys, so only certificates are rewritten, each at once (etcd reads a
+/// pair at each connection and must never see a certificate beside a key it does not match).
+fn member_files<'a>(paths: &MemberPaths, certs: &'a MemberCerts) -> Vec<(std::path::PathBuf, &'a String)> {
+    vec![
+        (paths.pki().join("ca.crt"), &certs.ca_cert),
+        (paths.pki().join("server.key"), &certs.server.1),
+        (paths.pki().join("server.crt"), &certs.server.0),
+        (paths.pki().join("peer.key"), &certs.peer.1),
+        (paths.pki().join("peer.crt"), &certs.peer.0),
+        (paths.client().join("ca.crt"), &certs.ca_cert),
+        (paths.client().join("client.key"), &certs.client.1),
+        (paths.client().join("client.crt"), &certs.client.0),
+    ]
+}
+
+/// Installs renewed certificates of a running member over its files, rewriting only those
+/// that changed; returns how many. etcd serves them from its next connection. Certificates
+/// from another CA are not installed (the members trust the CA they started with; an error
+/// says so).
+pub fn install_renewed(paths: &MemberPaths, certs: &MemberCerts) -> Result<usize> {
+    let installed_ca =
+        std::fs::read_to_string(paths.pki().join("ca.crt")).ctx("reading the member's CA", paths.pki())?;
+    if fingerprint(&installed_ca) != fingerprint(&certs.ca_cert) {
+        return Err(Error::Refused(format!(
+            "the member's certificates now come from another CA than the one it runs with ({}); it keeps its certificates",
+            paths.pki().display()
+        )));
+    }
+    let mut written = 0;
+    for (path, pem) in member_files(paths, certs) {
+        if std::fs::read_to_string(&path).ok().as_ref() != Some(pem) {
+            write_atomic(&path, pem.as_bytes(), 0o600)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// When the first of a member's installed certificates expires.
+pub fn installed_not_after(paths: &MemberPaths) -> Option<chrono::DateTime<chrono::Utc>> {
+    [
+        paths.pki().join("server.crt"),
+        paths.pki().join("peer.crt"),
+        paths.client().join("client.crt"),
+    ]
+    .iter()
+    .filter_map(|p| cert_info(&std::fs::read_to_string(p).ok()?))
+    .map(|i| i.not_after)
+    .min()
 }
 
 /// The engine's client identity for a member with TLS.
@@ -243,9 +433,64 @@ mod tests {
         std::fs::write(dir.path().join("ca.crt"), &ca.cert).unwrap();
         std::fs::write(dir.path().join("ca.key"), &ca.key).unwrap();
         let loaded = load_ca(dir.path()).unwrap();
-        let certs = issue(&loaded, &MemberName::new("h1").unwrap(), "10.0.0.1".parse().unwrap()).unwrap();
+        let name = MemberName::new("h1").unwrap();
+        let certs = issue(&loaded, &name, "10.0.0.1".parse().unwrap(), &Policy::default(), None).unwrap();
         assert!(certs.server.0.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(format!("{:?}", certs.client_tls()).contains("redacted"));
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_keys_and_names_the_service() {
+        let ca = new_ca("etcd").unwrap();
+        let name = MemberName::new("h1").unwrap();
+        let ip = "10.0.0.1".parse().unwrap();
+        let short = Policy {
+            validity: Duration::from_secs(90),
+            ..Policy::default()
+        };
+        let first = issue(&ca, &name, ip, &short, None).unwrap();
+        let now = chrono::Utc::now();
+        let info = cert_info(&first.server.0).unwrap();
+        assert!((info.not_after - now).num_seconds().abs_diff(90) <= 2, "{info:?}");
+        assert_eq!(info.names, ["10.0.0.1", "127.0.0.1", "localhost"]);
+        assert!(!renewal_due(&first.server.0, short.validity, now));
+        assert!(renewal_due(
+            &first.server.0,
+            short.validity,
+            now + chrono::Duration::seconds(61)
+        ));
+        assert!(
+            renewal_due("garbage", short.validity, now),
+            "an unreadable one is issued again"
+        );
+        let named = Policy {
+            validity: LEAF_VALIDITY,
+            service_names: vec!["main-client.prod.svc".into()],
+            service_ips: vec!["10.96.0.10".parse().unwrap()],
+        };
+        assert!(lacks_names(&first.server.0, &named));
+        let renewed = issue(&ca, &name, ip, &named, Some(&first)).unwrap();
+        for (a, b) in [
+            (&first.server, &renewed.server),
+            (&first.peer, &renewed.peer),
+            (&first.client, &renewed.client),
+        ] {
+            assert_eq!(a.1, b.1, "the key is kept");
+            assert_ne!(a.0, b.0, "the certificate is new");
+        }
+        let info = cert_info(&renewed.server.0).unwrap();
+        assert_eq!(
+            info.names,
+            [
+                "10.0.0.1",
+                "127.0.0.1",
+                "localhost",
+                "main-client.prod.svc",
+                "10.96.0.10"
+            ]
+        );
+        assert!(!renewal_due(&renewed.server.0, named.validity, now) && !lacks_names(&renewed.server.0, &named));
+        assert!(lacks_names(&renewed.peer.0, &named), "peers connect by IP only");
     }
 
     #[test]

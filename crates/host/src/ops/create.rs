@@ -59,7 +59,7 @@ impl NewMember {
     fn certs(&self) -> Result<Option<MemberCerts>> {
         self.ca
             .as_ref()
-            .map(|ca| pki::issue(ca, &self.name, self.ip))
+            .map(|ca| pki::issue(ca, &self.name, self.ip, &pki::Policy::default(), None))
             .transpose()
     }
 }

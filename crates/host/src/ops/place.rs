@@ -43,6 +43,12 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
     let _lock = engine.lock(&w.instance)?;
     if let Some(record) = engine.load(&w.instance)? {
         if record.name == w.name {
+            if let Some(certs) = w.certs.as_ref().filter(|_| record.tls) {
+                let n = pki::install_renewed(&engine.paths(&w.instance), certs)?;
+                if n > 0 {
+                    tracing::info!("{}: {n} renewed certificate file(s) installed", w.name);
+                }
+            }
             ensure_running(engine, &record).await?;
             return Ok(record);
         }

@@ -179,6 +179,42 @@ mod tests {
         }
     }
 
+    /// Issue 13, item 6: what a live cluster cannot take is refused on update, with the way.
+    #[test]
+    fn tls_and_ports_cannot_change_on_a_live_cluster() {
+        let clusters = by_key("runc-etcd.io/etcdclusters").unwrap();
+        let spec = |s: &str| {
+            yaml(&VALID.replace(
+                "spec: {version: 3.5.16}\n",
+                &format!("spec: {{version: 3.5.16, {s}}}\n"),
+            ))
+        };
+        let old = spec("tls: {enabled: true}, ports: {client: 2379, peer: 2380, agent: 2382}");
+        for (new, want) in [
+            (
+                "tls: {enabled: false}, ports: {client: 2379, peer: 2380, agent: 2382}",
+                "tls.enabled cannot change on a live cluster",
+            ),
+            (
+                "tls: {enabled: true}, ports: {client: 12379, peer: 2380, agent: 2382}",
+                "ports.client and ports.peer cannot change",
+            ),
+            (
+                "tls: {enabled: true}, ports: {client: 2379, peer: 12380, agent: 2382}",
+                "ports.client and ports.peer cannot change",
+            ),
+        ] {
+            let err = check(clusters, &spec(new), Some(&old)).expect_err(new);
+            assert!(
+                format!("{err:?}").contains(want) && format!("{err:?}").contains("restore into a new EtcdCluster"),
+                "{new}: {err:?}"
+            );
+        }
+        let fine = "tls: {enabled: true, certificateValidity: 8760h}, ports: {client: 2379, peer: 2380, agent: 2392}";
+        check(clusters, &spec(fine), Some(&old)).expect("validity and the agent port may change");
+        check(clusters, &spec("tls: {enabled: false}"), None).expect("a new cluster may be plain");
+    }
+
     #[test]
     fn backup_folders_of_their_own_are_accepted() {
         let clusters = by_key("runc-etcd.io/etcdclusters").unwrap();

@@ -1,0 +1,188 @@
+//! Certificates kept valid for years of service. Every member's Secret and the client identity
+//! are issued again from the cluster CA, each certificate keeping its key, once two thirds of
+//! `spec.tls.certificateValidity` has passed, or when a member's serving certificate lacks a
+//! name it must carry (the client Service's DNS names and ClusterIP, new since it was issued).
+//! The agents write the renewed files on their hosts, and etcd, which reads them at every new
+//! connection, serves them without a restart: no member goes down for a renewal.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+
+use crate::error::Result;
+use crate::operator::children;
+use crate::operator::context::{Ctx, selector};
+use runc_etcd_api::contract::{self, ClusterNames};
+use runc_etcd_api::{EtcdCluster, EtcdMember};
+use runc_etcd_host::names::{MemberName, parse_ip};
+use runc_etcd_host::pki::{self, Ca, ClientTls, MemberCerts, Policy};
+
+/// How the cluster's leaves are issued: its validity, and the client Service's names in every
+/// form a client in the cluster may use, with its ClusterIP once the API server gave it one.
+pub fn policy(c: &EtcdCluster, cluster_domain: &str, cluster_ip: Option<IpAddr>) -> Policy {
+    let svc = c.client_service();
+    let ns = c.ns();
+    Policy {
+        validity: c.spec.tls.validity(),
+        service_names: vec![
+            svc.clone(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.{cluster_domain}"),
+        ],
+        service_ips: cluster_ip.into_iter().collect(),
+    }
+}
+
+/// The policy, with the client Service's ClusterIP as the API server reports it.
+pub async fn current_policy(c: &EtcdCluster, ctx: &Ctx) -> Result<Policy> {
+    let svc: Api<Service> = ctx.api(c);
+    let cluster_ip = svc
+        .get_opt(&c.client_service())
+        .await?
+        .and_then(|s| s.spec?.cluster_ip)
+        .and_then(|ip| ip.parse().ok());
+    Ok(policy(c, &ctx.cluster_domain, cluster_ip))
+}
+
+/// Whether a member's certificates are to be issued again at `now`.
+pub fn member_due(certs: &MemberCerts, policy: &Policy, now: chrono::DateTime<chrono::Utc>) -> bool {
+    [&certs.server, &certs.peer, &certs.client]
+        .iter()
+        .any(|(cert, _)| pki::renewal_due(cert, policy.validity, now))
+        || pki::lacks_names(&certs.server.0, policy)
+}
+
+/// Whether a certificate expiring at `not_after` is overdue for renewal at `now`: in the last
+/// sixth of its validity, half the renewal window (the last third) gone without a renewal
+/// reaching it. Far enough ahead of expiry to act, late enough that a renewal in flight (a
+/// Secret written, its agent about to install it) does not raise it.
+pub fn overdue(
+    not_after: chrono::DateTime<chrono::Utc>,
+    validity: std::time::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let window = chrono::Duration::from_std(validity / 6).unwrap_or(chrono::Duration::MAX);
+    now + window >= not_after
+}
+
+/// The client identity, renewed (same key) when due. Returns what to connect with.
+pub async fn client(c: &EtcdCluster, ctx: &Ctx, ca: &Ca, stored: ClientTls) -> Result<ClientTls> {
+    let validity = c.spec.tls.validity();
+    if !pki::renewal_due(&stored.cert, validity, chrono::Utc::now()) {
+        return Ok(stored);
+    }
+    let renewed = pki::issue_client(ca, &format!("{} client", c.instance()), validity, Some(&stored.key))?;
+    replace(c, ctx, &children::client_secret(c, &renewed)).await?;
+    let note = format!(
+        "the client identity in Secret {} was renewed (same key), valid until {}",
+        c.client_secret(),
+        not_after(&renewed.cert)
+    );
+    ctx.event(c, EventType::Normal, "CertificateRenewed", None, note).await;
+    Ok(renewed)
+}
+
+/// Every member's Secret renewed where due (same keys).
+pub async fn members(c: &EtcdCluster, ctx: &Ctx, ca: &Ca) -> Result<()> {
+    let policy = current_policy(c, ctx).await?;
+    let now = chrono::Utc::now();
+    let secrets: Api<Secret> = ctx.api(c);
+    let members: Api<EtcdMember> = ctx.api(c);
+    for m in members.list(&selector(c)).await?.items {
+        let Some(name) = &m.spec.tls_secret else { continue };
+        let Some(certs) = secrets
+            .get_opt(name)
+            .await?
+            .as_ref()
+            .and_then(contract::read_member_certs)
+        else {
+            continue;
+        };
+        if !member_due(&certs, &policy, now) {
+            continue;
+        }
+        let member = MemberName::new(m.spec.member_name.clone())?;
+        let renewed = pki::issue(ca, &member, parse_ip(&m.spec.ip)?, &policy, Some(&certs))?;
+        replace(c, ctx, &children::member_tls_secret(c, &m.spec.member_name, &renewed)).await?;
+        let note = format!(
+            "the certificates of member {member} were renewed (same keys), valid until {}; its agent installs them and etcd serves them from its next connection, without a restart",
+            not_after(&renewed.server.0)
+        );
+        ctx.event(c, EventType::Normal, "CertificateRenewed", Some(&m.name_any()), note)
+            .await;
+    }
+    Ok(())
+}
+
+fn not_after(pem: &str) -> String {
+    pki::cert_info(pem).map_or_else(|| "?".into(), |i| i.not_after.to_rfc3339())
+}
+
+/// Writes a Secret's files over the stored ones.
+async fn replace(c: &EtcdCluster, ctx: &Ctx, s: &Secret) -> Result<()> {
+    let api: Api<Secret> = ctx.api(c);
+    let patch = serde_json::json!({ "data": s.data });
+    api.patch(&s.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cluster(validity: &str) -> EtcdCluster {
+        let mut c: EtcdCluster = serde_saphyr::from_str(&format!(
+            "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: main, namespace: prod}}\nspec:\n  version: 3.5.16\n  tls: {{certificateValidity: {validity}}}\n"
+        ))
+        .unwrap();
+        c.metadata.uid = Some("uid-1".into());
+        c
+    }
+
+    #[test]
+    fn serving_certificates_name_the_client_service_every_way() {
+        let p = policy(&cluster("90m"), "cluster.local", Some("10.96.0.10".parse().unwrap()));
+        assert_eq!(p.validity, Duration::from_secs(5400));
+        assert_eq!(
+            p.names().collect::<Vec<_>>(),
+            [
+                "main-client",
+                "main-client.prod",
+                "main-client.prod.svc",
+                "main-client.prod.svc.cluster.local",
+                "10.96.0.10"
+            ]
+        );
+        assert_eq!(
+            policy(&cluster("1s"), "x", None).validity,
+            Duration::from_secs(60),
+            "at least a minute"
+        );
+    }
+
+    #[test]
+    fn members_are_renewed_late_in_their_validity_or_for_a_new_name() {
+        let ca = pki::new_ca("prod.main").unwrap();
+        let c = cluster("90m");
+        let without_ip = policy(&c, "cluster.local", None);
+        let certs = pki::issue(
+            &ca,
+            &"m1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            &without_ip,
+            None,
+        )
+        .unwrap();
+        let now = chrono::Utc::now();
+        assert!(!member_due(&certs, &without_ip, now));
+        assert!(member_due(&certs, &without_ip, now + chrono::Duration::minutes(61)));
+        let with_ip = policy(&c, "cluster.local", Some("10.96.0.10".parse().unwrap()));
+        assert!(member_due(&certs, &with_ip, now), "the Service got its address");
+    }
+}

@@ -1,0 +1,132 @@
+//! Certificates on real hosts with a real etcd (issue 13): renewed before they expire, under a
+//! writer, with no member restarted and no acknowledged write lost; and serving certificates
+//! that name the client Service, so that a client verifying by that name connects.
+
+mod common;
+
+use std::time::Duration;
+
+use common::hazard::*;
+use common::plane::*;
+use common::*;
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use runc_etcd_testkit::lab::netns;
+
+/// The client Secret's files, PEM: (ca.crt, tls.crt, tls.key).
+fn client_files(p: &Plane) -> (String, String, String) {
+    let api: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let s = p.rt.block_on(api.get("main-client-tls")).unwrap();
+    let data = s.data.unwrap();
+    let f = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    (f("ca.crt"), f("tls.crt"), f("tls.key"))
+}
+
+/// Writes a key through `endpoint`, verifying the server as `server_name`.
+fn put_as(p: &Plane, endpoint: &str, server_name: &str) -> Result<(), String> {
+    let (ca, cert, key) = client_files(p);
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(server_name);
+    let endpoint = endpoint.to_string();
+    let name = server_name.to_string();
+    netns::run_in(&p.lab.client_ns(), move || async move {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_tls(tls);
+        let mut c = etcd_client::Client::connect([endpoint], Some(opts))
+            .await
+            .map_err(|e| e.to_string())?;
+        c.put("by-name", name, None).await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+/// What a host's member files and its etcd say of the serving certificate: the file's SHA-256
+/// fingerprint and key, and the fingerprint of the certificate etcd presents on a new connection.
+fn served(p: &Plane, h: &runc_etcd_testkit::lab::LabHost) -> (String, String, String) {
+    let state = format!("/var/lib/runc-etcd/{}", p.instance("main"));
+    let file = h
+        .check(&[
+            "openssl",
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            &format!("{state}/pki/server.crt"),
+        ])
+        .unwrap();
+    let key = std::fs::read_to_string(h.path(&format!("{state}/pki/server.key"))).unwrap();
+    let c = format!("{state}/client");
+    let live = h
+        .check(&[
+            "sh",
+            "-c",
+            &format!(
+                "openssl s_client -connect {}:2379 -CAfile {c}/ca.crt -cert {c}/client.crt -key {c}/client.key </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+                h.ip()
+            ),
+        ])
+        .unwrap();
+    (file.trim().to_string(), key, live.trim().to_string())
+}
+
+#[test]
+fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_service() {
+    let p = Plane::up(3);
+    // Three minutes of validity: renewed after two.
+    let c = main_cluster(&p, 3, "  tls: {certificateValidity: 3m}\n");
+    let w = writer(&p, &c);
+    every_unit_active(&p);
+    let since = Since::now();
+    let before: Vec<_> = p.lab.hosts.iter().map(|h| served(&p, h)).collect();
+    for (file, _, live) in &before {
+        assert_eq!(file, live, "etcd serves the certificate in its files");
+    }
+    let (_, client_cert, client_key) = client_files(&p);
+    let c = p.wait("main", "the certificates' expiry reported", 60, |c| {
+        c.status.as_ref().is_some_and(|s| s.certificates_not_after.is_some())
+    });
+    let first_expiry = c.status.clone().unwrap().certificates_not_after.unwrap();
+
+    // A client that verifies the server by the client Service's name connects and writes;
+    // verification is real: another name is refused.
+    let member = c.status.clone().unwrap().client_endpoints[0].clone();
+    let svc = format!("main-client.{}.svc", p.ns());
+    put_as(&p, &member, &svc).unwrap();
+    put_as(&p, &member, &format!("main-client.{}.svc.cluster.local", p.ns())).unwrap();
+    let other = put_as(&p, &member, &format!("other-client.{}.svc", p.ns()));
+    assert!(other.is_err(), "a name the certificate does not carry is refused");
+
+    // Renewed on every host, with the same keys, before expiry; etcd serves the new one.
+    eventually("every member's certificate renewed and served", 150, || {
+        p.lab.hosts.iter().zip(&before).all(|(h, (old, _, _))| {
+            let (file, _, live) = served(&p, h);
+            file != *old && file == live
+        })
+    });
+    for (h, (_, old_key, _)) in p.lab.hosts.iter().zip(&before) {
+        assert_eq!(served(&p, h).1, *old_key, "{}: the key is kept", h.name());
+    }
+    let (_, cert, key) = client_files(&p);
+    assert!(
+        cert != client_cert && key == client_key,
+        "the client identity is renewed too"
+    );
+    let c = p.wait("main", "the later expiry reported", 60, |c| {
+        let s = c.status.clone().unwrap_or_default();
+        available_with(c, 3) && s.certificates_not_after.as_deref().is_some_and(|t| *t > *first_expiry)
+    });
+    assert!(p.event_reasons("main").iter().any(|r| r == "CertificateRenewed"));
+    put_as(&p, &member, &svc).expect("the renewed certificate names the Service too");
+    let restarts = since.restarts(&p);
+    assert!(
+        restarts.iter().all(|(_, n)| *n == 0),
+        "no member restarted: {restarts:?}"
+    );
+    nothing_lost(&p, &c, w, 100, 3);
+}
