@@ -1,6 +1,7 @@
 //! Certificates on real hosts with a real etcd (issue 13): renewed before they expire, under a
-//! writer, with no member restarted and no acknowledged write lost; and serving certificates
-//! that name the client Service, so that a client verifying by that name connects.
+//! writer, with no member restarted and no acknowledged write lost; serving certificates that
+//! name the client Service, so that a client verifying by that name connects; and the CA
+//! rotated under a writer, one member restart at a time.
 
 mod common;
 
@@ -23,9 +24,20 @@ fn client_files(p: &Plane) -> (String, String, String) {
     (f("ca.crt"), f("tls.crt"), f("tls.key"))
 }
 
-/// Writes a key through `endpoint`, verifying the server as `server_name`.
+/// Writes a key through `endpoint` with the client Secret's identity, verifying the server as
+/// `server_name`.
 fn put_as(p: &Plane, endpoint: &str, server_name: &str) -> Result<(), String> {
-    let (ca, cert, key) = client_files(p);
+    put_with(p, client_files(p), endpoint, server_name)
+}
+
+/// Writes a key through `endpoint` with the identity `(ca.crt, tls.crt, tls.key)`, on a new
+/// connection, verifying the server as `server_name`.
+fn put_with(
+    p: &Plane,
+    (ca, cert, key): (String, String, String),
+    endpoint: &str,
+    server_name: &str,
+) -> Result<(), String> {
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key))
@@ -128,5 +140,103 @@ fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_s
         restarts.iter().all(|(_, n)| *n == 0),
         "no member restarted: {restarts:?}"
     );
+    nothing_lost(&p, &c, w, 100, 3);
+}
+
+fn tls_of((ca, cert, key): &(String, String, String)) -> Option<TlsOptions> {
+    Some(
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key)),
+    )
+}
+
+#[test]
+fn the_ca_is_rotated_under_writes_one_restart_at_a_time() {
+    let p = Plane::up(3);
+    let c = main_cluster(&p, 3, "  tls: {caRotationHold: 10s}\n");
+    let old = client_files(&p);
+    let old_ca = c.status.clone().unwrap().ca_fingerprint.unwrap();
+    // The writer re-reads the client Secret as an application would (reconnecting with what it
+    // holds once a write fails after it changed).
+    let tls = ReloadableTls::new(tls_of(&old));
+    let endpoints: Vec<String> = c
+        .status
+        .clone()
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect();
+    let w = Writer::start_reloading(&p.lab.client_ns(), endpoints.clone(), tls.clone());
+    every_unit_active(&p);
+    let since = Since::now();
+    let svc = format!("main-client.{}.svc", p.ns());
+
+    let ask = serde_json::json!({"metadata": {"annotations": {"runc-etcd.io/rotate-ca": "2026-12-03"}}});
+    p.rt.block_on(p.clusters().patch(
+        "main",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&ask),
+    ))
+    .unwrap();
+    let mut held = old.clone();
+    let mut stages = Vec::new();
+    let mut old_identity_in_reissue = None;
+    eventually("the CA rotation finished", 240, || {
+        let files = client_files(&p);
+        if files != held {
+            tls.set(tls_of(&files));
+            held = files.clone();
+        }
+        let c = p.get("main").unwrap();
+        let s = c.status.clone().unwrap_or_default();
+        if let Some(stage) = s.ca_rotation
+            && stages.last() != Some(&stage)
+        {
+            stages.push(stage);
+            if stage == "Reissue" {
+                // every member trusts both CAs: the old identity still works, with the bundle
+                let old_identity = (files.0.clone(), old.1.clone(), old.2.clone());
+                old_identity_in_reissue = Some(put_with(&p, old_identity, &endpoints[0], &svc));
+            }
+        }
+        s.ca_rotation.is_none() && s.ca_fingerprint.as_deref().is_some_and(|f| f != old_ca)
+    });
+    assert_eq!(stages, ["TrustBoth", "Reissue", "DropOld"], "every stage, in order");
+    assert_eq!(
+        old_identity_in_reissue,
+        Some(Ok(())),
+        "the old identity works until the last stage"
+    );
+    let reasons = p.event_reasons("main");
+    assert!(reasons.iter().any(|r| r == "CaRotationFinished"), "{reasons:?}");
+
+    // Only the new CA is trusted anywhere: the client Secret's and every host's bundle.
+    let new = client_files(&p);
+    let new_ca = p.get("main").unwrap().status.unwrap().ca_fingerprint.unwrap();
+    let only_new = vec![new_ca];
+    assert_eq!(runc_etcd_host::pki::bundle_fingerprints(&new.0), only_new);
+    for h in &p.lab.hosts {
+        let bundle =
+            std::fs::read_to_string(h.path(&format!("/var/lib/runc-etcd/{}/pki/ca.crt", p.instance("main")))).unwrap();
+        assert_eq!(
+            runc_etcd_host::pki::bundle_fingerprints(&bundle),
+            only_new,
+            "{}",
+            h.name()
+        );
+    }
+    // Every member serves a certificate of the new CA (verified with it alone), and takes the
+    // new identity; the old identity is refused.
+    for e in &endpoints {
+        put_with(&p, new.clone(), e, &svc).unwrap_or_else(|err| panic!("{e}: {err}"));
+        let refused = put_with(&p, (new.0.clone(), old.1.clone(), old.2.clone()), e, &svc);
+        assert!(refused.is_err(), "{e}: the old CA's identity is no longer accepted");
+    }
+    assert_ne!(new.2, "", "a key");
+    // Two restarts per member (the new CA in, the old one out), never two members down at once.
+    since.restarts_each_one_at_a_time(&p, 2);
+    let c = p.wait("main", "Available with 3 members", 60, |c| available_with(c, 3));
     nothing_lost(&p, &c, w, 100, 3);
 }

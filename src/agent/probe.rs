@@ -18,6 +18,8 @@ pub(super) struct Seen {
     serving: std::result::Result<(), String>,
     /// When the first of its installed certificates expires (RFC 3339).
     certificate_not_after: Option<String>,
+    /// `pki::digest` of its installed certificates and trust bundle.
+    certificates_digest: Option<String>,
 }
 
 pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
@@ -45,16 +47,22 @@ pub(super) async fn run(ctx: &Ctx, record: &MemberRecord) -> Result<Seen> {
         }
         Err(e) => (Err(Error::from(e)), Err("no client identity".to_string())),
     };
+    let paths = ctx.engine.paths(&ctx.instance);
     let certificate_not_after = record
         .tls
-        .then(|| runc_etcd_host::pki::installed_not_after(&ctx.engine.paths(&ctx.instance)))
+        .then(|| runc_etcd_host::pki::installed_not_after(&paths))
         .flatten()
         .map(|t| t.to_rfc3339());
+    let certificates_digest = record
+        .tls
+        .then(|| runc_etcd_host::pki::installed_digest(&paths))
+        .flatten();
     Ok(Seen {
         unit,
         etcd: etcd.map_err(|e| e.to_string()),
         serving,
         certificate_not_after,
+        certificates_digest,
     })
 }
 
@@ -66,6 +74,7 @@ pub(super) fn status(base: EtcdMemberStatus, seen: &Seen, ack: Option<i64>) -> E
         unit_state: Some(format!("{}/{}", seen.unit.active_state, seen.unit.sub_state)),
         restart_count: seen.unit.n_restarts as i32,
         certificate_not_after: seen.certificate_not_after.clone(),
+        certificates_digest: seen.certificates_digest.clone(),
         ..base
     };
     let silent = EtcdMemberStatus {
@@ -123,6 +132,7 @@ mod tests {
             }),
             serving: Ok(()),
             certificate_not_after: None,
+            certificates_digest: None,
         };
         let s = status(EtcdMemberStatus::default(), &answered, Some(3));
         assert_eq!((s.phase, s.observed_generation), (Some(MemberPhase::Running), Some(3)));
@@ -157,6 +167,7 @@ mod tests {
             etcd: Err("connection refused".into()),
             serving: Err("connection refused".into()),
             certificate_not_after: None,
+            certificates_digest: None,
         };
         let s = status(EtcdMemberStatus::default(), &silent("failed"), Some(3));
         assert_eq!((s.phase, s.observed_generation), (Some(MemberPhase::Failed), None));

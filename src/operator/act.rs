@@ -412,10 +412,14 @@ async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) 
         return Ok(());
     }
     let ca_secret = secrets.get(&c.ca_secret()).await?;
-    let ca = runc_etcd_api::contract::read_ca(&ca_secret)
+    let keyring = runc_etcd_api::contract::read_keyring(&ca_secret)
         .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
     let ip = runc_etcd_host::names::parse_ip(ip)?;
     let policy = crate::operator::certs::current_policy(c, ctx).await?;
-    let certs = pki::issue(&ca, &MemberName::new(name)?, ip, &policy, None)?;
+    let certs = pki::MemberCerts {
+        // a new member starts trusting what the others are to trust (a rotation's bundle)
+        ca_cert: keyring.trust.clone(),
+        ..pki::issue(&keyring.signing, &MemberName::new(name)?, ip, &policy, None)?
+    };
     Ok(create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await?)
 }

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use crate::error::Result;
 use crate::operator::children;
 use crate::operator::context::{Ctx, selector};
-use runc_etcd_api::contract::{self, ClusterNames};
+use runc_etcd_api::contract::{self, ClusterNames, Keyring};
 use runc_etcd_api::{EtcdCluster, EtcdMember};
 use runc_etcd_host::names::{MemberName, parse_ip};
 use runc_etcd_host::pki::{self, Ca, ClientTls, MemberCerts, Policy};
@@ -48,11 +48,16 @@ pub async fn current_policy(c: &EtcdCluster, ctx: &Ctx) -> Result<Policy> {
     Ok(policy(c, &ctx.cluster_domain, cluster_ip))
 }
 
-/// Whether a member's certificates are to be issued again at `now`.
-pub fn member_due(certs: &MemberCerts, policy: &Policy, now: chrono::DateTime<chrono::Utc>) -> bool {
+/// Whether a certificate was signed by another CA than `signing` (a rotation moved on).
+fn foreign(pem: &str, signing: &Ca) -> bool {
+    pki::cert_info(pem).map(|i| i.issuer) != pki::subject(&signing.cert)
+}
+
+/// Whether a member's certificates are to be issued again at `now` by `signing`.
+pub fn member_due(certs: &MemberCerts, signing: &Ca, policy: &Policy, now: chrono::DateTime<chrono::Utc>) -> bool {
     [&certs.server, &certs.peer, &certs.client]
         .iter()
-        .any(|(cert, _)| pki::renewal_due(cert, policy.validity, now))
+        .any(|(cert, _)| pki::renewal_due(cert, policy.validity, now) || foreign(cert, signing))
         || pki::lacks_names(&certs.server.0, policy)
 }
 
@@ -69,13 +74,17 @@ pub fn overdue(
     now + window >= not_after
 }
 
-/// The client identity, renewed (same key) when due. Returns what to connect with.
+/// The client identity, renewed (same key) when due or signed by a CA a rotation moved away
+/// from; its trust bundle is the rotation's to change. Returns what to connect with.
 pub async fn client(c: &EtcdCluster, ctx: &Ctx, ca: &Ca, stored: ClientTls) -> Result<ClientTls> {
     let validity = c.spec.tls.validity();
-    if !pki::renewal_due(&stored.cert, validity, chrono::Utc::now()) {
+    if !pki::renewal_due(&stored.cert, validity, chrono::Utc::now()) && !foreign(&stored.cert, ca) {
         return Ok(stored);
     }
-    let renewed = pki::issue_client(ca, &format!("{} client", c.instance()), validity, Some(&stored.key))?;
+    let renewed = ClientTls {
+        ca: stored.ca.clone(),
+        ..pki::issue_client(ca, &format!("{} client", c.instance()), validity, Some(&stored.key))?
+    };
     replace(c, ctx, &children::client_secret(c, &renewed)).await?;
     let note = format!(
         "the client identity in Secret {} was renewed (same key), valid until {}",
@@ -86,8 +95,10 @@ pub async fn client(c: &EtcdCluster, ctx: &Ctx, ca: &Ca, stored: ClientTls) -> R
     Ok(renewed)
 }
 
-/// Every member's Secret renewed where due (same keys).
-pub async fn members(c: &EtcdCluster, ctx: &Ctx, ca: &Ca) -> Result<()> {
+/// Every member's Secret renewed where due (same keys, same trust bundle: a rotation paces
+/// trust changes itself, one member at a time).
+pub async fn members(c: &EtcdCluster, ctx: &Ctx, keyring: &Keyring) -> Result<()> {
+    let ca = &keyring.signing;
     let policy = current_policy(c, ctx).await?;
     let now = chrono::Utc::now();
     let secrets: Api<Secret> = ctx.api(c);
@@ -102,11 +113,14 @@ pub async fn members(c: &EtcdCluster, ctx: &Ctx, ca: &Ca) -> Result<()> {
         else {
             continue;
         };
-        if !member_due(&certs, &policy, now) {
+        if !member_due(&certs, ca, &policy, now) {
             continue;
         }
         let member = MemberName::new(m.spec.member_name.clone())?;
-        let renewed = pki::issue(ca, &member, parse_ip(&m.spec.ip)?, &policy, Some(&certs))?;
+        let renewed = MemberCerts {
+            ca_cert: certs.ca_cert.clone(),
+            ..pki::issue(ca, &member, parse_ip(&m.spec.ip)?, &policy, Some(&certs))?
+        };
         replace(c, ctx, &children::member_tls_secret(c, &m.spec.member_name, &renewed)).await?;
         let note = format!(
             "the certificates of member {member} were renewed (same keys), valid until {}; its agent installs them and etcd serves them from its next connection, without a restart",
@@ -180,9 +194,19 @@ mod tests {
         )
         .unwrap();
         let now = chrono::Utc::now();
-        assert!(!member_due(&certs, &without_ip, now));
-        assert!(member_due(&certs, &without_ip, now + chrono::Duration::minutes(61)));
+        assert!(!member_due(&certs, &ca, &without_ip, now));
+        assert!(member_due(
+            &certs,
+            &ca,
+            &without_ip,
+            now + chrono::Duration::minutes(61)
+        ));
         let with_ip = policy(&c, "cluster.local", Some("10.96.0.10".parse().unwrap()));
-        assert!(member_due(&certs, &with_ip, now), "the Service got its address");
+        assert!(member_due(&certs, &ca, &with_ip, now), "the Service got its address");
+        let rotated = pki::new_ca("prod.main").unwrap();
+        assert!(
+            member_due(&certs, &rotated, &without_ip, now),
+            "signed by the CA a rotation left"
+        );
     }
 }

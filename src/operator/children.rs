@@ -429,7 +429,10 @@ mod tests {
         let back = runc_etcd_api::contract::read_member_certs(&s).unwrap();
         assert_eq!(back.server, certs.server);
         assert_eq!(
-            runc_etcd_api::contract::read_ca(&ca_secret(&c, &ca)).unwrap().key,
+            runc_etcd_api::contract::read_keyring(&ca_secret(&c, &ca))
+                .unwrap()
+                .signing
+                .key,
             ca.key
         );
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::operator::context::{Ctx, apply, selector};
 use crate::operator::{certs, children};
-use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, MEMBER_FINALIZER, NODE_LABEL, released};
+use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, Keyring, MEMBER_FINALIZER, NODE_LABEL, released};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
 use runc_etcd_host::etcd::Access;
@@ -25,8 +25,9 @@ pub enum Ensured {
     /// Something was written on the cluster (the finalizer, the cluster token): the next pass,
     /// on the updated object, goes on.
     Again,
-    /// Every object is in place; etcd is reached with this.
-    Ready(Access),
+    /// Every object is in place; etcd is reached with this, and the cluster's CAs are these
+    /// (None without TLS).
+    Ready(Access, Option<Box<Keyring>>),
     /// A Secret the members depend on is gone or replaced: reported, and nothing else is done
     /// until it is back.
     Blocked(Problem),
@@ -47,8 +48,8 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
             "use a shorter name or namespace (delete this EtcdCluster and create it under the new name)",
         ));
     }
-    let (access, ca) = match tls(c, ctx).await? {
-        Tls::Ready(access, ca) => (access, ca),
+    let (access, keyring) = match tls(c, ctx).await? {
+        Tls::Ready(access, keyring) => (access, keyring),
         Tls::Blocked(problem) => return Ok(Ensured::Blocked(problem)),
     };
     if c.status.as_ref().and_then(|s| s.cluster_token.as_ref()).is_none() {
@@ -70,11 +71,11 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         &Patch::Apply(&children::client_service(c)),
     )
     .await?;
-    if let Some(ca) = &ca {
-        certs::members(c, ctx, ca).await?;
+    if let Some(keyring) = &keyring {
+        certs::members(c, ctx, keyring).await?;
     }
     restore_members(c, ctx).await?;
-    Ok(Ensured::Ready(access))
+    Ok(Ensured::Ready(access, keyring))
 }
 
 /// EtcdMembers deleted or relabelled by hand are made again as they were: members leave only
@@ -148,11 +149,13 @@ async fn refuse(c: &EtcdCluster, ctx: &Ctx, msg: &str) -> Result<()> {
         .await
 }
 
-/// What the CA Secret means for this pass, from what it holds, the fingerprint status
-/// recorded, and whether the cluster has (or had) members.
+/// What the CA Secret means for this pass, from what it holds (the signing CA's fingerprint
+/// and those of the trust bundle), the fingerprint status recorded, and whether the cluster has
+/// (or had) members.
 #[derive(Debug, PartialEq)]
 enum CaRule {
-    /// The stored CA is the cluster's: use it (recording its fingerprint if status lacks it).
+    /// The stored CA is the cluster's: use it (recording its fingerprint if status lacks it, or
+    /// holds the one a rotation moved away from, which the trust bundle still holds).
     Use { record: bool },
     /// No CA and no member ever: make one.
     Create,
@@ -162,12 +165,14 @@ enum CaRule {
     Replaced { found: String },
 }
 
-fn ca_rule(stored: Option<&str>, recorded: Option<&str>, had_members: bool) -> CaRule {
+fn ca_rule(stored: Option<(&str, &[String])>, recorded: Option<&str>, had_members: bool) -> CaRule {
     match stored {
         None if had_members => CaRule::Missing,
         None => CaRule::Create,
-        Some(found) => match recorded {
-            Some(recorded) if recorded != found && had_members => CaRule::Replaced { found: found.into() },
+        Some((found, trusted)) => match recorded {
+            Some(recorded) if !trusted.iter().any(|t| t == recorded) && had_members => {
+                CaRule::Replaced { found: found.into() }
+            }
             Some(recorded) => CaRule::Use {
                 record: recorded != found,
             },
@@ -211,14 +216,19 @@ async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
     let stored = secrets
         .get_opt(&c.ca_secret())
         .await?
-        .and_then(|s| runc_etcd_api::contract::read_ca(&s));
-    let fingerprint = stored.as_ref().and_then(|ca| pki::fingerprint(&ca.cert));
+        .and_then(|s| runc_etcd_api::contract::read_keyring(&s));
+    let fingerprint = stored.as_ref().and_then(|k| pki::fingerprint(&k.signing.cert));
     if stored.is_some() && fingerprint.is_none() {
         return Ok(Tls::Blocked(Problem::ca_unreadable(c)));
     }
+    let trusted = stored
+        .as_ref()
+        .map(|k| pki::bundle_fingerprints(&k.trust))
+        .unwrap_or_default();
     let recorded = c.status.as_ref().and_then(|s| s.ca_fingerprint.as_deref());
     let had_members = had_members(c, ctx).await?;
-    let ca = match ca_rule(fingerprint.as_deref(), recorded, had_members) {
+    let found = fingerprint.as_deref().map(|f| (f, trusted.as_slice()));
+    let keyring = match ca_rule(found, recorded, had_members) {
         CaRule::Missing => return Ok(Tls::Blocked(Problem::ca_missing(c))),
         CaRule::Replaced { found } => {
             return Ok(Tls::Blocked(Problem::ca_replaced(
@@ -228,33 +238,35 @@ async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
             )));
         }
         CaRule::Use { record } => {
-            let ca = stored.expect("a fingerprint comes from a stored CA");
+            let keyring = stored.expect("a fingerprint comes from a stored CA");
             if record {
                 ctx.patch_status(c, json!({"caFingerprint": fingerprint})).await?;
             }
-            ca
+            keyring
         }
         CaRule::Create => {
             let ca = pki::new_ca(&c.instance())?;
             create_or_keep(&secrets, &children::ca_secret(c, &ca)).await?;
             // Another pass may have won the race: use what is stored.
             let stored = secrets.get(&c.ca_secret()).await?;
-            let ca = runc_etcd_api::contract::read_ca(&stored)
+            let keyring = runc_etcd_api::contract::read_keyring(&stored)
                 .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
-            ctx.patch_status(c, json!({"caFingerprint": pki::fingerprint(&ca.cert)}))
+            ctx.patch_status(c, json!({"caFingerprint": pki::fingerprint(&keyring.signing.cert)}))
                 .await?;
-            ca
+            keyring
         }
     };
+    let ca = &keyring.signing;
     if let Some(tls) = secrets
         .get_opt(&c.client_secret())
         .await?
         .and_then(|s| runc_etcd_api::contract::read_client(&s))
     {
-        let tls = certs::client(c, ctx, &ca, tls).await?;
-        return Ok(Tls::Ready(Access::tls(tls), Some(ca)));
+        let tls = certs::client(c, ctx, ca, tls).await?;
+        return Ok(Tls::Ready(Access::tls(tls), Some(Box::new(keyring))));
     }
-    let tls = pki::issue_client(&ca, &format!("{} client", c.instance()), c.spec.tls.validity(), None)?;
+    let mut tls = pki::issue_client(ca, &format!("{} client", c.instance()), c.spec.tls.validity(), None)?;
+    tls.ca = keyring.trust.clone();
     create_or_keep(&secrets, &children::client_secret(c, &tls)).await?;
     if had_members {
         let note = format!(
@@ -267,13 +279,13 @@ async fn tls(c: &EtcdCluster, ctx: &Ctx) -> Result<Tls> {
     let stored = secrets.get(&c.client_secret()).await?;
     Ok(Tls::Ready(
         Access::tls(runc_etcd_api::contract::read_client(&stored).unwrap_or(tls)),
-        Some(ca),
+        Some(Box::new(keyring)),
     ))
 }
 
 enum Tls {
-    /// How to reach etcd, and the cluster CA (None without TLS).
-    Ready(Access, Option<pki::Ca>),
+    /// How to reach etcd, and the cluster's CAs (None without TLS).
+    Ready(Access, Option<Box<Keyring>>),
     Blocked(Problem),
 }
 
@@ -345,6 +357,7 @@ mod tests {
 
     #[test]
     fn a_ca_is_made_only_for_a_cluster_that_never_had_members() {
+        let (a, b) = (vec!["sha256:a".to_string()], vec!["sha256:b".to_string()]);
         assert_eq!(ca_rule(None, None, false), CaRule::Create);
         assert_eq!(ca_rule(None, Some("sha256:a"), false), CaRule::Create, "no member ever");
         assert_eq!(
@@ -354,24 +367,35 @@ mod tests {
         );
         assert_eq!(ca_rule(None, Some("sha256:a"), true), CaRule::Missing);
         assert_eq!(
-            ca_rule(Some("sha256:a"), Some("sha256:a"), true),
+            ca_rule(Some(("sha256:a", &a)), Some("sha256:a"), true),
             CaRule::Use { record: false }
         );
         assert_eq!(
-            ca_rule(Some("sha256:a"), None, true),
+            ca_rule(Some(("sha256:a", &a)), None, true),
             CaRule::Use { record: true },
             "adopted"
         );
         assert_eq!(
-            ca_rule(Some("sha256:b"), Some("sha256:a"), true),
+            ca_rule(Some(("sha256:b", &b)), Some("sha256:a"), true),
             CaRule::Replaced {
                 found: "sha256:b".into()
             }
         );
         assert_eq!(
-            ca_rule(Some("sha256:b"), Some("sha256:a"), false),
+            ca_rule(Some(("sha256:b", &b)), Some("sha256:a"), false),
             CaRule::Use { record: true },
             "nothing chains to the old one yet"
+        );
+        let both = vec!["sha256:a".to_string(), "sha256:b".to_string()];
+        assert_eq!(
+            ca_rule(Some(("sha256:b", &both)), Some("sha256:a"), true),
+            CaRule::Use { record: true },
+            "a rotation signs with the new CA while the old one is still trusted"
+        );
+        assert_eq!(
+            ca_rule(Some(("sha256:b", &b)), Some("sha256:b"), true),
+            CaRule::Use { record: false },
+            "and records it before the old one leaves"
         );
     }
 

@@ -6,6 +6,7 @@
 //! - the pure planners `decide` draws on: [`plan`] (membership), [`upgrade`] (etcd's version
 //!   rules, rolling upgrades), [`maintenance`] (defragmentation, NOSPACE), [`disaster`] (quorum
 //!   loss, restores);
+//! - [`certs`] (renewal) and [`rotation`] (the CA, in three stages): certificates for years;
 //! - [`status`]: the status and conditions reported (pure);
 //! - [`children`]: the objects made per cluster (DaemonSet, Service, EndpointSlice, Secrets,
 //!   EtcdMembers);
@@ -34,6 +35,7 @@ mod reconcile;
 mod record;
 mod report;
 mod retention;
+mod rotation;
 mod status;
 #[cfg(test)]
 mod testing;

@@ -11,7 +11,8 @@
 //!    (pulls before an upgrade, a backup before a resize);
 //! 6. [`report`](super::report): status (pure `status::build`), endpoints, metrics, Events.
 //!
-//! The backups are a child of their own: `backups::tend` keeps them each pass.
+//! The backups are a child of their own: `backups::tend` keeps them each pass; so is a CA
+//! rotation (`rotation::tend`), which holds the other steps while a member restarts for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::operator::context::Ctx;
 use crate::operator::decide::{self, Decision, Work};
 use crate::operator::ensure::{self, Ensured};
-use crate::operator::{act, backups, finalize, observe, plan, record, report};
+use crate::operator::{act, backups, finalize, observe, plan, record, report, rotation};
 use crate::retry;
 use runc_etcd_api::EtcdCluster;
 
@@ -36,14 +37,17 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
 
 /// How often a pass blocked on a missing Secret looks again (Secrets are not watched).
 const BLOCKED_RECHECK: Duration = Duration::from_secs(10);
+/// How soon a pass held by a CA rotation's restart looks again (the member's agent reports
+/// through its EtcdMember, which is watched; this is the fallback).
+const ROTATION_RECHECK: Duration = Duration::from_secs(2);
 
 async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     if c.metadata.deletion_timestamp.is_some() {
         return finalize::run(c, ctx).await;
     }
-    let access = match ensure::objects(c, ctx).await? {
+    let (access, keyring) = match ensure::objects(c, ctx).await? {
         Ensured::Again => return Ok(Action::requeue(Duration::ZERO)),
-        Ensured::Ready(access) => access,
+        Ensured::Ready(access, keyring) => (access, keyring),
         Ensured::Blocked(problem) => {
             report::blocked(c, ctx, &problem).await?;
             return Ok(Action::requeue(BLOCKED_RECHECK));
@@ -51,6 +55,15 @@ async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     };
     let view = observe::all(c, ctx, &access).await?;
     let backup_due = backups::tend(c, ctx, &view).await?;
+    // A CA rotation restarting a member holds every other step this pass: two restarts at once
+    // could cost quorum.
+    if let Some(keyring) = &keyring
+        && let Some(reason) = rotation::tend(c, ctx, &view, keyring).await?
+    {
+        let step = plan::Step::Wait { reason };
+        report::write(c, ctx, &view, &step, &[]).await?;
+        return Ok(Action::requeue(ROTATION_RECHECK));
+    }
     let now = k8s_openapi::jiff::Timestamp::now();
     let (step, requeue, events) = match decide::next(c, &view, now, fastrand::u64(..)) {
         Decision::Resume(op) => {

@@ -59,7 +59,11 @@ fn status_patch(s: &runc_etcd_api::EtcdClusterStatus) -> serde_json::Value {
     ] {
         obj.entry(key).or_insert(serde_json::Value::Null);
     }
-    obj.remove("lastOperation"); // written only by `record`
+    // Written by their own steps during the pass (`record`; `ensure` the CA's fingerprint and
+    // the token; `rotation` its stage): this pass's copy of them is stale.
+    for key in ["lastOperation", "caFingerprint", "clusterToken", "caRotation"] {
+        obj.remove(key);
+    }
     v
 }
 

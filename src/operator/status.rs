@@ -447,6 +447,7 @@ pub fn build(c: &EtcdCluster, view: &View, step: &Step) -> EtcdClusterStatus {
         ca_fingerprint: prev.ca_fingerprint,
         cluster_token: prev.cluster_token,
         certificates_not_after: certificates_not_after(&view.members),
+        ca_rotation: prev.ca_rotation, // not patched by `report`: `rotation` writes it
         members,
     }
 }

@@ -122,14 +122,19 @@ impl Since {
     /// A rolling change's promise: every member restarted exactly once, and never two down at
     /// the same time (what breaks a three-member quorum's margin).
     pub fn one_restart_each_one_at_a_time(&self, p: &Plane) {
+        self.restarts_each_one_at_a_time(p, 1);
+    }
+
+    /// `each` restarts of every member (one per rolling change), never two down at once.
+    pub fn restarts_each_one_at_a_time(&self, p: &Plane, each: usize) {
         let mut downs = Vec::new();
         for h in &p.lab.hosts {
             let journal = self.journal(p, h, "short-unix");
             let (host, spans) = (h.name(), down_spans(&journal));
             assert_eq!(
                 spans.len(),
-                1,
-                "{host}: the member restarted {} times for one change:\n{journal}",
+                each,
+                "{host}: the member restarted {} times, not {each}:\n{journal}",
                 spans.len()
             );
             downs.extend(spans);

@@ -96,13 +96,39 @@ pub fn cluster3(lab: &Lab, version: &str) {
 }
 
 pub async fn connect(endpoints: Vec<String>, tls: Option<TlsOptions>) -> Client {
-    let mut opts = ConnectOptions::new()
+    Client::connect(endpoints, Some(options_with(tls)))
+        .await
+        .expect("connect")
+}
+
+fn options_with(tls: Option<TlsOptions>) -> ConnectOptions {
+    let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
-    if let Some(tls) = tls {
-        opts = opts.with_tls(tls);
+    match tls {
+        Some(tls) => opts.with_tls(tls),
+        None => opts,
     }
-    Client::connect(endpoints, Some(opts)).await.expect("connect")
+}
+
+/// A client identity a test may replace while a writer uses it (`Writer::start_reloading`).
+#[derive(Clone)]
+pub struct ReloadableTls(Arc<std::sync::Mutex<(u64, Option<TlsOptions>)>>);
+
+impl ReloadableTls {
+    pub fn new(tls: Option<TlsOptions>) -> ReloadableTls {
+        ReloadableTls(Arc::new(std::sync::Mutex::new((0, tls))))
+    }
+
+    /// A new identity: the writer connects with it after its next failed write.
+    pub fn set(&self, tls: Option<TlsOptions>) {
+        let mut held = self.0.lock().unwrap();
+        *held = (held.0 + 1, tls);
+    }
+
+    fn current(&self) -> (u64, Option<TlsOptions>) {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 /// Runs `f` with a client of `endpoints`, inside the lab's LAN.
@@ -200,10 +226,17 @@ impl Writer {
 
     /// A writer in network namespace `ns` (the LAN's, or a host's: an application on a node).
     pub fn start_in(ns: &str, endpoints: Vec<String>, tls: Option<TlsOptions>) -> Writer {
+        Self::start_reloading(ns, endpoints, ReloadableTls::new(tls))
+    }
+
+    /// A writer that, like an application re-reading its mounted Secret, connects again with
+    /// `tls`'s newest identity once a write fails after it changed.
+    pub fn start_reloading(ns: &str, endpoints: Vec<String>, tls: ReloadableTls) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = netns::spawn_in(ns, move || async move {
-            let mut c = connect(endpoints, tls).await;
+            let (mut generation, first) = tls.current();
+            let mut c = connect(endpoints.clone(), first).await;
             let mut acked = Vec::new();
             let mut n = 0u64;
             while !flag.load(Ordering::Relaxed) {
@@ -212,6 +245,12 @@ impl Writer {
                 if c.put(key.clone(), n.to_string(), None).await.is_ok() {
                     acked.push(key);
                 } else {
+                    let (newest, options) = tls.current();
+                    if newest != generation
+                        && let Ok(again) = Client::connect(endpoints.clone(), Some(options_with(options))).await
+                    {
+                        (c, generation) = (again, newest);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -172,6 +172,17 @@ pub struct TlsSpec {
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     #[serde(default = "default_validity")]
     pub certificate_validity: String,
+    /// During a CA rotation (annotation `runc-etcd.io/rotate-ca`, or on its own once the CA is
+    /// in the last third of its 10 years), how long each stage holds once every member has it,
+    /// before the next: the time clients have to read the client Secret again (docs/operations.md,
+    /// "Rotating the CA"). E.g. "1h" (the default), "10m".
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    #[serde(default = "default_rotation_hold")]
+    pub ca_rotation_hold: String,
+}
+
+fn default_rotation_hold() -> String {
+    "1h".into()
 }
 
 fn yes() -> bool {
@@ -190,6 +201,11 @@ impl TlsSpec {
             .unwrap_or(std::time::Duration::from_secs(3 * 365 * 24 * 3600))
             .max(std::time::Duration::from_secs(60))
     }
+
+    /// How long each CA rotation stage holds (1 h if unreadable, which the schema prevents).
+    pub fn rotation_hold(&self) -> std::time::Duration {
+        parse_duration(&self.ca_rotation_hold).unwrap_or(std::time::Duration::from_secs(3600))
+    }
 }
 
 impl Default for TlsSpec {
@@ -197,6 +213,7 @@ impl Default for TlsSpec {
         TlsSpec {
             enabled: true,
             certificate_validity: default_validity(),
+            ca_rotation_hold: default_rotation_hold(),
         }
     }
 }
@@ -472,6 +489,10 @@ pub struct EtcdClusterStatus {
     /// on the hosts. Renewal keeps it in the last two thirds of `tls.certificateValidity` ahead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates_not_after: Option<String>,
+    /// A rotation of the cluster CA under way: the stage it is in (docs/operations.md,
+    /// "Rotating the CA").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<crate::CaRotationStage>,
     /// Name of the newest successful EtcdBackup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,

@@ -93,10 +93,60 @@ fn file(s: &Secret, key: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
-pub fn read_ca(s: &Secret) -> Option<Ca> {
-    Some(Ca {
+/// A user's request to rotate a cluster's CA (on the EtcdCluster; any value, e.g. the date: a
+/// value already served is not served again).
+pub const ROTATE_CA_ANNOTATION: &str = "runc-etcd.io/rotate-ca";
+/// On the CA Secret during a rotation: its stage, when the stage began, and the request served.
+pub const ROTATION_STAGE_ANNOTATION: &str = "runc-etcd.io/ca-rotation-stage";
+pub const ROTATION_SINCE_ANNOTATION: &str = "runc-etcd.io/ca-rotation-since";
+pub const ROTATION_REQUEST_ANNOTATION: &str = "runc-etcd.io/ca-rotation-request";
+/// On the CA Secret: the request the last rotation served.
+pub const ROTATED_FOR_ANNOTATION: &str = "runc-etcd.io/ca-rotated-for";
+
+/// The cluster's CAs as its CA Secret keeps them (`ca.crt`/`ca.key`: the CA that signs; during
+/// a rotation also `trust.crt`, the bundle members and clients are to trust, and in its first
+/// stage `next.crt`/`next.key`, the CA that will sign). Only the controller reads it.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    pub signing: Ca,
+    /// The trust bundle (PEM): the signing CA alone outside a rotation.
+    pub trust: String,
+    pub next: Option<Ca>,
+    pub rotation: Option<Rotation>,
+    /// The request the last finished rotation served.
+    pub rotated_for: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    pub stage: crate::CaRotationStage,
+    pub since: Timestamp,
+    pub request: String,
+}
+
+pub fn read_keyring(s: &Secret) -> Option<Keyring> {
+    let signing = Ca {
         cert: file(s, "ca.crt")?,
         key: file(s, "ca.key")?,
+    };
+    let annotation = |k: &str| s.metadata.annotations.as_ref()?.get(k).cloned();
+    let rotation = annotation(ROTATION_STAGE_ANNOTATION).and_then(|stage| {
+        Some(Rotation {
+            stage: *crate::CaRotationStage::ALL.iter().find(|s| s.as_str() == stage)?,
+            since: annotation(ROTATION_SINCE_ANNOTATION)?.parse().ok()?,
+            request: annotation(ROTATION_REQUEST_ANNOTATION).unwrap_or_default(),
+        })
+    });
+    let next = match (file(s, "next.crt"), file(s, "next.key")) {
+        (Some(cert), Some(key)) => Some(Ca { cert, key }),
+        _ => None,
+    };
+    Some(Keyring {
+        trust: file(s, "trust.crt").unwrap_or_else(|| signing.cert.clone()),
+        signing,
+        next,
+        rotation,
+        rotated_for: annotation(ROTATED_FOR_ANNOTATION),
     })
 }
 

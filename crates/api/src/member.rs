@@ -129,4 +129,9 @@ pub struct EtcdMemberStatus {
     /// (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after: Option<String>,
+    /// A digest of the certificates and trust bundle installed on the host for this member
+    /// (not its keys): the controller compares it with the member's Secret to know a change
+    /// has reached the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_digest: Option<String>,
 }

@@ -169,3 +169,13 @@ mod tests {
         );
     }
 }
+string_enum! {
+    /// How far a rotation of the cluster CA got (`status.caRotation`): the new CA trusted by
+    /// every member beside the old one, then every certificate issued again from it, then the
+    /// old CA dropped from every trust bundle.
+    CaRotationStage {
+        TrustBoth = "TrustBoth",
+        Reissue = "Reissue",
+        DropOld = "DropOld",
+    }
+}

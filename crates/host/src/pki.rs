@@ -122,6 +122,12 @@ pub fn new_ca(cluster: &str) -> Result<Ca> {
     params
         .distinguished_name
         .push(DnType::CommonName, format!("runc-etcd CA {cluster}"));
+    // A second CA of the same cluster (a rotation) gets its own name: leaves then say by their
+    // issuer which of the two signed them.
+    params.distinguished_name.push(
+        DnType::OrganizationalUnitName,
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.9fZ").to_string(),
+    );
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -144,6 +150,40 @@ pub fn fingerprint(pem: &str) -> Option<String> {
     use sha2::Digest;
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
     Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(der.as_ref()))))
+}
+
+/// The fingerprint of every certificate in a PEM bundle (a trust bundle holds one CA, or two
+/// during a rotation), in order.
+pub fn bundle_fingerprints(pem: &str) -> Vec<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(|der| der.ok())
+        .map(|der| format!("sha256:{}", hex::encode(sha2::Sha256::digest(der.as_ref()))))
+        .collect()
+}
+
+/// A trust bundle of `cas`, in order, without repeats.
+pub fn bundle<'a>(cas: impl IntoIterator<Item = &'a str>) -> String {
+    let mut seen = Vec::new();
+    let mut out = String::new();
+    for pem in cas {
+        let fp = bundle_fingerprints(pem);
+        if !fp.is_empty() && !seen.contains(&fp) {
+            out.push_str(pem.trim_end());
+            out.push('\n');
+            seen.push(fp);
+        }
+    }
+    out
+}
+
+/// The subject of a CA certificate, as `CertInfo::issuer` spells an issuer.
+pub fn subject(pem: &str) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(pem.parse_x509().ok()?.subject().to_string())
 }
 
 /// Reads `ca.crt` and `ca.key` from a folder copied from a member's `ca/`.
@@ -279,9 +319,12 @@ pub fn issue_client(ca: &Ca, cn: &str, validity: Duration, key: Option<&str>) ->
 /// What a certificate says of itself that renewal looks at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertInfo {
+    pub not_before: chrono::DateTime<chrono::Utc>,
     pub not_after: chrono::DateTime<chrono::Utc>,
     /// Its subject alternative names: DNS names, and addresses as text.
     pub names: Vec<String>,
+    /// The CA that signed it, by subject (`subject`).
+    pub issuer: String,
 }
 
 /// Reads a PEM certificate's expiry and names; None if it is not one.
@@ -289,6 +332,7 @@ pub fn cert_info(pem: &str) -> Option<CertInfo> {
     use x509_parser::prelude::*;
     let (_, pem) = parse_x509_pem(pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
+    let not_before = chrono::DateTime::from_timestamp(cert.validity().not_before.timestamp(), 0)?;
     let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
     let names = cert
         .subject_alternative_name()
@@ -310,7 +354,12 @@ pub fn cert_info(pem: &str) -> Option<CertInfo> {
                 .collect()
         })
         .unwrap_or_default();
-    Some(CertInfo { not_after, names })
+    Some(CertInfo {
+        not_before,
+        not_after,
+        names,
+        issuer: cert.issuer().to_string(),
+    })
 }
 
 /// Whether a member's serving certificate lacks a name the policy asks for (it was issued
@@ -374,19 +423,27 @@ fn member_files<'a>(paths: &MemberPaths, certs: &'a MemberCerts) -> Vec<(std::pa
     ]
 }
 
-/// Installs renewed certificates of a running member over its files, rewriting only those
-/// that changed; returns how many. etcd serves them from its next connection. Certificates
-/// from another CA are not installed (the members trust the CA they started with; an error
-/// says so).
-pub fn install_renewed(paths: &MemberPaths, certs: &MemberCerts) -> Result<usize> {
-    let installed_ca =
-        std::fs::read_to_string(paths.pki().join("ca.crt")).ctx("reading the member's CA", paths.pki())?;
-    if fingerprint(&installed_ca) != fingerprint(&certs.ca_cert) {
+/// Whether installing `certs` changes the CAs a running member trusts. etcd reads its
+/// certificate and key files at every new connection but its trust bundle only when it starts,
+/// so such an install needs a restart (a CA rotation's, paced by the controller). A bundle that
+/// shares no CA with the installed one is refused: no rotation step makes one, and a member
+/// given it could no longer talk to its peers.
+pub fn trust_changes(paths: &MemberPaths, certs: &MemberCerts) -> Result<bool> {
+    let installed = std::fs::read_to_string(paths.pki().join("ca.crt")).ctx("reading the member's CA", paths.pki())?;
+    let (have, want) = (bundle_fingerprints(&installed), bundle_fingerprints(&certs.ca_cert));
+    if !want.iter().any(|f| have.contains(f)) {
         return Err(Error::Refused(format!(
-            "the member's certificates now come from another CA than the one it runs with ({}); it keeps its certificates",
+            "the member's certificates now come from CAs none of which it trusts now ({}); it keeps its certificates",
             paths.pki().display()
         )));
     }
+    Ok(have != want)
+}
+
+/// Installs renewed certificates (or a changed trust bundle, see `trust_changes`) over a
+/// member's files, rewriting only those that changed; returns how many.
+pub fn install_renewed(paths: &MemberPaths, certs: &MemberCerts) -> Result<usize> {
+    trust_changes(paths, certs)?;
     let mut written = 0;
     for (path, pem) in member_files(paths, certs) {
         if std::fs::read_to_string(&path).ok().as_ref() != Some(pem) {
@@ -395,6 +452,31 @@ pub fn install_renewed(paths: &MemberPaths, certs: &MemberCerts) -> Result<usize
         }
     }
     Ok(written)
+}
+
+/// A digest of a member's certificates and trust bundle (not its keys): the agent reports the
+/// installed files' and the controller compares it with the Secret's, to know a change reached
+/// the host.
+pub fn digest(certs: &MemberCerts) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for pem in [&certs.ca_cert, &certs.server.0, &certs.peer.0, &certs.client.0] {
+        h.update(pem.as_bytes());
+        h.update([0]);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// `digest` of the files installed for a member; None if one is missing.
+pub fn installed_digest(paths: &MemberPaths) -> Option<String> {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
+    let certs = MemberCerts {
+        ca_cert: read(paths.pki().join("ca.crt"))?,
+        server: (read(paths.pki().join("server.crt"))?, String::new()),
+        peer: (read(paths.pki().join("peer.crt"))?, String::new()),
+        client: (read(paths.client().join("client.crt"))?, String::new()),
+    };
+    Some(digest(&certs))
 }
 
 /// When the first of a member's installed certificates expires.
@@ -501,6 +583,46 @@ mod tests {
         assert_eq!(fingerprint(&a.cert.replace('\n', "\r\n")).as_ref(), Some(&fa));
         assert_ne!(fingerprint(&b.cert).unwrap(), fa, "another CA of the same name");
         assert_eq!(fingerprint("not a certificate"), None);
+    }
+
+    #[test]
+    fn a_trust_bundle_change_is_seen_and_a_foreign_one_refused() {
+        let (old, new, other) = (new_ca("a").unwrap(), new_ca("a").unwrap(), new_ca("a").unwrap());
+        assert_ne!(subject(&old.cert), subject(&new.cert), "a rotated CA has its own name");
+        let dir = tempfile::tempdir().unwrap();
+        let paths = MemberPaths {
+            dir: dir.path().to_path_buf(),
+        };
+        let (name, ip) = (MemberName::new("h1").unwrap(), "10.0.0.1".parse().unwrap());
+        let first = issue(&old, &name, ip, &Policy::default(), None).unwrap();
+        write(&paths, &first, None).unwrap();
+        assert_eq!(installed_digest(&paths), Some(digest(&first)));
+        assert!(!trust_changes(&paths, &first).unwrap());
+
+        let both = bundle([old.cert.as_str(), new.cert.as_str(), old.cert.as_str()]);
+        assert_eq!(
+            bundle_fingerprints(&both),
+            [fingerprint(&old.cert).unwrap(), fingerprint(&new.cert).unwrap()]
+        );
+        let trusting_both = MemberCerts {
+            ca_cert: both.clone(),
+            ..issue(&old, &name, ip, &Policy::default(), Some(&first)).unwrap()
+        };
+        assert!(trust_changes(&paths, &trusting_both).unwrap(), "the new CA joins");
+        install_renewed(&paths, &trusting_both).unwrap();
+        assert_eq!(installed_digest(&paths), Some(digest(&trusting_both)));
+        let by_new = issue(&new, &name, ip, &Policy::default(), Some(&first)).unwrap();
+        assert_eq!(cert_info(&by_new.server.0).unwrap().issuer, subject(&new.cert).unwrap());
+        assert!(trust_changes(&paths, &by_new).unwrap(), "the old CA leaves");
+
+        let foreign = issue(&other, &name, ip, &Policy::default(), None).unwrap();
+        let e = install_renewed(&paths, &foreign).unwrap_err().to_string();
+        assert!(e.contains("none of which it trusts"), "{e}");
+        assert_eq!(
+            installed_digest(&paths),
+            Some(digest(&trusting_both)),
+            "nothing written"
+        );
     }
 
     #[test]

@@ -44,7 +44,15 @@ pub async fn place_member(engine: &Engine, w: WantedMember) -> Result<MemberReco
     if let Some(record) = engine.load(&w.instance)? {
         if record.name == w.name {
             if let Some(certs) = w.certs.as_ref().filter(|_| record.tls) {
-                let n = pki::install_renewed(&engine.paths(&w.instance), certs)?;
+                let paths = engine.paths(&w.instance);
+                if pki::trust_changes(&paths, certs)? {
+                    // etcd reads its trust bundle only at start: stopped first, so that the
+                    // running etcd never trusts less than its files say, even after a crash
+                    // here (the start below, or the next pass's, loads them).
+                    tracing::info!("{}: restarting with a new trust bundle (a CA rotation)", w.name);
+                    systemd::stop(&w.instance).await?;
+                }
+                let n = pki::install_renewed(&paths, certs)?;
                 if n > 0 {
                     tracing::info!("{}: {n} renewed certificate file(s) installed", w.name);
                 }
