@@ -1,7 +1,7 @@
 //! Certificates on real hosts with a real etcd (issue 13): renewed before they expire, under a
 //! writer, with no member restarted and no acknowledged write lost; serving certificates that
-//! name the client Service, so that a client verifying by that name connects; and the CA
-//! rotated under a writer, one member restart at a time.
+//! name the client Service, so that a client verifying by that name connects; applications'
+//! own identities; and the CA rotated under a writer, one member restart at a time.
 
 mod common;
 
@@ -17,11 +17,16 @@ use runc_etcd_testkit::lab::netns;
 
 /// The client Secret's files, PEM: (ca.crt, tls.crt, tls.key).
 fn client_files(p: &Plane) -> (String, String, String) {
+    identity_files(p, "main-client-tls").unwrap()
+}
+
+/// A client identity Secret's files, if it is there.
+fn identity_files(p: &Plane, secret: &str) -> Option<(String, String, String)> {
     let api: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
-    let s = p.rt.block_on(api.get("main-client-tls")).unwrap();
+    let s = p.rt.block_on(api.get_opt(secret)).unwrap()?;
     let data = s.data.unwrap();
     let f = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-    (f("ca.crt"), f("tls.crt"), f("tls.key"))
+    Some((f("ca.crt"), f("tls.crt"), f("tls.key")))
 }
 
 /// Writes a key through `endpoint` with the client Secret's identity, verifying the server as
@@ -91,7 +96,11 @@ fn served(p: &Plane, h: &runc_etcd_testkit::lab::LabHost) -> (String, String, St
 fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_service() {
     let p = Plane::up(3);
     // Three minutes of validity: renewed after two.
-    let c = main_cluster(&p, 3, "  tls: {certificateValidity: 3m}\n");
+    let c = main_cluster(
+        &p,
+        3,
+        "  tls: {certificateValidity: 3m, clients: [{name: billing}, {name: reports}]}\n",
+    );
     let w = writer(&p, &c);
     every_unit_active(&p);
     let since = Since::now();
@@ -100,6 +109,13 @@ fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_s
         assert_eq!(file, live, "etcd serves the certificate in its files");
     }
     let (_, client_cert, client_key) = client_files(&p);
+    // Each application has its own identity, named in its certificate, that connects.
+    let billing = identity_files(&p, "main-app-billing-tls").expect("billing's Secret");
+    assert_eq!(runc_etcd_host::pki::subject(&billing.1).as_deref(), Some("CN=billing"));
+    assert_eq!(
+        runc_etcd_host::pki::subject(&identity_files(&p, "main-app-reports-tls").unwrap().1).as_deref(),
+        Some("CN=reports")
+    );
     let c = p.wait("main", "the certificates' expiry reported", 60, |c| {
         c.status.as_ref().is_some_and(|s| s.certificates_not_after.is_some())
     });
@@ -111,6 +127,7 @@ fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_s
     let svc = format!("main-client.{}.svc", p.ns());
     put_as(&p, &member, &svc).unwrap();
     put_as(&p, &member, &format!("main-client.{}.svc.cluster.local", p.ns())).unwrap();
+    put_with(&p, billing.clone(), &member, &svc).expect("billing's identity connects and writes");
     let other = put_as(&p, &member, &format!("other-client.{}.svc", p.ns()));
     assert!(other.is_err(), "a name the certificate does not carry is refused");
 
@@ -129,11 +146,35 @@ fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_s
         cert != client_cert && key == client_key,
         "the client identity is renewed too"
     );
+    eventually("billing's identity renewed", 60, || {
+        identity_files(&p, "main-app-billing-tls").is_some_and(|now| now.1 != billing.1 && now.2 == billing.2)
+    });
+    put_with(&p, identity_files(&p, "main-app-billing-tls").unwrap(), &member, &svc)
+        .expect("renewed, it still connects");
+
+    // An application taken off the list loses its Secret.
+    let drop = serde_json::json!({"spec": {"tls": {"clients": [{"name": "billing"}]}}});
+    p.rt.block_on(p.clusters().patch(
+        "main",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&drop),
+    ))
+    .unwrap();
+    eventually("reports' Secret deleted", 30, || {
+        identity_files(&p, "main-app-reports-tls").is_none()
+    });
+    assert!(
+        identity_files(&p, "main-app-billing-tls").is_some(),
+        "billing keeps its own"
+    );
     let c = p.wait("main", "the later expiry reported", 60, |c| {
         let s = c.status.clone().unwrap_or_default();
         available_with(c, 3) && s.certificates_not_after.as_deref().is_some_and(|t| *t > *first_expiry)
     });
-    assert!(p.event_reasons("main").iter().any(|r| r == "CertificateRenewed"));
+    let reasons = p.event_reasons("main");
+    for reason in ["CertificateRenewed", "ClientIdentityIssued", "ClientIdentityDeleted"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {reasons:?}");
+    }
     put_as(&p, &member, &svc).expect("the renewed certificate names the Service too");
     let restarts = since.restarts(&p);
     assert!(
@@ -154,7 +195,7 @@ fn tls_of((ca, cert, key): &(String, String, String)) -> Option<TlsOptions> {
 #[test]
 fn the_ca_is_rotated_under_writes_one_restart_at_a_time() {
     let p = Plane::up(3);
-    let c = main_cluster(&p, 3, "  tls: {caRotationHold: 10s}\n");
+    let c = main_cluster(&p, 3, "  tls: {caRotationHold: 10s, clients: [{name: billing}]}\n");
     let old = client_files(&p);
     let old_ca = c.status.clone().unwrap().ca_fingerprint.unwrap();
     // The writer re-reads the client Secret as an application would (reconnecting with what it
@@ -234,7 +275,10 @@ fn the_ca_is_rotated_under_writes_one_restart_at_a_time() {
         let refused = put_with(&p, (new.0.clone(), old.1.clone(), old.2.clone()), e, &svc);
         assert!(refused.is_err(), "{e}: the old CA's identity is no longer accepted");
     }
-    assert_ne!(new.2, "", "a key");
+    // An application's identity went through the same stages.
+    let billing = identity_files(&p, "main-app-billing-tls").unwrap();
+    assert_eq!(runc_etcd_host::pki::bundle_fingerprints(&billing.0), only_new);
+    put_with(&p, billing, &endpoints[0], &svc).expect("billing's renewed identity connects");
     // Two restarts per member (the new CA in, the old one out), never two members down at once.
     since.restarts_each_one_at_a_time(&p, 2);
     let c = p.wait("main", "Available with 3 members", 60, |c| available_with(c, 3));

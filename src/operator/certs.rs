@@ -5,17 +5,19 @@
 //! The agents write the renewed files on their hosts, and etcd, which reads them at every new
 //! connection, serves them without a restart: no member goes down for a renewal.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use crate::error::Result;
 use crate::operator::children;
 use crate::operator::context::{Ctx, selector};
 use runc_etcd_api::contract::{self, ClusterNames, Keyring};
+use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{EtcdCluster, EtcdMember};
 use runc_etcd_host::names::{MemberName, parse_ip};
 use runc_etcd_host::pki::{self, Ca, ClientTls, MemberCerts, Policy};
@@ -74,16 +76,23 @@ pub fn overdue(
     now + window >= not_after
 }
 
-/// The client identity, renewed (same key) when due or signed by a CA a rotation moved away
-/// from; its trust bundle is the rotation's to change. Returns what to connect with.
-pub async fn client(c: &EtcdCluster, ctx: &Ctx, ca: &Ca, stored: ClientTls) -> Result<ClientTls> {
+/// A client identity renewed (same key, same trust bundle: that is the rotation's to change)
+/// when due or signed by a CA a rotation moved away from; None when it is not due.
+fn renewed_identity(c: &EtcdCluster, signing: &Ca, cn: &str, stored: &ClientTls) -> Result<Option<ClientTls>> {
     let validity = c.spec.tls.validity();
-    if !pki::renewal_due(&stored.cert, validity, chrono::Utc::now()) && !foreign(&stored.cert, ca) {
-        return Ok(stored);
+    if !pki::renewal_due(&stored.cert, validity, chrono::Utc::now()) && !foreign(&stored.cert, signing) {
+        return Ok(None);
     }
-    let renewed = ClientTls {
+    Ok(Some(ClientTls {
         ca: stored.ca.clone(),
-        ..pki::issue_client(ca, &format!("{} client", c.instance()), validity, Some(&stored.key))?
+        ..pki::issue_client(signing, cn, validity, Some(&stored.key))?
+    }))
+}
+
+/// The controller's client identity, renewed when due. Returns what to connect with.
+pub async fn client(c: &EtcdCluster, ctx: &Ctx, ca: &Ca, stored: ClientTls) -> Result<ClientTls> {
+    let Some(renewed) = renewed_identity(c, ca, &format!("{} client", c.instance()), &stored)? else {
+        return Ok(stored);
     };
     replace(c, ctx, &children::client_secret(c, &renewed)).await?;
     let note = format!(
@@ -93,6 +102,83 @@ pub async fn client(c: &EtcdCluster, ctx: &Ctx, ca: &Ca, stored: ClientTls) -> R
     );
     ctx.event(c, EventType::Normal, "CertificateRenewed", None, note).await;
     Ok(renewed)
+}
+
+/// The applications' identities (`spec.tls.clients`): issued when asked for (CN: the name),
+/// renewed like the controller's, and deleted once no longer asked for.
+pub async fn apps(c: &EtcdCluster, ctx: &Ctx, keyring: &Keyring) -> Result<()> {
+    let secrets: Api<Secret> = ctx.api(c);
+    let wanted: BTreeSet<&str> = c.spec.tls.clients.iter().map(|a| a.name.as_str()).collect();
+    for app in &wanted {
+        let name = c.app_secret(app);
+        match secrets.get_opt(&name).await?.as_ref().and_then(contract::read_client) {
+            Some(stored) => {
+                if let Some(renewed) = renewed_identity(c, &keyring.signing, app, &stored)? {
+                    replace(c, ctx, &children::app_secret(c, app, &renewed)).await?;
+                    let note = format!(
+                        "the identity of application {app} in Secret {name} was renewed (same key), valid until {}",
+                        not_after(&renewed.cert)
+                    );
+                    ctx.event(c, EventType::Normal, "CertificateRenewed", None, note).await;
+                }
+            }
+            None => {
+                let tls = ClientTls {
+                    ca: keyring.trust.clone(),
+                    ..pki::issue_client(&keyring.signing, app, c.spec.tls.validity(), None)?
+                };
+                create_or_keep(&secrets, &children::app_secret(c, app, &tls)).await?;
+                let note = format!("application {app} has its client identity in Secret {name} (CN {app})");
+                ctx.event(c, EventType::Normal, "ClientIdentityIssued", None, note)
+                    .await;
+            }
+        }
+    }
+    for (app, _) in app_identities(c, ctx).await? {
+        if !wanted.contains(app.as_str()) {
+            secrets.delete(&c.app_secret(&app), &Default::default()).await?;
+            let note = format!(
+                "application {app} is no longer in spec.tls.clients: Secret {} deleted (its certificate stays valid until it expires; see docs/operations.md)",
+                c.app_secret(&app)
+            );
+            ctx.event(c, EventType::Normal, "ClientIdentityDeleted", None, note)
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// The applications' identity Secrets there are (application name, identity).
+pub async fn app_identities(c: &EtcdCluster, ctx: &Ctx) -> Result<Vec<(String, ClientTls)>> {
+    let secrets: Api<Secret> = ctx.api(c);
+    let selector = format!("{}={},{}", contract::CLUSTER_LABEL, c.name_any(), contract::APP_LABEL);
+    Ok(secrets
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(|s| {
+            let app = s.labels().get(contract::APP_LABEL)?.clone();
+            Some((app, contract::read_client(s)?))
+        })
+        .collect())
+}
+
+/// Every client identity Secret of the cluster (the controller's, then the applications'), by
+/// Secret name: what a CA rotation gives the trust bundle to.
+pub async fn client_identities(c: &EtcdCluster, ctx: &Ctx) -> Result<Vec<(String, ClientTls)>> {
+    let secrets: Api<Secret> = ctx.api(c);
+    let own = secrets
+        .get_opt(&c.client_secret())
+        .await?
+        .as_ref()
+        .and_then(contract::read_client)
+        .map(|tls| (c.client_secret(), tls));
+    let apps = app_identities(c, ctx)
+        .await?
+        .into_iter()
+        .map(|(app, tls)| (c.app_secret(&app), tls));
+    Ok(own.into_iter().chain(apps).collect())
 }
 
 /// Every member's Secret renewed where due (same keys, same trust bundle: a rotation paces

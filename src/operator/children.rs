@@ -277,6 +277,20 @@ pub fn client_secret(c: &EtcdCluster, tls: &ClientTls) -> Secret {
     )
 }
 
+/// An application's client identity (`spec.tls.clients`), labelled with its name.
+pub fn app_secret(c: &EtcdCluster, app: &str, tls: &ClientTls) -> Secret {
+    let mut s = secret(
+        c,
+        c.app_secret(app),
+        &[("ca.crt", &tls.ca), ("tls.crt", &tls.cert), ("tls.key", &tls.key)],
+    );
+    s.metadata
+        .labels
+        .get_or_insert_default()
+        .insert(runc_etcd_api::contract::APP_LABEL.into(), app.into());
+    s
+}
+
 pub fn member_tls_secret(c: &EtcdCluster, member: &str, certs: &MemberCerts) -> Secret {
     secret(
         c,

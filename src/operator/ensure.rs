@@ -73,6 +73,7 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
     .await?;
     if let Some(keyring) = &keyring {
         certs::members(c, ctx, keyring).await?;
+        certs::apps(c, ctx, keyring).await?;
     }
     restore_members(c, ctx).await?;
     Ok(Ensured::Ready(access, keyring))

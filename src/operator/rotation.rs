@@ -26,6 +26,7 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use crate::error::Result;
+use crate::operator::certs;
 use crate::operator::context::Ctx;
 use crate::operator::observe::View;
 use runc_etcd_api::contract::{
@@ -56,8 +57,8 @@ pub struct Facts {
     /// A request not served yet: the annotation's value, or "expiry" for a CA late in its life.
     pub request: Option<String>,
     pub members: Vec<MemberTrust>,
-    /// The client Secret's trust bundle is the keyring's; its certificate is signed by the
-    /// signing CA.
+    /// Every client identity Secret's trust bundle (the controller's and the applications') is
+    /// the keyring's; every one's certificate is signed by the signing CA.
     pub client_trusts: bool,
     pub client_signed: bool,
     /// A membership or maintenance step is recorded and not finished.
@@ -75,7 +76,7 @@ pub enum Next {
     Idle,
     /// Make the new CA and trust both (the request served).
     Start { request: String },
-    /// Give the client Secret the keyring's trust bundle.
+    /// Give the client identity Secrets the keyring's trust bundle.
     TrustClient,
     /// Give this member's Secret the keyring's trust bundle (its agent restarts it).
     RollMember { member: String },
@@ -225,17 +226,13 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
             healthy: healthy(c, view, &m.spec.ip),
         });
     }
-    let client = secrets
-        .get_opt(&c.client_secret())
-        .await?
-        .as_ref()
-        .and_then(contract::read_client);
+    let clients = certs::client_identities(c, ctx).await?;
     let facts = Facts {
         rotation: keyring.rotation.clone(),
         request: request.filter(|r| keyring.rotation.as_ref().is_none_or(|now| now.request != *r)),
         members,
-        client_trusts: client.as_ref().is_some_and(|t| trusts(&t.ca)),
-        client_signed: client.as_ref().is_some_and(|t| signed(&t.cert)),
+        client_trusts: clients.iter().all(|(_, t)| trusts(&t.ca)),
+        client_signed: clients.iter().all(|(_, t)| signed(&t.cert)),
         operation_in_flight: c
             .status
             .as_ref()
@@ -268,9 +265,11 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
         }
         Next::TrustClient => {
             let patch = json!({"data": {"ca.crt": b64(&keyring.trust)}});
-            secrets
-                .patch(&c.client_secret(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            for (name, _) in clients.iter().filter(|(_, t)| !trusts(&t.ca)) {
+                secrets
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
             Ok(None)
         }
         Next::RollMember { member } => {
@@ -323,9 +322,11 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
         }
         Next::Finish => {
             let patch = json!({"data": {"ca.crt": b64(&keyring.signing.cert)}});
-            secrets
-                .patch(&c.client_secret(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            for (name, _) in &clients {
+                secrets
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
             let request = keyring.rotation.as_ref().map(|r| r.request.clone()).unwrap_or_default();
             let patch = json!({
                 "metadata": {"annotations": {

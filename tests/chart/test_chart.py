@@ -24,7 +24,7 @@ OPERATOR = {
     ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},
     ("discovery.k8s.io", "endpointslices"): {"get", "create", "patch", "delete"},
-    ("", "secrets"): {"get", "list", "create", "delete"},
+    ("", "secrets"): {"get", "list", "create", "patch", "delete"},
     ("", "nodes"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("coordination.k8s.io", "leases"): {"list"},

@@ -179,6 +179,21 @@ pub struct TlsSpec {
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     #[serde(default = "default_rotation_hold")]
     pub ca_rotation_hold: String,
+    /// Client identities for applications, one Secret each (`<cluster>-app-<name>-tls`: ca.crt,
+    /// tls.crt, tls.key; the certificate's CN is the name), renewed and rotated with the rest.
+    /// Removing an entry deletes its Secret (docs/operations.md, "Application identities").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub clients: Vec<ClientIdentity>,
+}
+
+/// One application's client identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub struct ClientIdentity {
+    /// The application's name: a DNS label of at most 40 characters (in the Secret's name and
+    /// the certificate's CN).
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
 }
 
 fn default_rotation_hold() -> String {
@@ -214,6 +229,7 @@ impl Default for TlsSpec {
             enabled: true,
             certificate_validity: default_validity(),
             ca_rotation_hold: default_rotation_hold(),
+            clients: vec![],
         }
     }
 }

@@ -67,6 +67,10 @@ pub trait ClusterNames {
     fn client_secret(&self) -> String {
         format!("{}-client-tls", self.name())
     }
+    /// An application's client identity (`spec.tls.clients`).
+    fn app_secret(&self, app: &str) -> String {
+        format!("{}-app-{app}-tls", self.name())
+    }
     /// The host engine's instance: `<namespace>.<cluster>` (unit runc-etcd@<instance>.service).
     fn instance(&self) -> String {
         format!("{}.{}", self.ns(), self.name())
@@ -92,6 +96,9 @@ fn file(s: &Secret, key: &str) -> Option<String> {
         .get(key)
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
+
+/// Label on an application's client identity Secret (value: the application's name).
+pub const APP_LABEL: &str = "runc-etcd.io/app";
 
 /// A user's request to rotate a cluster's CA (on the EtcdCluster; any value, e.g. the date: a
 /// value already served is not served again).
