@@ -183,6 +183,14 @@ pub fn next(f: &Facts) -> Next {
     }
 }
 
+/// What asks for a rotation: the annotation's value if not served yet, else the CA's age.
+fn request(asked: Option<&str>, served: Option<&str>, late: bool) -> Option<String> {
+    asked
+        .filter(|r| Some(*r) != served)
+        .map(str::to_string)
+        .or_else(|| late.then(|| "expiry".to_string()))
+}
+
 /// Whether a CA is in the last third of its validity at `now`.
 fn ca_late(ca: &pki::Ca, now: chrono::DateTime<chrono::Utc>) -> bool {
     pki::cert_info(&ca.cert).is_some_and(|i| (i.not_after - now) < (i.not_after - i.not_before) / 3)
@@ -191,12 +199,9 @@ fn ca_late(ca: &pki::Ca, now: chrono::DateTime<chrono::Utc>) -> bool {
 /// The rotation's step for this pass, carried out. Returns why the controller's other steps
 /// wait this pass, if they must.
 pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) -> Result<Option<String>> {
-    let request = c
-        .annotations()
-        .get(ROTATE_CA_ANNOTATION)
-        .cloned()
-        .or_else(|| ca_late(&keyring.signing, chrono::Utc::now()).then(|| "expiry".to_string()))
-        .filter(|r| Some(r) != keyring.rotated_for.as_ref());
+    let asked = c.annotations().get(ROTATE_CA_ANNOTATION).cloned();
+    let late = ca_late(&keyring.signing, chrono::Utc::now());
+    let request = request(asked.as_deref(), keyring.rotated_for.as_deref(), late);
     if keyring.rotation.is_none() && request.is_none() {
         return Ok(None);
     }
@@ -327,11 +332,13 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
                     .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
             }
-            let request = keyring.rotation.as_ref().map(|r| r.request.clone()).unwrap_or_default();
+            // The annotation as it is now counts as served, whatever started this rotation: a
+            // rotation the CA's age started must not make an old request look new.
+            let served = asked.or_else(|| keyring.rotation.as_ref().map(|r| r.request.clone()));
             let patch = json!({
                 "metadata": {"annotations": {
                     ROTATION_STAGE_ANNOTATION: null, ROTATION_SINCE_ANNOTATION: null,
-                    ROTATION_REQUEST_ANNOTATION: null, ROTATED_FOR_ANNOTATION: request,
+                    ROTATION_REQUEST_ANNOTATION: null, ROTATED_FOR_ANNOTATION: served,
                 }},
                 "data": {"trust.crt": null},
             });
@@ -495,6 +502,19 @@ mod tests {
         let mut f = facts(Some(DropOld), vec![member("a"), member("b")]);
         f.client_trusts = false; // the client Secret keeps both CAs until the very end
         assert_eq!(next(&f), Next::Finish);
+    }
+
+    #[test]
+    fn a_request_is_served_once_and_age_asks_on_its_own() {
+        assert_eq!(request(Some("d1"), None, false).as_deref(), Some("d1"));
+        assert_eq!(request(Some("d1"), Some("d1"), false), None, "served");
+        assert_eq!(
+            request(Some("d1"), Some("d1"), true).as_deref(),
+            Some("expiry"),
+            "an old request does not mask age"
+        );
+        assert_eq!(request(None, None, true).as_deref(), Some("expiry"));
+        assert_eq!(request(None, Some("d1"), false), None);
     }
 
     #[test]
