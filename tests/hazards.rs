@@ -545,3 +545,109 @@ fn a_change_a_member_cannot_take_is_rolled_back_once_and_stops_the_rollout() {
     });
     nothing_lost(&p, &c, w, 100, 3);
 }
+
+/// What a paused cluster's objects are: each one's name and resourceVersion (Secrets, the
+/// Service, its EndpointSlice, the agent DaemonSet) and each EtcdMember's spec generation.
+fn objects_of_main(p: &Plane) -> Vec<(String, String)> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::ResourceExt;
+    let lp = kube::api::ListParams::default().labels("runc-etcd.io/cluster=main");
+    let rv = |kind: &str, m: &kube::api::ObjectMeta| {
+        (
+            format!("{kind}/{}", m.name.clone().unwrap_or_default()),
+            m.resource_version.clone().unwrap_or_default(),
+        )
+    };
+    let mut all = Vec::new();
+    let secrets = p.rt.block_on(secrets(p).list(&lp)).unwrap().items;
+    all.extend(secrets.iter().map(|s| rv("secret", &s.metadata)));
+    let svc: Api<Service> = Api::namespaced(p.cp.client.clone(), p.ns());
+    all.push(rv("service", &p.rt.block_on(svc.get("main-client")).unwrap().metadata));
+    let slices: Api<EndpointSlice> = Api::namespaced(p.cp.client.clone(), p.ns());
+    all.push(rv(
+        "endpointslice",
+        &p.rt.block_on(slices.get("main-client")).unwrap().metadata,
+    ));
+    let ds: Api<DaemonSet> = Api::all(p.cp.client.clone());
+    let ds = p.rt.block_on(ds.list(&lp)).unwrap().items;
+    assert_eq!(ds.len(), 1, "one agent DaemonSet");
+    all.push(rv("daemonset", &ds[0].metadata));
+    for m in etcd_members(p) {
+        all.push((
+            format!("etcdmember/{}", m.name_any()),
+            format!("generation {:?}", m.metadata.generation),
+        ));
+    }
+    all.sort();
+    all
+}
+
+/// Pause that pauses (issue 16, item 4). Before: `spec.paused` only skipped planning, while
+/// children were still applied, scheduled backups still taken and agents still converged.
+#[test]
+fn a_paused_cluster_is_left_exactly_as_it_runs() {
+    let p = Plane::up(3);
+    let schedule =
+        "  backup:\n    schedule: '*/5 * * * * *'\n    retention: 50\n    hostPath:\n      path: /var/backups/etcd\n";
+    let c = main_cluster(&p, 3, schedule);
+    let w = writer(&p, &c);
+    every_unit_active(&p);
+    eventually("a scheduled backup", 60, || backups(&p).iter().any(|b| b.succeeded()));
+
+    let set = |patch: serde_json::Value| {
+        p.rt.block_on(
+            p.clusters()
+                .patch("main", &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .unwrap();
+    };
+    set(serde_json::json!({"spec": {"paused": true}}));
+    p.wait("main", "phase Paused", 60, |c| phase(c) == "Paused");
+    // A backup started before the pause may still finish: let it.
+    std::thread::sleep(Duration::from_secs(6));
+    let (backups_then, objects_then) = (backups(&p).len(), objects_of_main(&p));
+    let since = Since::now();
+    // A change that would restart every member, and a member stopped by hand.
+    set(serde_json::json!({"spec": {"etcd": {"snapshotCount": 5000}}}));
+    let unit = format!("runc-etcd@{}.service", p.instance("main"));
+    p.lab.hosts[2].check(&["systemctl", "stop", &unit]).unwrap();
+    std::thread::sleep(Duration::from_secs(35));
+
+    let state = unit_prop_of(&p.lab.hosts[2], &unit, "ActiveState");
+    assert_eq!(state, "inactive", "the agent left the stopped member stopped");
+    assert_eq!(
+        since.restarts(&p).iter().map(|(_, n)| *n).sum::<usize>(),
+        0,
+        "no member restarted"
+    );
+    assert_eq!(backups(&p).len(), backups_then, "no backup scheduled or expired");
+    assert_eq!(objects_of_main(&p), objects_then, "no object of the cluster changed");
+    let c = p.get("main").unwrap();
+    assert_eq!(phase(&c), "Paused");
+    assert_eq!(condition(&c, "Progressing"), Some("False"));
+    assert!(
+        degraded_by(&c, "MembersUnhealthy", ""),
+        "status still reports what it sees: {:?}",
+        c.status.as_ref().map(|s| &s.conditions)
+    );
+
+    // Unpaused, it converges: the member runs again, the setting rolls, backups resume.
+    set(serde_json::json!({"spec": {"paused": false}}));
+    let c = p.wait("main", "Available, converged, the setting rolled", 240, |c| {
+        available_with(c, 3)
+            && c.status.as_ref().and_then(|s| s.converged_generation) == c.metadata.generation
+            && phase(c) == "Running"
+    });
+    every_unit_active(&p);
+    eventually("scheduled backups again", 60, || backups(&p).len() > backups_then);
+    nothing_lost(&p, &c, w, 100, 3);
+}
+
+fn unit_prop_of(h: &runc_etcd_testkit::lab::LabHost, unit: &str, prop: &str) -> String {
+    h.check(&["systemctl", "show", "--value", "-p", prop, unit])
+        .unwrap()
+        .trim()
+        .to_string()
+}

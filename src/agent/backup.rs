@@ -54,6 +54,9 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
         return Ok(Action::await_change());
     }
+    if ctx.paused().await? {
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     // The watch cache may lag behind this agent's own last write: one snapshot per backup.
     let Some(b) = ctx.backups().get_opt(&b.name_any()).await? else {
         return Ok(Action::await_change());
@@ -61,6 +64,9 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     let status = b.status.clone().unwrap_or_default();
     if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
         return Ok(Action::await_change());
+    }
+    if ctx.paused().await? {
+        return Ok(Action::requeue(Duration::from_secs(30)));
     }
     let running = EtcdBackupStatus {
         phase: Some(BackupPhase::Running),

@@ -122,11 +122,13 @@ pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metr
 /// archive it, at start and then every few resyncs. The archives are kept bounded then too.
 async fn sweep_orphans(ctx: Arc<Ctx>, selector: String) {
     loop {
-        if let Err(e) = sweep_once(&ctx, &selector).await {
-            tracing::warn!("looking for orphaned members: {e}");
-        }
-        if let Err(e) = archives::tend(&ctx).await {
-            tracing::warn!("keeping the archives bounded: {e}");
+        if !ctx.paused().await.unwrap_or(true) {
+            if let Err(e) = sweep_once(&ctx, &selector).await {
+                tracing::warn!("looking for orphaned members: {e}");
+            }
+            if let Err(e) = archives::tend(&ctx).await {
+                tracing::warn!("keeping the archives bounded: {e}");
+            }
         }
         tokio::time::sleep(RESYNC * 3).await;
     }
@@ -179,6 +181,13 @@ impl Ctx {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
+    /// Whether the cluster is paused (`spec.paused`): the agent then leaves its host exactly as
+    /// it is, starting, stopping, installing and archiving nothing, and only reports.
+    async fn paused(&self) -> Result<bool> {
+        let api: Api<runc_etcd_api::EtcdCluster> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        Ok(api.get_opt(&self.config.cluster).await?.is_some_and(|c| c.spec.paused))
+    }
+
     fn member_labels(&self, member: &MemberName) -> crate::metrics::MemberLabels {
         crate::metrics::MemberLabels {
             namespace: self.config.namespace.clone(),
@@ -222,6 +231,9 @@ async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
     }
     // observedGeneration moves only once the spec is made real (the controller waits on it).
     let base = m.status.clone().unwrap_or_default();
+    if ctx.paused().await? {
+        return report_paused(m, ctx, &name, base).await;
+    }
     let certs = match secrets::member_certs(m, ctx).await? {
         secrets::Certs::Ready(certs) => certs,
         secrets::Certs::Waiting(message) => {
@@ -255,6 +267,22 @@ async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
         host::stamp_data(&ctx.engine, &ctx.instance)?;
     }
     report::write(m, ctx, &name, status).await
+}
+
+/// A paused cluster's member: what runs here reported, and nothing changed.
+async fn report_paused(m: &EtcdMember, ctx: &Ctx, name: &MemberName, base: EtcdMemberStatus) -> Result<Action> {
+    let note = "paused (the cluster's spec.paused is true): left as it runs".to_string();
+    let Some(record) = ctx.engine.load(&ctx.instance)?.filter(|r| r.name == *name) else {
+        ctx.report(m, phase(base, MemberPhase::Pending, note)).await?;
+        return Ok(Action::requeue(RESYNC));
+    };
+    let seen = probe::run(ctx, &record).await?;
+    let status = probe::status(base, &seen, None);
+    let status = EtcdMemberStatus {
+        message: Some(note),
+        ..status
+    };
+    report::write(m, ctx, name, status).await
 }
 
 fn phase(status: EtcdMemberStatus, phase: MemberPhase, message: String) -> EtcdMemberStatus {

@@ -94,9 +94,6 @@ pub fn next(c: &EtcdCluster, view: &View, now: Timestamp, seed: u64) -> Decision
         requeue: Duration::from_secs(30),
         events: vec![],
     };
-    if c.spec.paused {
-        return hold("paused: spec.paused is true".into());
-    }
     if let Some(reason) = upgrade_stopped(c) {
         return hold(reason);
     }
@@ -463,8 +460,7 @@ mod tests {
 
     #[test]
     fn an_unfinished_change_is_resumed_before_anything_else() {
-        let mut c = with_operation(cluster(), Operation::new(OperationKind::AddLearner));
-        c.spec.paused = true;
+        let c = with_operation(cluster(), Operation::new(OperationKind::AddLearner));
         assert!(matches!(
             next(&c, &View::default(), Timestamp::now(), 1),
             Decision::Resume(op) if op.kind == OperationKind::AddLearner

@@ -205,6 +205,21 @@ async fn had_members(c: &EtcdCluster, ctx: &Ctx) -> Result<bool> {
     Ok(!members.list(&selector(c).limit(1)).await?.items.is_empty())
 }
 
+/// How to reach etcd, from what is stored, making nothing (a paused cluster's pass): None
+/// without a client identity yet.
+pub async fn read_access(c: &EtcdCluster, ctx: &Ctx) -> Result<Option<Access>> {
+    if !c.spec.tls.enabled {
+        return Ok(Some(Access::plain()));
+    }
+    let secrets: Api<Secret> = ctx.api(c);
+    Ok(secrets
+        .get_opt(&c.client_secret())
+        .await?
+        .as_ref()
+        .and_then(runc_etcd_api::contract::read_client)
+        .map(Access::tls))
+}
+
 /// The cluster CA and the controller's client identity, created once and kept in Secrets. A CA
 /// Secret that is gone or replaced while members exist blocks the pass (a new CA would make
 /// every member unverifiable, hence "lost"); a missing client identity is issued again from the

@@ -45,6 +45,9 @@ async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     if c.metadata.deletion_timestamp.is_some() {
         return finalize::run(c, ctx).await;
     }
+    if c.spec.paused {
+        return paused(c, ctx).await;
+    }
     let (access, keyring) = match ensure::objects(c, ctx).await? {
         Ensured::Again => return Ok(Action::requeue(Duration::ZERO)),
         Ensured::Ready(access, keyring) => (access, keyring),
@@ -98,6 +101,22 @@ async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     }
     report::write(c, ctx, &view, &step, &events).await?;
     Ok(Action::requeue(backup_due.map_or(requeue, |due| requeue.min(due))))
+}
+
+/// How often a paused cluster's status is refreshed.
+const PAUSED_RESYNC: Duration = Duration::from_secs(30);
+
+/// A paused cluster (`spec.paused`): observed and reported, and nothing else — no object of the
+/// cluster written, no step taken or resumed, no backup scheduled or expired, no certificate
+/// renewed (its agents leave their members as they run, `agent::paused`).
+async fn paused(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
+    let access = ensure::read_access(c, ctx).await?;
+    let view = match &access {
+        Some(access) => observe::all(c, ctx, access).await?,
+        None => observe::View::default(),
+    };
+    report::paused(c, ctx, &view).await?;
+    Ok(Action::requeue(PAUSED_RESYNC))
 }
 
 /// A failed pass: an invalid spec waits for a change, anything else backs off (`retry`).

@@ -35,6 +35,18 @@ pub async fn write(c: &EtcdCluster, ctx: &Ctx, view: &View, step: &Step, events:
     Ok(())
 }
 
+/// A paused cluster's pass: its status and metrics, nothing else (not even its Service's
+/// endpoints).
+pub async fn paused(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
+    let step = Step::Wait {
+        reason: status::PAUSED.into(),
+    };
+    let report = status::build(c, view, &step);
+    ctx.patch_status(c, status_patch(&report)).await?;
+    ctx.metrics.observe_cluster(c, &report, &view.backups);
+    Ok(())
+}
+
 /// A pass stopped by `problem`: said in status and in a Warning Event; nothing else is touched.
 pub async fn blocked(c: &EtcdCluster, ctx: &Ctx, problem: &Problem) -> Result<()> {
     ctx.patch_status(c, status::blocked(c, problem.reason, &problem.message))

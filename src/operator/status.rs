@@ -18,6 +18,10 @@ pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
 /// The Degraded reason (and Warning Event) of certificates renewal has not reached in time.
 pub const CERTIFICATES_EXPIRING: &str = "CertificatesExpiring";
 
+/// The Progressing message of a paused cluster (`spec.paused`).
+pub const PAUSED: &str =
+    "paused (spec.paused is true): the operator and the agents change nothing until it is false; status still reports";
+
 /// Why the cluster is not where the spec wants it, when the reason is the spec or the nodes
 /// rather than a change in flight: the Degraded reason (and Event) for a wait.
 pub fn spec_problem(reason: &str) -> Option<&'static str> {
@@ -244,6 +248,7 @@ fn members_with_clock(c: &EtcdCluster, view: &View, prev: &EtcdClusterStatus) ->
 fn progress(step: &Step, ready: usize, size: usize) -> (bool, &'static str, String) {
     match step {
         Step::Converged => (false, "Converged", format!("{ready} of {size} members ready")),
+        Step::Wait { reason } if reason == PAUSED => (false, "Paused", reason.clone()),
         Step::Wait { reason } => (true, "Waiting", reason.clone()),
         other => (true, "Changing", format!("{other:?}")),
     }
@@ -315,6 +320,8 @@ fn phase(c: &EtcdCluster, view: &View, h: &Health, degraded: bool, progressing: 
         ClusterPhase::Deleting
     } else if h.quorum_lost() && (view.etcd.is_some() || h.ran) {
         ClusterPhase::QuorumLost
+    } else if c.spec.paused {
+        ClusterPhase::Paused
     } else if h.ready == 0 {
         ClusterPhase::Creating
     } else if degraded {
@@ -579,6 +586,24 @@ mod tests {
         assert_ne!(
             cond(&build(&c, &down, &Step::Converged), DEGRADED).reason,
             CERTIFICATES_EXPIRING
+        );
+    }
+
+    #[test]
+    fn a_paused_cluster_says_so_and_still_reports_health() {
+        let mut c = cluster();
+        c.spec.paused = true;
+        let paused = Step::Wait { reason: PAUSED.into() };
+        let s = build(&c, &view(3, 2), &paused);
+        assert_eq!(s.phase.as_deref(), Some("Paused"));
+        let p = cond(&s, PROGRESSING);
+        assert_eq!((p.status.as_str(), p.reason.as_str()), ("False", "Paused"));
+        assert!(p.message.contains("spec.paused"));
+        assert_eq!(cond(&s, DEGRADED).reason, "MembersUnhealthy");
+        assert_eq!(
+            build(&c, &view(3, 1), &paused).phase.as_deref(),
+            Some("QuorumLost"),
+            "a lost quorum outranks it"
         );
     }
 

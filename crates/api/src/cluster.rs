@@ -72,7 +72,10 @@ pub struct EtcdClusterSpec {
     /// Defragmentation and the database-full (NOSPACE) alarm.
     #[serde(default)]
     pub maintenance: Maintenance,
-    /// Stop reconciling this cluster (members keep running; nothing is changed).
+    /// Leave the cluster exactly as it runs: the operator changes nothing in etcd or in any
+    /// object of the cluster (no step, not even one in flight; no backup scheduled or expired; no
+    /// certificate renewed) and its agents start, stop, install and archive nothing; status still
+    /// reports, with phase Paused. Deleting the cluster still works.
     #[serde(default)]
     pub paused: bool,
 }

@@ -102,6 +102,8 @@ string_enum! {
         Recovering = "Recovering",
         Degraded = "Degraded",
         QuorumLost = "QuorumLost",
+        // spec.paused: nothing is changed; the conditions still report health
+        Paused = "Paused",
         Deleting = "Deleting",
         // the spec cannot be carried out as written (an invalid name); waits for a new spec
         Failed = "Failed",
