@@ -76,7 +76,23 @@ fn a_cluster_is_created_resized_under_load_and_deleted() {
     let p = Plane::up(5);
     let image = p.lab.image(V_MID);
     p.apply(&cluster_yaml("main", 3, &image, "")).unwrap();
-    let c = p.wait_ready("main", 3, 180);
+    // Watched as a user would with `kubectl get etcd -w`: a new cluster growing to its size is
+    // Creating, its learners catching up included; never Degraded, nothing being wrong.
+    let phases = std::sync::Mutex::new(Vec::<String>::new());
+    let c = p.wait("main", "Available with 3 members", 180, |c| {
+        let s = c.status.clone().unwrap_or_default();
+        let phase = s.phase.map(|p| p.to_string()).unwrap_or_default();
+        let mut seen = phases.lock().unwrap();
+        if seen.last() != Some(&phase) {
+            seen.push(phase);
+        }
+        s.ready_members == 3 && s.members.len() == 3 && condition(c, "Progressing") == Some("False")
+    });
+    let phases = phases.into_inner().unwrap();
+    assert!(
+        !phases.iter().any(|p| p == "Degraded"),
+        "phases while created: {phases:?}"
+    );
 
     // status.members: IDs, roles and versions, on three different nodes.
     let s = c.status.clone().unwrap();

@@ -100,6 +100,14 @@ pub fn object_of<'a>(c: &EtcdCluster, members: &'a [EtcdMember], m: &MemberInfo)
 /// `spec.recovery.memberUnhealthyTimeout`).
 const LEARNER_TIMEOUT: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(300);
 
+/// How long a learner that is not healthy is given before it counts as failed: the member
+/// timeout, and at least LEARNER_TIMEOUT.
+pub fn learner_timeout(c: &EtcdCluster) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::try_from(c.spec.recovery.member_timeout())
+        .unwrap_or_default()
+        .max(LEARNER_TIMEOUT)
+}
+
 /// Since when the last status saw member `name` unhealthy.
 fn unhealthy_since(c: &EtcdCluster, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
     let status = c.status.as_ref()?;
@@ -128,11 +136,7 @@ pub fn planner_input(c: &EtcdCluster, view: &View, now: k8s_openapi::jiff::Times
                 // A learner not healthy yet is usually still being made (its image pulled, the
                 // snapshot sent): it gets at least LEARNER_TIMEOUT, or a short member timeout
                 // would replace it again and again on a slow node, each successor starting over.
-                let timeout = if m.is_learner {
-                    timeout.max(LEARNER_TIMEOUT)
-                } else {
-                    timeout
-                };
+                let timeout = if m.is_learner { learner_timeout(c) } else { timeout };
                 let overdue =
                     !healthy && down && (lost || unhealthy_since(c, &name).is_some_and(|since| since + timeout <= now));
                 plan::Member {

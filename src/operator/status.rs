@@ -187,7 +187,11 @@ fn health<'a>(c: &EtcdCluster, view: &View, members: &'a [MemberStatus]) -> Heal
         voters,
         ready,
         quorum: plan::has_quorum(voters, ready),
-        unhealthy: members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect(),
+        unhealthy: members
+            .iter()
+            .filter(|m| !m.healthy && !catching_up(c, m, k8s_openapi::jiff::Timestamp::now()))
+            .map(|m| m.name.as_str())
+            .collect(),
         failed: reported(MemberPhase::Failed),
         lost: reported(MemberPhase::DataLost),
         diverged: view.etcd.as_ref().map(|e| e.diverged.clone()).unwrap_or_default(),
@@ -206,6 +210,15 @@ fn health<'a>(c: &EtcdCluster, view: &View, members: &'a [MemberStatus]) -> Heal
         },
         expiring: expiring(c, &view.members, chrono::Utc::now()),
     }
+}
+
+/// A learner not healthy yet, within the time it is given (`observe::learner_timeout`): a member
+/// being added (its image pulled, the snapshot sent), which is progress, not degradation.
+fn catching_up(c: &EtcdCluster, m: &MemberStatus, now: k8s_openapi::jiff::Timestamp) -> bool {
+    m.role == Some(MemberRole::Learner)
+        && m.unhealthy_since
+            .as_ref()
+            .is_none_or(|since| since.0 + observe::learner_timeout(c) > now)
 }
 
 /// The members whose installed certificates renewal should have replaced by `now`, each with
@@ -315,6 +328,10 @@ fn degraded(h: &Health, step: &Step) -> (bool, &'static str, String) {
     (on, reason, message)
 }
 
+fn never_converged(c: &EtcdCluster) -> bool {
+    c.status.as_ref().is_none_or(|s| s.converged_generation.is_none())
+}
+
 fn phase(c: &EtcdCluster, view: &View, h: &Health, degraded: bool, progressing: bool) -> ClusterPhase {
     if c.metadata.deletion_timestamp.is_some() {
         ClusterPhase::Deleting
@@ -322,7 +339,8 @@ fn phase(c: &EtcdCluster, view: &View, h: &Health, degraded: bool, progressing: 
         ClusterPhase::QuorumLost
     } else if c.spec.paused {
         ClusterPhase::Paused
-    } else if h.ready == 0 {
+    } else if h.ready == 0 || (progressing && !degraded && never_converged(c)) {
+        // A new cluster growing to its size is being created, learners catching up included.
         ClusterPhase::Creating
     } else if degraded {
         ClusterPhase::Degraded
@@ -587,6 +605,49 @@ mod tests {
             cond(&build(&c, &down, &Step::Converged), DEGRADED).reason,
             CERTIFICATES_EXPIRING
         );
+    }
+
+    #[test]
+    fn a_learner_catching_up_is_progress_not_degradation() {
+        let c = cluster();
+        // a new cluster: two voters, the third joining as a learner that is not healthy yet
+        let mut v = view(3, 2);
+        v.etcd.as_mut().unwrap().members[2].is_learner = true;
+        let step = Step::Wait {
+            reason: "learner m3 is catching up".into(),
+        };
+        let s = build(&c, &v, &step);
+        assert_eq!(cond(&s, DEGRADED).status, "False", "{:?}", cond(&s, DEGRADED));
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        assert_eq!(
+            s.phase.as_deref(),
+            Some("Creating"),
+            "a cluster that never converged is being created"
+        );
+
+        // one that ran before is growing, not being created
+        let mut grown = c.clone();
+        grown.status = Some(EtcdClusterStatus {
+            converged_generation: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(build(&grown, &v, &step).phase.as_deref(), Some("Scaling"));
+
+        // past the time a learner is given, it is a problem again
+        let mut late = c.clone();
+        late.status = Some(EtcdClusterStatus {
+            members: vec![MemberStatus {
+                name: "m3".into(),
+                unhealthy_since: Some(Time(
+                    k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_mins(6),
+                )),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let s = build(&late, &v, &step);
+        assert_eq!(cond(&s, DEGRADED).reason, "MembersUnhealthy");
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
     }
 
     #[test]
