@@ -1,7 +1,8 @@
 //! Hazard 9 (README "Hazards"): crashes in the middle of a step. The operator dies at the worst
 //! moment of a scale-down removal, a member replacement, an upgrade, a NOSPACE recovery and a
 //! rebuild from backup (failpoints, `runc_etcd_host::failpoint`); an agent dies in the middle of
-//! placing, upgrading and retiring its member. The next leader, or the agent systemd restarts,
+//! placing, upgrading and retiring its member; the operator dies in a CA rotation right after
+//! sending a member its new trust bundle. The next leader, or the agent systemd restarts,
 //! finishes each step exactly once, with a writer running and nothing acknowledged lost.
 //! (The scale-up's crash is in tests/operator.rs.)
 
@@ -357,4 +358,61 @@ fn a_killed_agent_finishes_placing_upgrading_and_retiring_its_member() {
         "the removed member's data is archived"
     );
     nothing_lost(&p, &c, w, 100, 2);
+}
+
+/// The operator dies in a CA rotation right after giving a member its new trust bundle (the
+/// member's agent restarts it meanwhile). The next leader resumes the rotation from the stage
+/// recorded on the CA Secret and finishes it: two restarts per member, never two at once, and
+/// nothing acknowledged lost by a writer that re-reads the client Secret.
+#[test]
+fn a_new_leader_finishes_the_ca_rotation_its_predecessor_died_in() {
+    needs_failpoints();
+    let mut p = Plane::up_with(3, &[("RUNC_ETCD_FAILPOINT", "after-ca-trust-rolled")]);
+    let c = main_cluster(&p, 3, "  tls: {caRotationHold: 5s}\n");
+    let old_ca = c.status.clone().unwrap().ca_fingerprint.unwrap();
+    let tls = ReloadableTls::new(p.client_tls("main"));
+    let endpoints: Vec<String> = c
+        .status
+        .clone()
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect();
+    let w = Writer::start_reloading(&p.lab.client_ns(), endpoints, tls.clone());
+    every_unit_active(&p);
+    let since = Since::now();
+    let ask = serde_json::json!({"metadata": {"annotations": {"runc-etcd.io/rotate-ca": "now"}}});
+    p.rt.block_on(p.clusters().patch(
+        "main",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&ask),
+    ))
+    .unwrap();
+    eventually("the operator to die at its failpoint", 120, || {
+        p.cp.operator_exit(0).is_some()
+    });
+    assert_eq!(p.cp.operator_exit(0), Some(86), "{}", tail(&p.cp.operator_log(0), 40));
+    let mid = p.get("main").unwrap().status.unwrap();
+    assert_eq!(
+        mid.ca_rotation.map(|s| s.to_string()).as_deref(),
+        Some("TrustBoth"),
+        "died in the first stage"
+    );
+
+    p.cp.start_operator(&[]).unwrap();
+    let mut held = String::new();
+    eventually("the rotation finished by the next leader", 240, || {
+        let ca = p.secret_file("main-client-tls", "ca.crt");
+        if ca != held {
+            tls.set(p.client_tls("main"));
+            held = ca;
+        }
+        let s = p.get("main").unwrap().status.unwrap_or_default();
+        s.ca_rotation.is_none() && s.ca_fingerprint.as_deref().is_some_and(|f| f != old_ca)
+    });
+    since.restarts_each_one_at_a_time(&p, 2);
+    assert_eq!(p.event_count("main", "CaRotationFinished"), 1);
+    let c = p.wait("main", "Available with 3 members", 60, |c| available_with(c, 3));
+    nothing_lost(&p, &c, w, 100, 3);
 }

@@ -286,6 +286,7 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
             secrets
                 .patch(&secret, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            runc_etcd_host::failpoint::hit("after-ca-trust-rolled");
             let note = format!(
                 "member {member} gets the trust bundle of CA rotation stage {}: its agent restarts it",
                 stage_of(keyring)

@@ -149,6 +149,13 @@ impl Plane {
         self.rt.block_on(api.get_opt(name)).unwrap()
     }
 
+    /// One file of a Secret of the lab namespace ("" if it is not there).
+    pub fn secret_file(&self, name: &str, key: &str) -> String {
+        self.secret(name)
+            .and_then(|s| s.data?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+            .unwrap_or_default()
+    }
+
     /// The client identity the operator made for users (Secret `<cluster>-client-tls`).
     pub fn client_tls(&self, cluster: &str) -> Option<TlsOptions> {
         let s = self.secret(&format!("{cluster}-client-tls"))?;
