@@ -11,10 +11,11 @@
 //! 3. **DropOld**: the trust bundle becomes the new CA alone, member by member as in stage 1;
 //!    last, the client Secret's. The old CA is gone.
 //!
-//! Each stage holds `spec.tls.caRotationHold` once every member has it: the time clients have
-//! to read the client Secret again (the new bundle before stage 2, the new identity before the
-//! end). A rotation starts on request (`runc-etcd.io/rotate-ca` on the EtcdCluster, any value
-//! not served yet) or by itself once the CA is in the last third of its validity.
+//! Each stage lasts at least `spec.tls.caRotationHold` from its start and ends only once every
+//! member has it: the time clients have to read the client Secret again (the new bundle before
+//! stage 2, the new identity before the end). A rotation starts on request
+//! (`runc-etcd.io/rotate-ca` on the EtcdCluster, any value not served yet) or by itself once the
+//! CA is in the last third of its validity.
 //!
 //! Which step comes next is `next` (pure); `tend` observes and carries it out.
 
@@ -202,6 +203,11 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
     let asked = c.annotations().get(ROTATE_CA_ANNOTATION).cloned();
     let late = ca_late(&keyring.signing, chrono::Utc::now());
     let request = request(asked.as_deref(), keyring.rotated_for.as_deref(), late);
+    // Status follows the stage on the CA Secret (a crash between the two writes leaves it behind).
+    let stage = keyring.rotation.as_ref().map(|r| r.stage);
+    if c.status.as_ref().and_then(|s| s.ca_rotation) != stage {
+        ctx.patch_status(c, json!({ "caRotation": stage })).await?;
+    }
     if keyring.rotation.is_none() && request.is_none() {
         return Ok(None);
     }
@@ -307,7 +313,12 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
             let request = keyring.rotation.as_ref().map(|r| r.request.clone()).unwrap_or_default();
             let patch = match to {
                 CaRotationStage::Reissue => {
-                    let next = keyring.next.as_ref().expect("TrustBoth keeps the next CA");
+                    let Some(next) = keyring.next.as_ref() else {
+                        return Err(crate::Error::refused(format!(
+                            "CA rotation: Secret {} is in stage TrustBoth but lost next.crt/next.key (the new CA); restore the Secret from your backup of it",
+                            c.ca_secret()
+                        )));
+                    };
                     json!({
                         "metadata": {"annotations": stage_annotations(to, &request)},
                         "data": {"ca.crt": b64(&next.cert), "ca.key": b64(&next.key), "next.crt": null, "next.key": null},

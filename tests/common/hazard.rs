@@ -28,9 +28,16 @@ pub fn writer(p: &Plane, c: &runc_etcd_api::EtcdCluster) -> Writer {
     Writer::start_with(&p.lab, endpoints, p.client_tls("main"))
 }
 
-/// The end of every hazard: the writer stops having made progress (at least `writes`), every
-/// write it saw acknowledged is there, and the `n` members are one cluster.
+/// The end of every hazard: the writer stops having made progress (past `writes`, given up to
+/// 30 s after the fault), every write it saw acknowledged is there, and the `n` members are one
+/// cluster.
 pub fn nothing_lost(p: &Plane, c: &runc_etcd_api::EtcdCluster, w: Writer, writes: usize, n: usize) {
+    // Writing goes on after the fault: given time (a loaded machine writes slowly), it gets
+    // past `writes`; a writer that stays stuck still fails below.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while w.acked() <= writes && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let acked = w.stop();
     assert!(acked.len() > writes, "the writer kept writing: {} writes", acked.len());
     assert_no_write_lost(p, c, &acked);

@@ -212,6 +212,8 @@ pub fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
 /// acknowledged. Writes that fail (a member is down, an election) are retried as new keys.
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    /// How many writes were acknowledged so far.
+    acked: Arc<std::sync::atomic::AtomicUsize>,
     handle: std::thread::JoinHandle<Vec<String>>,
 }
 
@@ -234,6 +236,8 @@ impl Writer {
     pub fn start_reloading(ns: &str, endpoints: Vec<String>, tls: ReloadableTls) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = count.clone();
         let handle = netns::spawn_in(ns, move || async move {
             let (mut generation, first) = tls.current();
             let mut c = connect(endpoints.clone(), first).await;
@@ -244,6 +248,7 @@ impl Writer {
                 let key = format!("w/{n:08}");
                 if c.put(key.clone(), n.to_string(), None).await.is_ok() {
                     acked.push(key);
+                    counter.store(acked.len(), Ordering::Relaxed);
                 } else {
                     let (newest, options) = tls.current();
                     if newest != generation
@@ -257,7 +262,16 @@ impl Writer {
             }
             acked
         });
-        Writer { stop, handle }
+        Writer {
+            stop,
+            acked: count,
+            handle,
+        }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
     }
 
     /// Stops writing; returns the acknowledged keys.

@@ -176,8 +176,8 @@ pub struct TlsSpec {
     #[serde(default = "default_validity")]
     pub certificate_validity: String,
     /// During a CA rotation (annotation `runc-etcd.io/rotate-ca`, or on its own once the CA is
-    /// in the last third of its 10 years), how long each stage holds once every member has it,
-    /// before the next: the time clients have to read the client Secret again (docs/operations.md,
+    /// in the last third of its 10 years), the least time each stage lasts (it also waits for
+    /// every member): the time clients have to read the client Secret again (docs/operations.md,
     /// "Rotating the CA"). E.g. "1h" (the default), "10m".
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     #[serde(default = "default_rotation_hold")]
