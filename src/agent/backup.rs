@@ -54,6 +54,7 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
         return Ok(Action::await_change());
     }
+    // A paused cluster's backups wait (its agents change nothing, `paused`).
     if ctx.paused().await? {
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
@@ -64,9 +65,6 @@ pub(super) async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Ctx>) -> Result<Actio
     let status = b.status.clone().unwrap_or_default();
     if b.finished() || status.node_name.as_deref() != Some(ctx.config.node.as_str()) {
         return Ok(Action::await_change());
-    }
-    if ctx.paused().await? {
-        return Ok(Action::requeue(Duration::from_secs(30)));
     }
     let running = EtcdBackupStatus {
         phase: Some(BackupPhase::Running),
