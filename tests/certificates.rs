@@ -201,26 +201,13 @@ fn the_ca_is_rotated_under_writes_one_restart_at_a_time() {
     // The writer re-reads the client Secret as an application would (reconnecting with what it
     // holds once a write fails after it changed).
     let tls = ReloadableTls::new(tls_of(&old));
-    let endpoints: Vec<String> = c
-        .status
-        .clone()
-        .unwrap()
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let endpoints = client_urls(&c);
     let w = Writer::start_reloading(&p.lab.client_ns(), endpoints.clone(), tls.clone());
     every_unit_active(&p);
     let since = Since::now();
     let svc = format!("main-client.{}.svc", p.ns());
 
-    let ask = serde_json::json!({"metadata": {"annotations": {"runc-etcd.io/rotate-ca": "2026-12-03"}}});
-    p.rt.block_on(p.clusters().patch(
-        "main",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&ask),
-    ))
-    .unwrap();
+    ask_ca_rotation(&p, "2026-12-03");
     let mut held = old.clone();
     let mut stages = Vec::new();
     let mut old_identity_in_reissue = None;

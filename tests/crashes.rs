@@ -371,24 +371,11 @@ fn a_new_leader_finishes_the_ca_rotation_its_predecessor_died_in() {
     let c = main_cluster(&p, 3, "  tls: {caRotationHold: 5s}\n");
     let old_ca = c.status.clone().unwrap().ca_fingerprint.unwrap();
     let tls = ReloadableTls::new(p.client_tls("main"));
-    let endpoints: Vec<String> = c
-        .status
-        .clone()
-        .unwrap()
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let endpoints = client_urls(&c);
     let w = Writer::start_reloading(&p.lab.client_ns(), endpoints, tls.clone());
     every_unit_active(&p);
     let since = Since::now();
-    let ask = serde_json::json!({"metadata": {"annotations": {"runc-etcd.io/rotate-ca": "now"}}});
-    p.rt.block_on(p.clusters().patch(
-        "main",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&ask),
-    ))
-    .unwrap();
+    ask_ca_rotation(&p, "now");
     eventually("the operator to die at its failpoint", 120, || {
         p.cp.operator_exit(0).is_some()
     });

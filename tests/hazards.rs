@@ -208,15 +208,7 @@ fn an_operator_cut_off_from_the_members_changes_nothing() {
     assert!(back_up(&p, "before").succeeded());
     let before: Vec<String> = etcd_members(&p).iter().map(|m| m.spec.member_name.clone()).collect();
     // An application on a node keeps writing; the operator is on the LAN.
-    let endpoints = c
-        .status
-        .clone()
-        .unwrap()
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
-    let w = Writer::start_in(&p.lab.host(1).ns(), endpoints, p.client_tls("main"));
+    let w = Writer::start_in(&p.lab.host(1).ns(), client_urls(&c), p.client_tls("main"));
     // Replacements and rebuilds so far (a learner slow to catch up while the cluster was made,
     // under the 10 s timeout, may have been replaced): none may follow the cut.
     let changes = || {

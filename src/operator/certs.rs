@@ -187,18 +187,9 @@ pub async fn members(c: &EtcdCluster, ctx: &Ctx, keyring: &Keyring) -> Result<()
     let ca = &keyring.signing;
     let policy = current_policy(c, ctx).await?;
     let now = chrono::Utc::now();
-    let secrets: Api<Secret> = ctx.api(c);
     let members: Api<EtcdMember> = ctx.api(c);
-    for m in members.list(&selector(c)).await?.items {
-        let Some(name) = &m.spec.tls_secret else { continue };
-        let Some(certs) = secrets
-            .get_opt(name)
-            .await?
-            .as_ref()
-            .and_then(contract::read_member_certs)
-        else {
-            continue;
-        };
+    let members = members.list(&selector(c)).await?.items;
+    for (m, certs) in of_members(c, ctx, &members).await? {
         if !member_due(&certs, ca, &policy, now) {
             continue;
         }
@@ -216,6 +207,26 @@ pub async fn members(c: &EtcdCluster, ctx: &Ctx, keyring: &Keyring) -> Result<()
             .await;
     }
     Ok(())
+}
+
+/// Each of `members` with the certificates in its Secret (those whose Secret is there), from
+/// one list of the cluster's Secrets.
+pub async fn of_members<'a>(
+    c: &EtcdCluster,
+    ctx: &Ctx,
+    members: &'a [EtcdMember],
+) -> Result<Vec<(&'a EtcdMember, MemberCerts)>> {
+    let secrets: Api<Secret> = ctx.api(c);
+    let selector = format!("{}={}", contract::CLUSTER_LABEL, c.name_any());
+    let stored = secrets.list(&ListParams::default().labels(&selector)).await?.items;
+    Ok(members
+        .iter()
+        .filter_map(|m| {
+            let name = m.spec.tls_secret.as_ref()?;
+            let secret = stored.iter().find(|s| s.name_any() == *name)?;
+            Some((m, contract::read_member_certs(secret)?))
+        })
+        .collect())
 }
 
 fn not_after(pem: &str) -> String {

@@ -31,7 +31,7 @@ use crate::operator::certs;
 use crate::operator::context::Ctx;
 use crate::operator::observe::View;
 use runc_etcd_api::contract::{
-    self, ClusterNames, Keyring, ROTATE_CA_ANNOTATION, ROTATED_FOR_ANNOTATION, ROTATION_REQUEST_ANNOTATION,
+    ClusterNames, Keyring, ROTATE_CA_ANNOTATION, ROTATED_FOR_ANNOTATION, ROTATION_REQUEST_ANNOTATION,
     ROTATION_SINCE_ANNOTATION, ROTATION_STAGE_ANNOTATION, Rotation,
 };
 use runc_etcd_api::{CaRotationStage, EtcdCluster, OperationState};
@@ -216,16 +216,10 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
     let signed = |pem: &str| pki::cert_info(pem).map(|i| i.issuer) == signer;
     let trusts = |pem: &str| pki::bundle_fingerprints(pem) == pki::bundle_fingerprints(&keyring.trust);
     let mut members = Vec::new();
-    for m in view.members.iter().filter(|m| m.metadata.deletion_timestamp.is_none()) {
-        let Some(name) = &m.spec.tls_secret else { continue };
-        let Some(certs) = secrets
-            .get_opt(name)
-            .await?
-            .as_ref()
-            .and_then(contract::read_member_certs)
-        else {
+    for (m, certs) in certs::of_members(c, ctx, &view.members).await? {
+        if m.metadata.deletion_timestamp.is_some() {
             continue;
-        };
+        }
         let reported = m.status.as_ref().and_then(|s| s.certificates_digest.as_deref());
         members.push(MemberTrust {
             name: m.spec.member_name.clone(),

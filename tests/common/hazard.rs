@@ -16,16 +16,30 @@ pub fn main_cluster(p: &Plane, size: u32, extra: &str) -> runc_etcd_api::EtcdClu
     p.wait_ready("main", size as i32, 240)
 }
 
-pub fn writer(p: &Plane, c: &runc_etcd_api::EtcdCluster) -> Writer {
-    let endpoints = c
-        .status
+/// The client URLs of the members status lists.
+pub fn client_urls(c: &runc_etcd_api::EtcdCluster) -> Vec<String> {
+    c.status
         .clone()
         .unwrap()
         .members
         .iter()
         .map(|m| m.client_url.clone())
-        .collect();
-    Writer::start_with(&p.lab, endpoints, p.client_tls("main"))
+        .collect()
+}
+
+pub fn writer(p: &Plane, c: &runc_etcd_api::EtcdCluster) -> Writer {
+    Writer::start_with(&p.lab, client_urls(c), p.client_tls("main"))
+}
+
+/// Asks for a rotation of main's CA, as a user does (`runc-etcd.io/rotate-ca`).
+pub fn ask_ca_rotation(p: &Plane, request: &str) {
+    let ask = serde_json::json!({"metadata": {"annotations": {"runc-etcd.io/rotate-ca": request}}});
+    p.rt.block_on(p.clusters().patch(
+        "main",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&ask),
+    ))
+    .unwrap();
 }
 
 /// The end of every hazard: the writer stops having made progress (past `writes`, given up to
