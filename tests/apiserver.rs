@@ -492,3 +492,108 @@ async fn a_foreground_deletion_waits_for_the_dependents() {
         "gone after its dependents"
     );
 }
+
+/// A ServiceAccount's token (from the TokenRequest API, as a kubelet gets it) is that account,
+/// and RBAC decides what it may do, with kube-apiserver's 403 words; the listener the operator
+/// and agents use lets nothing in without a token it knows.
+#[tokio::test]
+async fn service_account_tokens_are_held_to_their_rbac() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use runc_etcd_testkit::apiserver::Access;
+    runc_etcd_host::install_crypto_provider();
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pods = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pods_url = format!("http://{}", pods.local_addr().unwrap());
+    let server = ApiServer::serve(vec![(local, Access::AdminWithoutToken), (pods, Access::TokenRequired)]).unwrap();
+    let admin = server.client();
+    let as_token = |token: Option<&str>| {
+        let mut config = kube::Config::new(pods_url.parse().unwrap());
+        config.auth_info.token = token.map(|t| t.to_string().into());
+        config.default_namespace = "ops".into();
+        kube::Client::try_from(config).unwrap()
+    };
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "ops"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "ops");
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).unwrap();
+    let (code, _) = rejected(
+        accounts
+            .create_token_request("agent", &PostParams::default(), &request)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 404, "no token for an account that does not exist");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "agent"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let token = accounts
+        .create_token_request("agent", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+
+    // Without a token, or with one the server never issued: 401.
+    for client in [as_token(None), as_token(Some("forged"))] {
+        let secrets: Api<Secret> = Api::default_namespaced(client);
+        assert_eq!(rejected(secrets.get("mine").await.unwrap_err()).0, 401);
+    }
+    // With the account's token and no Role: 403, said as a real server says it.
+    let agent = as_token(Some(&token));
+    let secrets: Api<Secret> = Api::default_namespaced(agent.clone());
+    let (code, message) = rejected(secrets.get("mine").await.unwrap_err());
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        r#"secrets "mine" is forbidden: User "system:serviceaccount:ops:agent" cannot get resource "secrets" in API group "" in the namespace "ops""#
+    );
+    // Discovery is every authenticated user's (the bootstrap role system:discovery).
+    agent.apiserver_version().await.unwrap();
+
+    // A Role for one named Secret: that one, and no other, and no list.
+    let roles: Api<Role> = Api::namespaced(admin.clone(), "ops");
+    let role = json!({"metadata": {"name": "mine"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mine"], "verbs": ["get"]}]});
+    roles
+        .create(&PostParams::default(), &serde_json::from_value(role).unwrap())
+        .await
+        .unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), "ops");
+    let binding = json!({"metadata": {"name": "mine"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mine"},
+        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": "ops"}]});
+    bindings
+        .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
+        .await
+        .unwrap();
+    let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), "ops");
+    for name in ["mine", "ca"] {
+        let s = json!({"metadata": {"name": name}, "stringData": {"k": "v"}});
+        admin_secrets
+            .create(&PostParams::default(), &serde_json::from_value(s).unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(secrets.get("mine").await.unwrap().data.unwrap().contains_key("k"));
+    assert_eq!(rejected(secrets.get("ca").await.unwrap_err()).0, 403);
+    let (code, message) = rejected(secrets.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(code, 403);
+    assert!(message.starts_with("secrets is forbidden: "), "{message}");
+
+    // A deleted account's token stops working.
+    accounts.delete("agent", &DeleteParams::default()).await.unwrap();
+    assert_eq!(rejected(secrets.get("mine").await.unwrap_err()).0, 401);
+}

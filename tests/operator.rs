@@ -468,6 +468,44 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
         ["NAME", "SIZE", "READY", "VERSION", "PHASE", "AGE"]
     );
 
+    // The agents run as their ServiceAccount, with the chart's RBAC: its token (as `kubectl
+    // create token` gives it) reads the members, and is refused the cluster's Secrets and Nodes.
+    let out = kubectl(&p, &["create", "token", "runc-etcd-agent"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let agent = p.client_with_token(&token);
+    let members: Api<EtcdMember> = Api::namespaced(agent.clone(), p.ns());
+    assert!(
+        !p.rt
+            .block_on(members.list(&Default::default()))
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let who = format!("system:serviceaccount:{}:runc-etcd-agent", p.ns());
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), p.ns());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(agent);
+    for (refused, refusal) in [
+        (
+            p.rt.block_on(secrets.list(&Default::default())).map(drop),
+            format!(
+                "secrets is forbidden: User \"{who}\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{}\"",
+                p.ns()
+            ),
+        ),
+        (
+            p.rt.block_on(nodes.list(&Default::default())).map(drop),
+            format!(
+                "nodes is forbidden: User \"{who}\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
+            ),
+        ),
+    ] {
+        match refused {
+            Err(kube::Error::Api(e)) => assert_eq!((e.code, e.message), (403, refusal)),
+            other => panic!("expected a 403, got {other:?}"),
+        }
+    }
+
     // A bad spec is refused with the API server's message, and changes nothing.
     let out = kubectl(&p, &["apply", "-f", "-"], Some(&yaml.replace("size: 1", "size: 10")));
     assert!(!out.status.success());

@@ -157,6 +157,24 @@ impl Plane {
     }
 
     /// The client identity the operator made for users (Secret `<cluster>-client-tls`).
+    /// A client of the control plane as whoever holds `token` (e.g. a ServiceAccount's, from
+    /// `kubectl create token`). kube's client sends it over plain HTTP too, where kubectl does not.
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let mut kc = kube::config::Kubeconfig::read_from(&self.cp.local_kubeconfig).unwrap();
+        for a in &mut kc.auth_infos {
+            a.auth_info = Some(kube::config::AuthInfo {
+                token: Some(token.to_string().into()),
+                ..Default::default()
+            });
+        }
+        let _guard = self.rt.enter();
+        let config = self
+            .rt
+            .block_on(kube::Config::from_custom_kubeconfig(kc, &Default::default()))
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
     pub fn client_tls(&self, cluster: &str) -> Option<TlsOptions> {
         let s = self.secret(&format!("{cluster}-client-tls"))?;
         let data = s.data.unwrap();

@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::rbac::{self, User};
 use super::resources::{self, Resource};
 use super::store::{ApiError, ApiResult, Store};
 use super::validate;
@@ -22,7 +23,13 @@ struct Route {
     resource: &'static Resource,
     namespace: Option<String>,
     name: Option<String>,
-    status: bool,
+    subresource: Option<String>,
+}
+
+impl Route {
+    fn status(&self) -> bool {
+        self.subresource.as_deref() == Some("status")
+    }
 }
 
 fn parse(path: &str) -> Option<Route> {
@@ -36,18 +43,24 @@ fn parse(path: &str) -> Option<Route> {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
         _ => (None, rest),
     };
-    let (plural, name, status) = match rest {
-        [p] => (*p, None, false),
-        [p, n] => (*p, Some(n.to_string()), false),
-        [p, n, "status"] => (*p, Some(n.to_string()), true),
+    let (plural, name, subresource) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
         _ => return None,
     };
     let resource = resources::find(group, version, plural)?;
-    Some(Route {
+    let served = match subresource.as_deref() {
+        None => true,
+        Some("status") => resource.status_subresource,
+        Some("token") => resource.key == "core/serviceaccounts",
+        Some(_) => false,
+    };
+    served.then_some(Route {
         resource,
         namespace,
         name,
-        status,
+        subresource,
     })
 }
 
@@ -55,7 +68,31 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
-fn error(e: ApiError) -> Response {
+/// The verb RBAC checks for a request (Kubernetes' `RequestInfo`).
+fn verb(method: &Method, named: bool, q: &HashMap<String, String>) -> String {
+    match (method.as_str(), named) {
+        ("GET", false) if watching(q) => "watch".into(),
+        ("GET", false) => "list".into(),
+        ("GET", true) => "get".into(),
+        ("POST", _) => "create".into(),
+        ("PUT", _) => "update".into(),
+        ("DELETE", false) => "deletecollection".into(),
+        (m, _) => m.to_lowercase(),
+    }
+}
+
+fn watching(q: &HashMap<String, String>) -> bool {
+    q.get("watch").is_some_and(|w| w == "true" || w == "1")
+}
+
+/// The object a list or watch is pinned to by a `metadata.name=` field selector.
+fn pinned_name(q: &HashMap<String, String>) -> Option<&str> {
+    q.get("fieldSelector")?
+        .split(',')
+        .find_map(|t| t.strip_prefix("metadata.name=").map(|n| n.trim_start_matches('=')))
+}
+
+pub fn error(e: ApiError) -> Response {
     json_response(
         StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &e.status(),
@@ -64,18 +101,31 @@ fn error(e: ApiError) -> Response {
 
 pub async fn handle(
     State(store): State<Shared>,
+    Extension(user): Extension<User>,
     method: Method,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let route = parse(uri.path());
+    if route.is_none() {
+        // A path that names no resource is a non-resource request: authorized before anything,
+        // by the HTTP method's name.
+        let req = rbac::Request::NonResource {
+            verb: &method.as_str().to_lowercase(),
+            path: uri.path(),
+        };
+        if let Err(e) = rbac::authorize(&store.lock().unwrap(), &user, &req) {
+            return error(e);
+        }
+    }
     if method == Method::GET
         && let Some(doc) = super::discovery::document(uri.path())
     {
         return json_response(StatusCode::OK, &doc);
     }
-    let Some(route) = parse(uri.path()) else {
+    let Some(route) = route else {
         return error(ApiError::new(
             404,
             "NotFound",
@@ -91,8 +141,36 @@ pub async fn handle(
             format!("{} is namespaced: {}", r.plural, r.namespaced),
         ));
     }
+    let verb = verb(&method, route.name.is_some(), &q);
+    let req = rbac::Request::Resource {
+        verb: &verb,
+        group: r.group,
+        resource: r.plural,
+        subresource: route.subresource.as_deref(),
+        namespace: route.namespace.as_deref(),
+        name: route.name.as_deref().or_else(|| pinned_name(&q)),
+    };
+    if let Err(e) = rbac::authorize(&store.lock().unwrap(), &user, &req) {
+        return error(e);
+    }
     let result = match (&method, route.name.as_deref()) {
-        (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+        (&Method::POST, Some(name)) if route.subresource.as_deref() == Some("token") => {
+            // `kubectl create token` sends its TokenRequest as protobuf (client-go's default for
+            // built-in types). The server reads JSON only; the request's fields (audiences,
+            // expiry) change nothing here, since the harness's tokens do not expire.
+            let request = if body.starts_with(b"k8s\0") {
+                Ok(json!({"spec": {}}))
+            } else {
+                parse_body(&body)
+            };
+            request.and_then(|req| super::auth::token_request(&mut store.lock().unwrap(), &ns, name, &req))
+        }
+        (_, _) if route.subresource.as_deref() == Some("token") => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {}", uri.path()),
+        )),
+        (&Method::GET, None) if watching(&q) => {
             return watch(store, r, route.namespace, q, wants_table(&headers));
         }
         (&Method::GET, None) => list(&store, r, route.namespace.as_deref(), &q).map(|l| as_table(&headers, r, l)),
@@ -109,9 +187,9 @@ pub async fn handle(
             let mut s = store.lock().unwrap();
             let old = s.get(r, &ns, name)?;
             validate::check(r, &obj, Some(&old))?;
-            s.replace(r, &ns, obj, route.status)
+            s.replace(r, &ns, obj, route.status())
         }),
-        (&Method::PATCH, Some(name)) => patch(&store, r, &ns, name, route.status, &headers, &body),
+        (&Method::PATCH, Some(name)) => patch(&store, r, &ns, name, route.status(), &headers, &body),
         (&Method::DELETE, Some(name)) => {
             // DeleteOptions, in the body (client-go, kube-rs) or the query (kubectl --cascade).
             let body: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -138,22 +216,6 @@ pub async fn handle(
         ),
         Err(e) => error(e),
     }
-}
-
-/// Refuses a request without the server's bearer token, with the 401 a real API server sends.
-pub async fn authenticate(
-    State(expected): State<Arc<String>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if given != Some(expected.as_str()) {
-        return error(ApiError::new(401, "Unauthorized", "Unauthorized"));
-    }
-    next.run(request).await
 }
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {

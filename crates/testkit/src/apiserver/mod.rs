@@ -17,11 +17,17 @@
 //! - discovery, a minimal OpenAPI v3 and Tables (in watches too), so kubectl get [-w], apply
 //!   and delete work against it.
 //!
-//! Not kept: RBAC (a client let in may do anything), field managers, admission, defaulting from
-//! the schema (the Rust types default on read), bookmarks.
+//! - bearer tokens: one per ServiceAccount through the TokenRequest API, and the administrator's;
+//! - RBAC from the Roles, ClusterRoles and bindings it stores (with the bootstrap discovery
+//!   roles), for every request but the administrator's, with kube-apiserver's 403 messages.
+//!
+//! Not kept: field managers, admission, defaulting from the schema (the Rust types default on
+//! read), bookmarks, RBAC's escalation checks on writes of Roles and bindings.
 
+mod auth;
 mod discovery;
 mod http;
+mod rbac;
 mod resources;
 mod store;
 mod table;
@@ -31,6 +37,8 @@ mod validate;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+pub use auth::Access;
+pub use rbac::User;
 pub use store::ApiError;
 
 /// A running test API server; stops when dropped.
@@ -49,44 +57,52 @@ pub struct Secured {
 }
 
 impl ApiServer {
-    /// Starts on a free loopback port.
+    /// Starts on a free loopback port, where a request without a token is the administrator's.
     pub async fn start() -> std::io::Result<ApiServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        Self::serve(vec![listener])
+        Self::serve(vec![(listener, Access::AdminWithoutToken)])
     }
 
     /// Serves one store on every listener (e.g. loopback for the tests and a lab address for
-    /// the operator and agents; a listener keeps the network namespace it was bound in). The
-    /// first listener is the server's address. Plain HTTP, no authentication.
-    pub fn serve(listeners: Vec<std::net::TcpListener>) -> std::io::Result<ApiServer> {
+    /// the operator and agents; a listener keeps the network namespace it was bound in), each
+    /// letting in what its `Access` says. The first listener is the server's address. Plain HTTP.
+    pub fn serve(listeners: Vec<(std::net::TcpListener, Access)>) -> std::io::Result<ApiServer> {
         Self::serve_with(listeners, None)
     }
 
-    /// As `serve`, over HTTPS and refusing requests without the token.
+    /// Over HTTPS, and every request carries a token: the administrator's (`secured.token`) or
+    /// a ServiceAccount's.
     pub fn serve_secured(listeners: Vec<std::net::TcpListener>, secured: Secured) -> std::io::Result<ApiServer> {
+        let listeners = listeners.into_iter().map(|l| (l, Access::TokenRequired)).collect();
         Self::serve_with(listeners, Some(secured))
     }
 
-    fn serve_with(listeners: Vec<std::net::TcpListener>, secured: Option<Secured>) -> std::io::Result<ApiServer> {
+    fn serve_with(
+        listeners: Vec<(std::net::TcpListener, Access)>,
+        secured: Option<Secured>,
+    ) -> std::io::Result<ApiServer> {
         let store = Arc::new(Mutex::new(store::Store::new()));
-        let mut app = axum::Router::new().fallback(http::handle).with_state(store);
+        let routes = axum::Router::new().fallback(http::handle).with_state(store.clone());
         let addr = listeners
             .first()
             .ok_or_else(|| std::io::Error::other("no listener"))?
+            .0
             .local_addr()?;
         let acceptor = match secured {
             Some(s) => {
-                let token = Arc::new(format!("Bearer {}", s.token));
-                app = app.layer(axum::middleware::from_fn_with_state(token, http::authenticate));
+                store.lock().unwrap().tokens.admin(&s.token);
                 Some(tls::acceptor(&s.cert_pem, &s.key_pem)?)
             }
             None => None,
         };
         let mut tasks = Vec::new();
-        for l in listeners {
+        for (l, access) in listeners {
             l.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(l)?;
-            let app = app.clone();
+            let app = routes.clone().layer(axum::middleware::from_fn_with_state(
+                (store.clone(), access),
+                auth::authenticate,
+            ));
             let acceptor = acceptor.clone();
             tasks.push(tokio::spawn(async move {
                 let _ = match acceptor {

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// `Status.details`, where the error names what it is about.
+    pub details: Option<Value>,
 }
 
 impl ApiError {
@@ -23,7 +25,12 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
+    }
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
     }
     pub fn not_found(r: &Resource, name: &str) -> Self {
         Self::new(
@@ -33,8 +40,12 @@ impl ApiError {
         )
     }
     pub fn status(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code})
+        let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(d) = &self.details {
+            status["details"] = d.clone();
+        }
+        status
     }
 }
 
@@ -59,6 +70,8 @@ pub struct Store {
     rv: u64,
     pub log: Vec<Event>,
     pub events: broadcast::Sender<Event>,
+    /// The bearer tokens the server knows (`auth`).
+    pub tokens: super::auth::Tokens,
     uid: u64,
 }
 
@@ -96,6 +109,7 @@ impl Store {
             rv: 1,
             log: Vec::new(),
             events: broadcast::channel(4096).0,
+            tokens: Default::default(),
             uid: 0,
         };
         let namespaces = super::resources::by_key("core/namespaces").expect("namespaces are served");
@@ -104,6 +118,10 @@ impl Store {
             store
                 .create(namespaces, "", obj)
                 .expect("a new store has no namespaces yet");
+        }
+        for (key, obj) in super::rbac::bootstrap() {
+            let r = super::resources::by_key(key).expect("RBAC is served");
+            store.create(r, "", obj).expect("a new store has no roles yet");
         }
         store
     }

@@ -2,6 +2,10 @@
 //! server, or a real cluster named by `RUNC_ETCD_TEST_KUBECONFIG`), a Node object per lab host,
 //! operator processes in the lab's LAN, and a stand-in kubelet that plays each agent DaemonSet's
 //! pods by running `runc-etcd agent` as a systemd service inside every matching host.
+//!
+//! The operator and the agents run as the chart makes them: with their ServiceAccounts' tokens
+//! (TokenRequest, as a kubelet gets them) and the chart's RBAC, installed by `chart`; on the
+//! in-process server their LAN listener takes no request without a token.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,18 +13,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{AuthInfo, Kubeconfig};
 use serde_json::json;
 
-use super::{Lab, LabHost, external, netns};
-use crate::apiserver::ApiServer;
+use super::{Lab, LabHost, chart, external, netns};
+use crate::apiserver::{Access, ApiServer};
 use runc_etcd_api::objects::delete_if_present;
 use runc_etcd_api::scheduling::placeable;
 
-/// Where hosts find the API server.
+/// Where hosts find the API server; its user is the token at `SA_DIR`.
 const HOST_KUBECONFIG: &str = "/etc/runc-etcd-lab/kubeconfig";
+/// Where a pod finds its ServiceAccount's token (`token`, `namespace`).
+const SA_DIR: &str = "/run/secrets/kubernetes.io/serviceaccount";
+/// Where the stand-in kubelet keeps each agent unit's token on its host, bound at `SA_DIR` in
+/// the unit's own mount namespace.
+const PODS_DIR: &str = "/run/runc-etcd-lab/pods";
+/// The operator's ServiceAccount, as the chart names it.
+const OPERATOR_SA: &str = "runc-etcd-operator";
 /// The env var naming a real cluster to run the control-plane tests against.
 pub const REAL_CLUSTER_ENV: &str = "RUNC_ETCD_TEST_KUBECONFIG";
 
@@ -30,10 +43,12 @@ pub struct ControlPlane {
     pub client: kube::Client,
     /// The lab's namespace: its clusters, and its operator's election Lease.
     pub namespace: String,
-    /// Kubeconfig for the lab's LAN (operator, agents), and for this machine (kubectl); both
-    /// default to the lab's namespace.
-    pub lab_kubeconfig: PathBuf,
+    /// Kubeconfig of the operator's ServiceAccount on the lab's LAN, and of the administrator on
+    /// this machine (kubectl); both default to the lab's namespace.
+    pub operator_kubeconfig: PathBuf,
     pub local_kubeconfig: PathBuf,
+    /// The namespaces the chart's agent Roles are installed in (`create_namespace` adds to them).
+    cluster_namespaces: tokio::sync::Mutex<Vec<String>>,
     dir: PathBuf,
     bin: PathBuf,
     switch_ns: String,
@@ -44,11 +59,34 @@ pub struct ControlPlane {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// A kubeconfig for a plain-HTTP server without authentication (the in-process one).
+/// A kubeconfig for a plain-HTTP server (the in-process one), without a token.
 pub fn kubeconfig(server: &str, namespace: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: {namespace}\ncurrent-context: lab\n"
     )
+}
+
+/// The same kubeconfig with the token in `token_file` as its only credential.
+fn with_token_file(kc: &Kubeconfig, token_file: &str) -> Kubeconfig {
+    let mut kc = kc.clone();
+    for a in &mut kc.auth_infos {
+        a.auth_info = Some(AuthInfo {
+            token_file: Some(token_file.to_string()),
+            ..Default::default()
+        });
+    }
+    kc
+}
+
+/// A ServiceAccount's token, from the TokenRequest API.
+async fn token_of(client: &kube::Client, namespace: &str, name: &str) -> crate::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))
+        .expect("a valid TokenRequest");
+    let answer = accounts
+        .create_token_request(name, &Default::default(), &request)
+        .await?;
+    Ok(answer.status.map(|s| s.token).unwrap_or_default())
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> crate::Error + '_ {
@@ -61,11 +99,12 @@ impl ControlPlane {
     pub async fn start(lab: &Lab, bin: &Path) -> crate::Result<ControlPlane> {
         let dir = lab.dir.clone();
         let namespace = format!("runc-etcd-lab{}", lab.id);
-        let lab_kubeconfig = dir.join("kubeconfig-lan");
+        let operator_kubeconfig = dir.join("kubeconfig-operator");
         let local_kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, text: &str| runc_etcd_host::write_atomic(path, text.as_bytes(), 0o600);
+        let json = |kc: &Kubeconfig| serde_json::to_string_pretty(kc).expect("a kubeconfig serializes");
         let mut tasks = Vec::new();
-        let (server, client) = match std::env::var_os(REAL_CLUSTER_ENV) {
+        let (server, client, on_lan) = match std::env::var_os(REAL_CLUSTER_ENV) {
             Some(path) => {
                 let local = external::self_contained(Path::new(&path), &namespace)?;
                 let server = external::server_of(&local).unwrap_or_default();
@@ -74,31 +113,40 @@ impl ControlPlane {
                 let (relay, task) = external::relay(on_lan, &server).await?;
                 tasks.push(task);
                 let on_lan = external::through_relay(&local, relay)?;
-                let json = |kc| serde_json::to_string_pretty(kc).expect("a kubeconfig serializes");
                 write(&local_kubeconfig, &json(&local))?;
-                write(&lab_kubeconfig, &json(&on_lan))?;
                 let config = kube::Config::from_custom_kubeconfig(local, &Default::default())
                     .await
                     .map_err(|e| crate::Error::transient("kubeconfig", e))?;
-                (None, kube::Client::try_from(config)?)
+                (None, kube::Client::try_from(config)?, on_lan)
             }
             None => {
                 let local = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding the API server"))?;
                 let on_lan = netns::bind_in(&lab.client_ns(), (lab.net.gateway(), 0).into())
                     .map_err(io("binding on the lab LAN"))?;
                 let lan_addr = on_lan.local_addr().map_err(io("lab address"))?;
-                let server = ApiServer::serve(vec![local, on_lan]).map_err(io("starting the API server"))?;
-                write(&lab_kubeconfig, &kubeconfig(&format!("http://{lan_addr}"), &namespace))?;
+                let server = ApiServer::serve(vec![
+                    (local, Access::AdminWithoutToken),
+                    (on_lan, Access::TokenRequired),
+                ])
+                .map_err(io("starting the API server"))?;
+                let on_lan: Kubeconfig = serde_saphyr::from_str(&kubeconfig(&format!("http://{lan_addr}"), &namespace))
+                    .expect("a valid kubeconfig");
                 write(&local_kubeconfig, &kubeconfig(&server.url(), &namespace))?;
                 let client = server.client();
-                (Some(server), client)
+                (Some(server), client, on_lan)
             }
         };
         // A lab with this number that a killed run left on a shared cluster goes first.
         release(&client, &namespace, lab.id).await?;
         install_crds(&client).await?;
         create_namespace(&client, &namespace).await?;
-        let text = std::fs::read_to_string(&lab_kubeconfig).map_err(io("reading the kubeconfig"))?;
+        let cluster_namespaces = vec![namespace.clone()];
+        chart::install(&client, lab.id, &namespace, &cluster_namespaces).await?;
+        let operator_token = dir.join("operator-token");
+        write(&operator_token, &token_of(&client, &namespace, OPERATOR_SA).await?)?;
+        let operator = with_token_file(&on_lan, &operator_token.to_string_lossy());
+        write(&operator_kubeconfig, &json(&operator))?;
+        let text = json(&with_token_file(&on_lan, &format!("{SA_DIR}/token")));
         for h in &lab.hosts {
             let path = h.path(HOST_KUBECONFIG);
             std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io("kubeconfig dir"))?;
@@ -108,8 +156,9 @@ impl ControlPlane {
             server,
             client,
             namespace,
-            lab_kubeconfig,
+            operator_kubeconfig,
             local_kubeconfig,
+            cluster_namespaces: tokio::sync::Mutex::new(cluster_namespaces),
             dir,
             bin: bin.to_path_buf(),
             switch_ns: lab.client_ns(),
@@ -125,6 +174,7 @@ impl ControlPlane {
             client: cp.client.clone(),
             hosts: lab.hosts.clone(),
             node_names: lab.hosts.iter().map(|h| cp.node_name(h)).collect(),
+            tokens: BTreeMap::new(),
         };
         cp.tasks.push(tokio::spawn(kubelet.run()));
         Ok(cp)
@@ -143,7 +193,8 @@ impl ControlPlane {
         release(&self.client, &self.namespace, self.lab_id).await
     }
 
-    /// Makes another namespace for clusters, labelled with the lab so that `release` takes it too.
+    /// Makes another namespace for clusters, labelled with the lab so that `release` takes it
+    /// too, and adds it to the chart's `clusterNamespaces` (a `helm upgrade`).
     pub async fn create_namespace(&self, name: &str) -> crate::Result<()> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let ns: Namespace = serde_json::from_value(json!({
@@ -151,7 +202,9 @@ impl ControlPlane {
         }))
         .expect("a valid Namespace");
         namespaces.create(&Default::default(), &ns).await?;
-        Ok(())
+        let mut all = self.cluster_namespaces.lock().await;
+        all.push(name.to_string());
+        chart::install(&self.client, self.lab_id, &self.namespace, &all).await
     }
 
     /// The Node name of a lab host (unique per lab, so labs can share a real cluster).
@@ -211,7 +264,7 @@ impl ControlPlane {
             .arg(self.bin.join("runc-etcd"))
             .args(["operator", "--namespace", &self.namespace, "--lease-seconds", "4"])
             .args(["--identity", &format!("operator-{i}")])
-            .env("KUBECONFIG", &self.lab_kubeconfig)
+            .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("RUNC_ETCD_LOG", "runc_etcd=debug,info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io("operator log"))?)
@@ -335,6 +388,7 @@ async fn release(client: &kube::Client, ns: &str, id: u8) -> crate::Result<()> {
     for ns in &all {
         delete_if_present(&namespaces, ns).await?;
     }
+    chart::remove(client, id).await?;
     for _ in 0..360 {
         let mut left = Vec::new();
         for ns in &all {
@@ -370,6 +424,8 @@ struct Kubelet {
     client: kube::Client,
     hosts: Vec<LabHost>,
     node_names: Vec<String>,
+    /// ServiceAccount tokens by (namespace, name).
+    tokens: BTreeMap<(String, String), String>,
 }
 
 fn unit_for(ds: &DaemonSet) -> String {
@@ -381,8 +437,8 @@ fn unit_for(ds: &DaemonSet) -> String {
 }
 
 impl Kubelet {
-    async fn run(self) {
-        let mut running: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+    async fn run(mut self) {
+        let mut running: BTreeMap<(String, usize), Pod> = BTreeMap::new();
         let mut tick = 0u32;
         loop {
             if let Err(e) = self.sync(&mut running, tick.is_multiple_of(20)).await {
@@ -393,7 +449,19 @@ impl Kubelet {
         }
     }
 
-    async fn sync(&self, running: &mut BTreeMap<(String, usize), Vec<String>>, recheck: bool) -> crate::Result<()> {
+    /// The token of a pod's ServiceAccount; an error (as the DaemonSet controller gets one) if
+    /// the account does not exist.
+    async fn token(&mut self, namespace: &str, account: &str) -> crate::Result<String> {
+        let key = (namespace.to_string(), account.to_string());
+        if let Some(t) = self.tokens.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = token_of(&self.client, namespace, account).await?;
+        self.tokens.insert(key, t.clone());
+        Ok(t)
+    }
+
+    async fn sync(&mut self, running: &mut BTreeMap<(String, usize), Pod>, recheck: bool) -> crate::Result<()> {
         let sets = Api::<DaemonSet>::all(self.client.clone())
             .list(&ListParams::default())
             .await?
@@ -405,10 +473,19 @@ impl Kubelet {
         if recheck {
             self.heartbeat(&nodes).await?;
         }
-        let mut want: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+        let mut want: BTreeMap<(String, usize), Pod> = BTreeMap::new();
         for ds in &sets {
             let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
                 continue;
+            };
+            let namespace = ds.metadata.namespace.clone().unwrap_or_default();
+            let account = pod.service_account_name.clone().unwrap_or_else(|| "default".into());
+            let token = match self.token(&namespace, &account).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!("lab kubelet: no pods for {}: {e}", unit_for(ds));
+                    continue;
+                }
             };
             let selector = pod.node_selector.clone().unwrap_or_default();
             let tolerations = pod.tolerations.clone().unwrap_or_default();
@@ -421,15 +498,20 @@ impl Kubelet {
                 }
                 let args = pod.containers[0].args.clone().unwrap_or_default();
                 let args = args.iter().map(|a| a.replace("$(NODE_NAME)", name)).collect();
-                want.insert((unit_for(ds), i), args);
+                let pod = Pod {
+                    args,
+                    namespace: namespace.clone(),
+                    token: token.clone(),
+                };
+                want.insert((unit_for(ds), i), pod);
             }
         }
-        for (key, args) in &want {
-            if running.get(key) != Some(args) || recheck {
+        for (key, pod) in &want {
+            if running.get(key) != Some(pod) || recheck {
                 let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
-                let args = args.clone();
+                let pod = pod.clone();
                 let node = self.node_names[key.1].clone();
-                tokio::task::spawn_blocking(move || start_agent(&h, &unit, &node, &args))
+                tokio::task::spawn_blocking(move || start_agent(&h, &unit, &node, &pod))
                     .await
                     .expect("agent start does not panic")?;
                 running.insert(key.clone(), want[key].clone());
@@ -477,7 +559,15 @@ impl Kubelet {
     }
 }
 
-fn start_agent(h: &LabHost, unit: &str, node: &str, args: &[String]) -> crate::Result<()> {
+/// What the stand-in kubelet runs for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pod {
+    args: Vec<String>,
+    namespace: String,
+    token: String,
+}
+
+fn start_agent(h: &LabHost, unit: &str, node: &str, pod: &Pod) -> crate::Result<()> {
     let active = h
         .exec(&["systemctl", "is-active", "--quiet", unit])
         .map(|o| o.status.success())
@@ -486,6 +576,16 @@ fn start_agent(h: &LabHost, unit: &str, node: &str, args: &[String]) -> crate::R
         return Ok(());
     }
     let _ = h.exec(&["systemctl", "reset-failed", unit]);
+    // The pod's token, at the standard path in the unit's own mount namespace.
+    let account = format!("{PODS_DIR}/{unit}/serviceaccount");
+    std::fs::create_dir_all(h.path(&account)).map_err(io("the pod's token folder"))?;
+    std::fs::create_dir_all(h.path(SA_DIR)).map_err(io("the token mount point"))?;
+    runc_etcd_host::write_atomic(&h.path(&format!("{account}/token")), pod.token.as_bytes(), 0o600)?;
+    runc_etcd_host::write_atomic(
+        &h.path(&format!("{account}/namespace")),
+        pod.namespace.as_bytes(),
+        0o644,
+    )?;
     let mut cmd: Vec<String> = [
         "systemd-run",
         "--unit",
@@ -494,6 +594,8 @@ fn start_agent(h: &LabHost, unit: &str, node: &str, args: &[String]) -> crate::R
         "Restart=always",
         "-p",
         "RestartSec=1",
+        "-p",
+        &format!("BindReadOnlyPaths={account}:{SA_DIR}"),
     ]
     .map(String::from)
     .to_vec();
@@ -506,7 +608,7 @@ fn start_agent(h: &LabHost, unit: &str, node: &str, args: &[String]) -> crate::R
         cmd.push(format!("--setenv={env}"));
     }
     cmd.push("/opt/lab/bin/runc-etcd".into());
-    cmd.extend(args.iter().cloned());
+    cmd.extend(pod.args.iter().cloned());
     let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
     h.check(&refs)
         .map_err(|e| crate::Error::transient("starting an agent", e))?;

@@ -5,6 +5,7 @@
 //! Labs are numbered; a lab holds a lock on its number, so tests can run side by side, and a lab
 //! left behind by a killed run is cleaned up when its number is taken again.
 
+mod chart;
 pub mod control;
 pub mod external;
 mod host;
