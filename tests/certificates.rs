@@ -92,6 +92,81 @@ fn served(p: &Plane, h: &runc_etcd_testkit::lab::LabHost) -> (String, String, St
     (file.trim().to_string(), key, live.trim().to_string())
 }
 
+/// Each member's key was made on its host and is nowhere in the API; the agents' own token reads
+/// their members' certificates and is refused the CA's Secret, every other Secret, and writes
+/// to EtcdMember specs.
+fn keys_stay_on_their_hosts_and_agents_read_only_their_secrets(p: &Plane) {
+    use std::os::unix::fs::PermissionsExt;
+    let admin: Api<Secret> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let stored: Vec<Secret> = p.rt.block_on(admin.list(&Default::default())).unwrap().items;
+    let in_api: Vec<String> = stored
+        .iter()
+        .flat_map(|s| {
+            s.data
+                .iter()
+                .flatten()
+                .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned())
+        })
+        .collect();
+    let members: Api<runc_etcd_api::EtcdMember> = Api::namespaced(p.cp.client.clone(), p.ns());
+    let members = p.rt.block_on(members.list(&Default::default())).unwrap().items;
+    assert_eq!(members.len(), 3);
+    for m in &members {
+        let secret = stored
+            .iter()
+            .find(|s| s.metadata.name == m.spec.tls_secret)
+            .expect("the member's Secret");
+        let files: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+        assert!(files.iter().all(|f| f.ends_with(".crt")), "{files:?}");
+        let h = p.lab.host(host_of(p, &m.spec.node_name));
+        let key_file = h.path(&format!(
+            "/var/lib/runc-etcd/{}/keys/{}.key",
+            p.instance("main"),
+            m.spec.member_name
+        ));
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key_file.display());
+        let key = std::fs::read_to_string(&key_file).unwrap();
+        assert!(
+            !in_api.iter().any(|v| v.contains(key.trim())),
+            "a member's key is in a Secret"
+        );
+    }
+    let agent = p.service_account_client("runc-etcd-agent");
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), p.ns());
+    let mine = members[0].spec.tls_secret.clone().unwrap();
+    assert!(
+        p.rt.block_on(secrets.get(&mine)).is_ok(),
+        "an agent reads its member's certificates"
+    );
+    let who = format!("system:serviceaccount:{}:runc-etcd-agent", p.ns());
+    for name in ["main-ca", "main-client-tls", "main-app-billing-tls"] {
+        match p.rt.block_on(secrets.get(name)) {
+            Err(kube::Error::Api(e)) => assert_eq!(
+                (e.code, e.message),
+                (
+                    403,
+                    format!(
+                        "secrets \"{name}\" is forbidden: User \"{who}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"{}\"",
+                        p.ns()
+                    )
+                )
+            ),
+            other => panic!("the agent read Secret {name}: {other:?}"),
+        }
+    }
+    let members_as_agent: Api<runc_etcd_api::EtcdMember> = Api::namespaced(agent, p.ns());
+    let patch = serde_json::json!({"spec": {"image": "elsewhere"}});
+    match p.rt.block_on(members_as_agent.patch(
+        &members[0].metadata.name.clone().unwrap(),
+        &Default::default(),
+        &kube::api::Patch::Merge(&patch),
+    )) {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{}", e.message),
+        other => panic!("the agent patched an EtcdMember's spec: {other:?}"),
+    }
+}
+
 #[test]
 fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_service() {
     let p = Plane::up(3);
@@ -103,6 +178,7 @@ fn certificates_are_renewed_under_writes_without_a_restart_and_name_the_client_s
     );
     let w = writer(&p, &c);
     every_unit_active(&p);
+    keys_stay_on_their_hosts_and_agents_read_only_their_secrets(&p);
     let since = Since::now();
     let before: Vec<_> = p.lab.hosts.iter().map(|h| served(&p, h)).collect();
     for (file, _, live) in &before {

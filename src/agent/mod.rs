@@ -230,11 +230,11 @@ async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
         tracing::warn!("{name}: its EtcdMember was deleted without the controller releasing it; it keeps running");
     }
     // observedGeneration moves only once the spec is made real (the controller waits on it).
-    let base = m.status.clone().unwrap_or_default();
+    let mut base = m.status.clone().unwrap_or_default();
     if ctx.paused().await? {
         return report_paused(m, ctx, &name, base).await;
     }
-    let certs = match secrets::member_certs(m, ctx).await? {
+    let certs = match secrets::member_certs(m, ctx, &name, &mut base).await? {
         secrets::Certs::Ready(certs) => certs,
         secrets::Certs::Waiting(message) => {
             ctx.report(m, phase(base, MemberPhase::Pending, message)).await?;

@@ -27,7 +27,6 @@ use runc_etcd_host::etcd::{self, Access};
 // NOSPACE recovery; after every member was released for a rebuild.
 use runc_etcd_host::failpoint::hit as failpoint;
 use runc_etcd_host::names::MemberName;
-use runc_etcd_host::pki;
 
 /// The result of carrying out (part of) a recorded change.
 #[derive(Debug)]
@@ -70,7 +69,6 @@ pub async fn act(c: &EtcdCluster, ctx: &Ctx, view: &View, access: &Access, op: &
             };
             MemberName::new(name.clone())?;
             let peer = children::peer_url(c, &ip);
-            ensure_member_secret(c, ctx, &name, &ip).await?;
             let state = if op.kind == AddLearner {
                 let Some(etcd_view) = &view.etcd else {
                     return Ok(Outcome::NotYet(
@@ -398,28 +396,3 @@ async fn recover_space(view: &View, access: &Access) -> Result<Outcome> {
 
 /// How long one member may take to come back on a new image.
 const UPGRADE_TIMEOUT_SECS: i64 = 180;
-
-async fn ensure_member_secret(c: &EtcdCluster, ctx: &Ctx, name: &str, ip: &str) -> Result<()> {
-    if !c.spec.tls.enabled {
-        return Ok(());
-    }
-    let secrets: Api<Secret> = ctx.api(c);
-    if secrets
-        .get_opt(&runc_etcd_api::contract::member_secret(name))
-        .await?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let ca_secret = secrets.get(&c.ca_secret()).await?;
-    let keyring = runc_etcd_api::contract::read_keyring(&ca_secret)
-        .ok_or_else(|| Error::transient("reading the CA Secret", "no ca.crt/ca.key"))?;
-    let ip = runc_etcd_host::names::parse_ip(ip)?;
-    let policy = crate::operator::certs::current_policy(c, ctx).await?;
-    let certs = pki::MemberCerts {
-        // a new member starts trusting what the others are to trust (a rotation's bundle)
-        ca_cert: keyring.trust.clone(),
-        ..pki::issue(&keyring.signing, &MemberName::new(name)?, ip, &policy, None)?
-    };
-    Ok(create_or_keep(&secrets, &children::member_tls_secret(c, name, &certs)).await?)
-}

@@ -1,4 +1,8 @@
-//! Certificates kept valid for years of service. Every member's Secret and the client identity
+//! Certificates kept valid for years of service, for keys that stay where they are used. A
+//! member's key is made by its agent on its host, which asks for certificates with a signing
+//! request in the EtcdMember's status; the controller checks it (its signature, the member's
+//! name) and writes the certificates, never a key, into the member's Secret, with the names it
+//! chooses itself. Every member's Secret and the client identity
 //! are issued again from the cluster CA, each certificate keeping its key, once two thirds of
 //! `spec.tls.certificateValidity` has passed, or when a member's serving certificate lacks a
 //! name it must carry (the client Service's DNS names and ClusterIP, new since it was issued).
@@ -20,7 +24,7 @@ use runc_etcd_api::contract::{self, ClusterNames, Keyring};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{EtcdCluster, EtcdMember};
 use runc_etcd_host::names::{MemberName, parse_ip};
-use runc_etcd_host::pki::{self, Ca, ClientTls, MemberCerts, Policy};
+use runc_etcd_host::pki::{self, Ca, ClientTls, IssuedCerts, Policy};
 
 /// How the cluster's leaves are issued: its validity, and the client Service's names in every
 /// form a client in the cluster may use, with its ClusterIP once the API server gave it one.
@@ -56,11 +60,11 @@ fn foreign(pem: &str, signing: &Ca) -> bool {
 }
 
 /// Whether a member's certificates are to be issued again at `now` by `signing`.
-pub fn member_due(certs: &MemberCerts, signing: &Ca, policy: &Policy, now: chrono::DateTime<chrono::Utc>) -> bool {
+pub fn member_due(certs: &IssuedCerts, signing: &Ca, policy: &Policy, now: chrono::DateTime<chrono::Utc>) -> bool {
     [&certs.server, &certs.peer, &certs.client]
         .iter()
-        .any(|(cert, _)| pki::renewal_due(cert, policy.validity, now) || foreign(cert, signing))
-        || pki::lacks_names(&certs.server.0, policy)
+        .any(|cert| pki::renewal_due(cert, policy.validity, now) || foreign(cert, signing))
+        || pki::lacks_names(&certs.server, policy)
 }
 
 /// Whether a certificate expiring at `not_after` is overdue for renewal at `now`: in the last
@@ -181,30 +185,63 @@ pub async fn client_identities(c: &EtcdCluster, ctx: &Ctx) -> Result<Vec<(String
     Ok(own.into_iter().chain(apps).collect())
 }
 
-/// Every member's Secret renewed where due (same keys, same trust bundle: a rotation paces
-/// trust changes itself, one member at a time).
+/// Every member's Secret written from its agent's request: issued when the member has none or
+/// its certificates are for another key (a host that made a new one), renewed where due (same
+/// key, same trust bundle: a rotation paces trust changes itself, one member at a time).
 pub async fn members(c: &EtcdCluster, ctx: &Ctx, keyring: &Keyring) -> Result<()> {
     let ca = &keyring.signing;
     let policy = current_policy(c, ctx).await?;
     let now = chrono::Utc::now();
     let members: Api<EtcdMember> = ctx.api(c);
     let members = members.list(&selector(c)).await?.items;
-    for (m, certs) in of_members(c, ctx, &members).await? {
-        if !member_due(&certs, ca, &policy, now) {
-            continue;
-        }
-        let member = MemberName::new(m.spec.member_name.clone())?;
-        let renewed = MemberCerts {
-            ca_cert: certs.ca_cert.clone(),
-            ..pki::issue(ca, &member, parse_ip(&m.spec.ip)?, &policy, Some(&certs))?
+    let stored = of_members(c, ctx, &members).await?;
+    for m in members.iter().filter(|m| m.metadata.deletion_timestamp.is_none()) {
+        let Some(csr) = m.status.as_ref().and_then(|s| s.certificate_request.as_deref()) else {
+            continue; // its agent has not asked yet
         };
-        replace(c, ctx, &children::member_tls_secret(c, &m.spec.member_name, &renewed)).await?;
+        let current = stored
+            .iter()
+            .find(|(s, _)| s.name_any() == m.name_any())
+            .map(|(_, c)| c);
+        let (why, reason) = match current {
+            None => ("issued", "CertificateIssued"),
+            Some(certs) if !certs.certify(csr) => ("issued for the new key its host made", "CertificateIssued"),
+            Some(certs) if member_due(certs, ca, &policy, now) => ("renewed (same key)", "CertificateRenewed"),
+            Some(_) => continue,
+        };
+        let member = MemberName::new(m.spec.member_name.clone())?;
+        let issued = match pki::issue_requested(ca, &member, parse_ip(&m.spec.ip)?, &policy, csr) {
+            Ok(issued) => issued,
+            Err(e) => {
+                let note = format!("member {member}'s certificate request is refused: {e}");
+                ctx.event(
+                    c,
+                    EventType::Warning,
+                    "CertificateRequestRefused",
+                    Some(&m.name_any()),
+                    note,
+                )
+                .await;
+                continue;
+            }
+        };
+        // A new member trusts what the others are to trust (a rotation's bundle); a renewal
+        // keeps the member's bundle, which only the rotation changes.
+        let issued = IssuedCerts {
+            ca_cert: current.map_or_else(|| keyring.trust.clone(), |c| c.ca_cert.clone()),
+            ..issued
+        };
+        let secret = children::member_tls_secret(c, &m.spec.member_name, &issued);
+        if current.is_none() {
+            create_or_keep(&ctx.api(c), &secret).await?;
+        } else {
+            replace(c, ctx, &secret).await?;
+        }
         let note = format!(
-            "the certificates of member {member} were renewed (same keys), valid until {}; its agent installs them and etcd serves them from its next connection, without a restart",
-            not_after(&renewed.server.0)
+            "the certificates of member {member} were {why}, valid until {}; its agent installs them (a renewal is served from etcd's next connection, without a restart)",
+            not_after(&issued.server)
         );
-        ctx.event(c, EventType::Normal, "CertificateRenewed", Some(&m.name_any()), note)
-            .await;
+        ctx.event(c, EventType::Normal, reason, Some(&m.name_any()), note).await;
     }
     Ok(())
 }
@@ -215,7 +252,7 @@ pub async fn of_members<'a>(
     c: &EtcdCluster,
     ctx: &Ctx,
     members: &'a [EtcdMember],
-) -> Result<Vec<(&'a EtcdMember, MemberCerts)>> {
+) -> Result<Vec<(&'a EtcdMember, IssuedCerts)>> {
     let secrets: Api<Secret> = ctx.api(c);
     let selector = format!("{}={}", contract::CLUSTER_LABEL, c.name_any());
     let stored = secrets.list(&ListParams::default().labels(&selector)).await?.items;
@@ -233,10 +270,17 @@ fn not_after(pem: &str) -> String {
     pki::cert_info(pem).map_or_else(|| "?".into(), |i| i.not_after.to_rfc3339())
 }
 
-/// Writes a Secret's files over the stored ones.
+/// Writes a Secret's files over the stored ones. A member Secret made by an older version
+/// loses the private keys it held.
 async fn replace(c: &EtcdCluster, ctx: &Ctx, s: &Secret) -> Result<()> {
     let api: Api<Secret> = ctx.api(c);
-    let patch = serde_json::json!({ "data": s.data });
+    let mut data = serde_json::json!(s.data);
+    if s.name_any().ends_with("-tls") && data.get("server.crt").is_some() {
+        for key in ["server.key", "peer.key", "client.key"] {
+            data[key] = serde_json::Value::Null;
+        }
+    }
+    let patch = serde_json::json!({ "data": data });
     api.patch(&s.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
@@ -289,7 +333,8 @@ mod tests {
             &without_ip,
             None,
         )
-        .unwrap();
+        .unwrap()
+        .issued();
         let now = chrono::Utc::now();
         assert!(!member_due(&certs, &ca, &without_ip, now));
         assert!(member_due(

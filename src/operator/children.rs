@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
@@ -20,7 +21,7 @@ use runc_etcd_api::contract::{
     member_secret,
 };
 use runc_etcd_api::{EtcdCluster, EtcdMember, EtcdMemberSpec, InitialClusterState};
-use runc_etcd_host::pki::{ClientTls, MemberCerts};
+use runc_etcd_host::pki::{ClientTls, IssuedCerts};
 
 pub const MANAGER: &str = "runc-etcd-operator";
 
@@ -291,20 +292,56 @@ pub fn app_secret(c: &EtcdCluster, app: &str, tls: &ClientTls) -> Secret {
     s
 }
 
-pub fn member_tls_secret(c: &EtcdCluster, member: &str, certs: &MemberCerts) -> Secret {
+/// A member's certificates, signed for the key its host holds: no private key.
+pub fn member_tls_secret(c: &EtcdCluster, member: &str, certs: &IssuedCerts) -> Secret {
     secret(
         c,
         member_secret(member),
         &[
             ("ca.crt", &certs.ca_cert),
-            ("server.crt", &certs.server.0),
-            ("server.key", &certs.server.1),
-            ("peer.crt", &certs.peer.0),
-            ("peer.key", &certs.peer.1),
-            ("client.crt", &certs.client.0),
-            ("client.key", &certs.client.1),
+            ("server.crt", &certs.server),
+            ("peer.crt", &certs.peer),
+            ("client.crt", &certs.client),
         ],
     )
+}
+
+/// The agents' Role in the cluster's namespace (`<cluster>-agent`): `get` on exactly the
+/// Secrets they read, by name — the members' certificates and the backups' S3 credentials —
+/// and so never the CA's or an application's. With no name to give, no rule: a rule with an
+/// empty `resourceNames` would grant every Secret.
+pub fn agent_role(c: &EtcdCluster, secrets: &std::collections::BTreeSet<String>) -> Role {
+    let rules = (!secrets.is_empty()).then(|| {
+        vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(secrets.iter().cloned().collect()),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]
+    });
+    Role {
+        metadata: meta(c, c.agent_name()),
+        rules: Some(rules.unwrap_or_default()),
+    }
+}
+
+/// Binds `agent_role` to the agents' ServiceAccount (in the operator's namespace).
+pub fn agent_role_binding(c: &EtcdCluster, agent: &AgentImage) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(c, c.agent_name()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: c.agent_name(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: agent.service_account.clone(),
+            namespace: Some(agent.namespace.clone()),
+            ..Default::default()
+        }]),
+    }
 }
 
 /// A member as the controller plans it.
@@ -437,11 +474,18 @@ mod tests {
         let c = cluster(SPEC);
         let ca = runc_etcd_host::pki::new_ca("main").unwrap();
         let policy = runc_etcd_host::pki::Policy::default();
-        let certs = runc_etcd_host::pki::issue(&ca, &"m1".parse().unwrap(), "10.0.0.1".parse().unwrap(), &policy, None)
-            .unwrap();
+        let key = runc_etcd_host::pki::new_key().unwrap();
+        let name = "m1".parse().unwrap();
+        let csr = runc_etcd_host::pki::request(&name, &key).unwrap();
+        let certs =
+            runc_etcd_host::pki::issue_requested(&ca, &name, "10.0.0.1".parse().unwrap(), &policy, &csr).unwrap();
         let s = member_tls_secret(&c, "m1", &certs);
+        assert!(
+            s.data.as_ref().unwrap().keys().all(|k| k.ends_with(".crt")),
+            "no private key in a member's Secret"
+        );
         let back = runc_etcd_api::contract::read_member_certs(&s).unwrap();
-        assert_eq!(back.server, certs.server);
+        assert_eq!(back, certs);
         assert_eq!(
             runc_etcd_api::contract::read_keyring(&ca_secret(&c, &ca))
                 .unwrap()

@@ -2,8 +2,11 @@
 //! finalizer, valid names, the TLS Secrets (the CA and the controller's client identity), the
 //! agent DaemonSet and the client Service.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -12,8 +15,11 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::operator::context::{Ctx, apply, selector};
+use crate::operator::observe::View;
 use crate::operator::{certs, children};
-use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, Keyring, MEMBER_FINALIZER, NODE_LABEL, released};
+use runc_etcd_api::contract::{
+    CLUSTER_FINALIZER, ClusterNames, Keyring, MEMBER_FINALIZER, NODE_LABEL, let_go_if_retired, released,
+};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
 use runc_etcd_host::etcd::Access;
@@ -79,6 +85,29 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
     Ok(Ensured::Ready(access, keyring))
 }
 
+/// The agents may read exactly the Secrets they need (`children::agent_role`): each member's
+/// certificates, and the S3 credentials of the cluster's backups and of the one a new seed
+/// restores from. Written only when the names change.
+pub async fn agent_access(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
+    let mut secrets: BTreeSet<String> = view.members.iter().filter_map(|m| m.spec.tls_secret.clone()).collect();
+    let s3 = |d: Option<&runc_etcd_api::S3Destination>| d.map(|s| s.credentials_secret.clone());
+    secrets.extend(s3(c.spec.backup.as_ref().and_then(|b| b.s3.as_ref())));
+    for b in view.backups.iter().chain(&view.restore) {
+        let dest = b.status.as_ref().and_then(|s| s.destination.as_ref());
+        secrets.extend(s3(dest.and_then(|d| d.s3.as_ref())));
+    }
+    let role = children::agent_role(c, &secrets);
+    let roles: Api<Role> = ctx.api(c);
+    if roles.get_opt(&c.agent_name()).await?.map(|r| r.rules) != Some(role.rules.clone()) {
+        roles.patch(&c.agent_name(), &apply(), &Patch::Apply(&role)).await?;
+    }
+    let bindings: Api<RoleBinding> = ctx.api(c);
+    if bindings.get_opt(&c.agent_name()).await?.is_none() {
+        create_or_keep(&bindings, &children::agent_role_binding(c, &ctx.agent)).await?;
+    }
+    Ok(())
+}
+
 /// EtcdMembers deleted or relabelled by hand are made again as they were: members leave only
 /// through the controller's steps (etcd removes them first, quorum kept), and their agents keep
 /// running a member whose EtcdMember was not released (`contract::released`).
@@ -86,6 +115,9 @@ async fn restore_members(c: &EtcdCluster, ctx: &Ctx) -> Result<()> {
     let api: Api<EtcdMember> = ctx.api(c);
     for m in api.list(&selector(c)).await?.items {
         let name = m.name_any();
+        if let_go_if_retired(&api, &m).await? {
+            continue;
+        }
         if m.metadata.deletion_timestamp.is_some() && !released(&m) {
             // A deleting object cannot be taken back: let it go (its member keeps running) and
             // make it again from what it said.

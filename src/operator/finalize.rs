@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::error::Result;
 use crate::operator::context::{Ctx, selector};
-use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, release_and_delete, released};
+use runc_etcd_api::contract::{CLUSTER_FINALIZER, ClusterNames, let_go_if_retired, release_and_delete, released};
 use runc_etcd_api::objects::delete_if_present;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
 
@@ -25,6 +25,9 @@ pub async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     let members: Api<EtcdMember> = ctx.api(c);
     let left = members.list(&selector(c)).await?.items;
     if !left.is_empty() {
+        for m in &left {
+            let_go_if_retired(&members, m).await?;
+        }
         for m in left
             .iter()
             .filter(|m| m.metadata.deletion_timestamp.is_none() || !released(m))

@@ -57,6 +57,7 @@ async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
         }
     };
     let view = observe::all(c, ctx, &access).await?;
+    ensure::agent_access(c, ctx, &view).await?;
     let backup_due = backups::tend(c, ctx, &view).await?;
     // A CA rotation restarting a member holds every other step this pass: two restarts at once
     // could cost quorum.

@@ -224,9 +224,7 @@ pub async fn tend(c: &EtcdCluster, ctx: &Ctx, view: &View, keyring: &Keyring) ->
         members.push(MemberTrust {
             name: m.spec.member_name.clone(),
             trusts: trusts(&certs.ca_cert),
-            signed: [&certs.server, &certs.peer, &certs.client]
-                .iter()
-                .all(|(c, _)| signed(c)),
+            signed: [&certs.server, &certs.peer, &certs.client].iter().all(|c| signed(c)),
             installed: reported == Some(pki::digest(&certs).as_str()),
             healthy: healthy(c, view, &m.spec.ip),
         });

@@ -28,6 +28,8 @@ OPERATOR = {
     ("", "nodes"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("coordination.k8s.io", "leases"): {"list"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch"},
 }
 # In the release namespace: leader election and the agent DaemonSets (which live there).
 ELECTION = {
@@ -38,14 +40,13 @@ ELECTION = {
 # agents' access to its members before they are retired.
 AGENT_CLUSTER = {
     ("runc-etcd.io", "etcdclusters"): {"get"},
-    ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "patch"},
+    ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch"},
     ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "patch"},
     ("runc-etcd.io", "etcdmembers/status"): {"patch"},
     ("runc-etcd.io", "etcdbackups/status"): {"patch"},
 }
-# In each cluster namespace.
+# In each cluster namespace (Secrets: the operator's Role per cluster names them).
 AGENT = {
-    ("", "secrets"): {"get"},
     ("coordination.k8s.io", "leases"): {"get", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }

@@ -175,6 +175,23 @@ impl Plane {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// A client of the control plane as ServiceAccount `name` of the lab's namespace (its token
+    /// from the TokenRequest API, as `kubectl create token` gets it).
+    pub fn service_account_client(&self, name: &str) -> kube::Client {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.cp.client.clone(), self.ns());
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {"audiences": []}})).unwrap();
+        let token = self
+            .rt
+            .block_on(accounts.create_token_request(name, &Default::default(), &request))
+            .unwrap()
+            .status
+            .unwrap()
+            .token;
+        self.client_with_token(&token)
+    }
+
     pub fn client_tls(&self, cluster: &str) -> Option<TlsOptions> {
         let s = self.secret(&format!("{cluster}-client-tls"))?;
         let data = s.data.unwrap();

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use runc_etcd_host::pki::{Ca, ClientTls, MemberCerts};
+use runc_etcd_host::pki::{Ca, ClientTls, IssuedCerts};
 
 use crate::EtcdCluster;
 
@@ -165,12 +165,14 @@ pub fn read_client(s: &Secret) -> Option<ClientTls> {
     })
 }
 
-pub fn read_member_certs(s: &Secret) -> Option<MemberCerts> {
-    Some(MemberCerts {
+/// A member's certificates as its Secret holds them: certificates only, for the key its host
+/// made (the request in the EtcdMember's `status.certificateRequest`).
+pub fn read_member_certs(s: &Secret) -> Option<IssuedCerts> {
+    Some(IssuedCerts {
         ca_cert: file(s, "ca.crt")?,
-        server: (file(s, "server.crt")?, file(s, "server.key")?),
-        peer: (file(s, "peer.crt")?, file(s, "peer.key")?),
-        client: (file(s, "client.crt")?, file(s, "client.key")?),
+        server: file(s, "server.crt")?,
+        peer: file(s, "peer.crt")?,
+        client: file(s, "client.crt")?,
     })
 }
 
@@ -194,6 +196,26 @@ pub async fn release_and_delete(api: &Api<crate::EtcdMember>, m: &crate::EtcdMem
         crate::objects::delete_if_present(api, &name).await?;
     }
     Ok(())
+}
+
+/// Drops the agent's finalizer from a released member its agent reports `Retired` (stopped and
+/// archived on its host): the controller's to do, since agents do not write EtcdMember
+/// metadata. Returns whether it did. Idempotent.
+pub async fn let_go_if_retired(api: &Api<crate::EtcdMember>, m: &crate::EtcdMember) -> kube::Result<bool> {
+    let retired = m.status.as_ref().and_then(|s| s.phase) == Some(crate::MemberPhase::Retired);
+    if m.metadata.deletion_timestamp.is_none()
+        || !released(m)
+        || !retired
+        || !m.finalizers().iter().any(|f| f == MEMBER_FINALIZER)
+    {
+        return Ok(false);
+    }
+    let patch = crate::objects::finalizers_patch(m, None, Some(MEMBER_FINALIZER));
+    match api.patch(&m.name_any(), &PatchParams::default(), &patch).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// The agent's heartbeat for a member: a Lease named after it, renewed by its node.

@@ -129,6 +129,10 @@ pub struct EtcdMemberStatus {
     /// (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after: Option<String>,
+    /// The member's certificate signing request (PEM), for the key its agent made on the host
+    /// (the key never leaves it): the controller signs it into the member's Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_request: Option<String>,
     /// A digest of the certificates and trust bundle installed on the host for this member
     /// (not its keys): the controller compares it with the member's Secret to know a change
     /// has reached the host.

@@ -113,7 +113,9 @@ string_enum! {
 string_enum! {
     /// One member on its host, as its agent reports it (EtcdMember `status.phase`). DataLost:
     /// the data it ran on is gone from its host; it is kept stopped (starting it would make a
-    /// second cluster, or a voter with an empty log), and the controller replaces it.
+    /// second cluster, or a voter with an empty log), and the controller replaces it. Retired:
+    /// a released member stopped and archived on its host; the controller then lets the object
+    /// go (agents do not write EtcdMember specs or metadata).
     MemberPhase {
         Pending = "Pending",
         Pulling = "Pulling",
@@ -123,6 +125,7 @@ string_enum! {
         Upgrading = "Upgrading",
         Reconfiguring = "Reconfiguring",
         Stopping = "Stopping",
+        Retired = "Retired",
         Failed = "Failed",
         DataLost = "DataLost",
     }

@@ -74,6 +74,12 @@ impl MemberPaths {
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca")
     }
+    /// Private keys made on this host for members of the instance, and their certificate
+    /// requests (`<member>.key` 0600, `<member>.csr`; not mounted): the agent's, whose
+    /// controller signs the request.
+    pub fn keys(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
     pub fn bundle(&self) -> PathBuf {
         self.dir.join("bundle")
     }

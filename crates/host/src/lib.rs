@@ -199,7 +199,7 @@ impl Engine {
         let tls = if keep_tls {
             vec![]
         } else {
-            vec![paths.pki(), paths.client(), paths.ca()]
+            vec![paths.pki(), paths.client(), paths.ca(), paths.keys()]
         };
         let dest = layout::timestamped(&paths.archive(), why);
         private_dir(&paths.archive())?;

@@ -57,7 +57,38 @@ pub struct MemberCerts {
     pub client: (String, String),
 }
 
+/// A member's certificates as the controller issues them for the key its host made, PEM: no
+/// private key, which never leaves the host (`new_key`, `request`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedCerts {
+    /// The trust bundle.
+    pub ca_cert: String,
+    pub server: String,
+    pub peer: String,
+    pub client: String,
+}
+
 impl MemberCerts {
+    /// A member's files: its issued certificates, which all certify `key` (PEM).
+    pub fn with_key(issued: IssuedCerts, key: &str) -> MemberCerts {
+        MemberCerts {
+            ca_cert: issued.ca_cert,
+            server: (issued.server, key.to_string()),
+            peer: (issued.peer, key.to_string()),
+            client: (issued.client, key.to_string()),
+        }
+    }
+
+    /// The certificates alone.
+    pub fn issued(&self) -> IssuedCerts {
+        IssuedCerts {
+            ca_cert: self.ca_cert.clone(),
+            server: self.server.0.clone(),
+            peer: self.peer.0.clone(),
+            client: self.client.0.clone(),
+        }
+    }
+
     pub fn client_tls(&self) -> ClientTls {
         ClientTls {
             ca: self.ca_cert.clone(),
@@ -205,23 +236,51 @@ pub fn load_ca(dir: &Path) -> Result<Ca> {
     Ok(ca)
 }
 
-/// A leaf signed by `ca`, valid from a minute ago for `validity`; with `key` (PEM) the same
-/// key is certified again (a renewal: etcd, which reads its files at each handshake, then never
-/// sees a certificate beside a key it does not match), else a new one is made.
+/// The key a leaf certifies.
+enum Subject<'a> {
+    /// A new key, made here.
+    NewKey,
+    /// This key (PEM), certified again (a renewal: etcd, which reads its files at each
+    /// handshake, then never sees a certificate beside a key it does not match).
+    Key(&'a str),
+    /// The public key of a request (`request`): the private key is elsewhere.
+    Requested(&'a rcgen::PublicKey),
+}
+
+/// A leaf signed by `ca`, valid from a minute ago for `validity`, and its key (PEM; empty for
+/// a requested one).
 fn leaf(
     ca: &Ca,
     cn: &str,
     sans: Vec<SanType>,
     usages: Vec<ExtendedKeyUsagePurpose>,
     validity: Duration,
-    key: Option<&str>,
+    subject: Subject,
 ) -> Result<(String, String)> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| tls_err("a certificate", e))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| tls_err("a certificate", e))?;
-    let key = match key {
-        Some(pem) => KeyPair::from_pem(pem).map_err(|e| tls_err("a certificate from its key", e))?,
-        None => KeyPair::generate().map_err(|e| tls_err("a key", e))?,
+    let key = match subject {
+        Subject::Key(pem) => KeyPair::from_pem(pem).map_err(|e| tls_err("a certificate from its key", e))?,
+        Subject::NewKey => KeyPair::generate().map_err(|e| tls_err("a key", e))?,
+        Subject::Requested(public) => {
+            let cert = leaf_params(cn, sans, usages, validity)
+                .signed_by(public, &issuer)
+                .map_err(|e| tls_err(cn, e))?;
+            return Ok((cert.pem(), String::new()));
+        }
     };
+    let cert = leaf_params(cn, sans, usages, validity)
+        .signed_by(&key, &issuer)
+        .map_err(|e| tls_err(cn, e))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn leaf_params(
+    cn: &str,
+    sans: Vec<SanType>,
+    usages: Vec<ExtendedKeyUsagePurpose>,
+    validity: Duration,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, cn);
@@ -231,8 +290,90 @@ fn leaf(
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
     params.not_after = now + validity;
-    let cert = params.signed_by(&key, &issuer).map_err(|e| tls_err(cn, e))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    params
+}
+
+/// A private key for a member, made on its host (PEM; write it 0600). Its three certificates
+/// certify it.
+pub fn new_key() -> Result<String> {
+    Ok(KeyPair::generate().map_err(|e| tls_err("a key", e))?.serialize_pem())
+}
+
+/// A certificate signing request for member `name`'s `key` (PEM): what its agent sends the
+/// controller, which answers with `issue_requested`.
+pub fn request(name: &MemberName, key: &str) -> Result<String> {
+    let key = KeyPair::from_pem(key).map_err(|e| tls_err("a request from the member's key", e))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name.as_str());
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| tls_err("a certificate request", e))?;
+    csr.pem().map_err(|e| tls_err("a certificate request", e))
+}
+
+/// Reads member `name`'s request: its signature must verify (its sender holds the key) and its
+/// subject must be the member. What it asks for besides its key is ignored: the names are the
+/// controller's to choose.
+fn read_request(csr: &str, name: &MemberName) -> Result<rcgen::PublicKey> {
+    let refused = |why: String| Error::Refused(format!("the certificate request of member {name}: {why}"));
+    let req = rcgen::CertificateSigningRequestParams::from_pem(csr).map_err(|e| refused(e.to_string()))?;
+    let cn = req
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .map(dn_text)
+        .unwrap_or_default();
+    if cn != name.as_str() {
+        return Err(refused(format!("it is for \"{cn}\", not for the member")));
+    }
+    Ok(req.public_key)
+}
+
+fn dn_text(v: &rcgen::DnValue) -> String {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Issues member `name`'s certificates for the key of its request `csr` (`request`), with the
+/// names `issue` gives (its address, localhost, the policy's Service names).
+pub fn issue_requested(ca: &Ca, name: &MemberName, ip: IpAddr, policy: &Policy, csr: &str) -> Result<IssuedCerts> {
+    let public = read_request(csr, name)?;
+    let certs = issue_with(ca, name, ip, policy, |_| Subject::Requested(&public))?;
+    Ok(IssuedCerts {
+        ca_cert: certs.ca_cert,
+        server: certs.server.0,
+        peer: certs.peer.0,
+        client: certs.client.0,
+    })
+}
+
+impl IssuedCerts {
+    /// Whether all three certificates certify the key of request `csr`.
+    pub fn certify(&self, csr: &str) -> bool {
+        [&self.server, &self.peer, &self.client]
+            .iter()
+            .all(|c| certifies_request(c, csr))
+    }
+}
+
+/// Whether a certificate certifies the key of request `csr` (a host that lost its key makes a
+/// new one, and its old certificates are then of no use to it).
+pub fn certifies_request(cert: &str, csr: &str) -> bool {
+    use x509_parser::prelude::*;
+    let requested = parse_x509_pem(csr.as_bytes()).ok().and_then(|(_, p)| {
+        let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&p.contents).ok()?;
+        Some(req.certification_request_info.subject_pki.raw.to_vec())
+    });
+    let certified = parse_x509_pem(cert.as_bytes()).ok().and_then(|(_, p)| {
+        let c = p.parse_x509().ok()?;
+        Some(c.tbs_certificate.subject_pki.raw.to_vec())
+    });
+    requested.is_some() && requested == certified
 }
 
 /// Issues a member's certificates from the cluster CA. The serving and peer certificates name
@@ -245,8 +386,22 @@ pub fn issue(
     policy: &Policy,
     renewing: Option<&MemberCerts>,
 ) -> Result<MemberCerts> {
+    let keys = renewing.map(|c| [c.server.1.as_str(), c.peer.1.as_str(), c.client.1.as_str()]);
+    issue_with(ca, name, ip, policy, |i| match keys {
+        Some(k) => Subject::Key(k[i]),
+        None => Subject::NewKey,
+    })
+}
+
+/// `issue`, each certificate (0: server, 1: peer, 2: client) for the key `subject` gives.
+fn issue_with<'a>(
+    ca: &Ca,
+    name: &MemberName,
+    ip: IpAddr,
+    policy: &Policy,
+    subject: impl Fn(usize) -> Subject<'a>,
+) -> Result<MemberCerts> {
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-    let key = |pick: fn(&MemberCerts) -> &(String, String)| renewing.map(|c| pick(c).1.as_str());
     let mut server_names = serving_names(ip);
     for dns in &policy.service_names {
         server_names.push(SanType::DnsName(
@@ -264,7 +419,7 @@ pub fn issue(
             server_names,
             vec![ServerAuth],
             policy.validity,
-            key(|c| &c.server),
+            subject(0),
         )?,
         peer: leaf(
             ca,
@@ -272,7 +427,7 @@ pub fn issue(
             serving_names(ip),
             vec![ServerAuth, ClientAuth],
             policy.validity,
-            key(|c| &c.peer),
+            subject(1),
         )?,
         client: leaf(
             ca,
@@ -280,7 +435,7 @@ pub fn issue(
             vec![],
             vec![ClientAuth],
             policy.validity,
-            key(|c| &c.client),
+            subject(2),
         )?,
     })
 }
@@ -301,14 +456,22 @@ pub fn issue_server(ca: &Ca, cn: &str, ip: IpAddr) -> Result<(String, String)> {
         serving_names(ip),
         vec![ExtendedKeyUsagePurpose::ServerAuth],
         LEAF_VALIDITY,
-        None,
+        Subject::NewKey,
     )
 }
 
 /// A client identity (for the controller and for users) issued by the cluster CA; with `key`,
 /// a renewal that keeps it.
 pub fn issue_client(ca: &Ca, cn: &str, validity: Duration, key: Option<&str>) -> Result<ClientTls> {
-    let (cert, key) = leaf(ca, cn, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth], validity, key)?;
+    let subject = key.map_or(Subject::NewKey, Subject::Key);
+    let (cert, key) = leaf(
+        ca,
+        cn,
+        vec![],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        validity,
+        subject,
+    )?;
     Ok(ClientTls {
         ca: ca.cert.clone(),
         cert,
@@ -457,10 +620,10 @@ pub fn install_renewed(paths: &MemberPaths, certs: &MemberCerts) -> Result<usize
 /// A digest of a member's certificates and trust bundle (not its keys): the agent reports the
 /// installed files' and the controller compares it with the Secret's, to know a change reached
 /// the host.
-pub fn digest(certs: &MemberCerts) -> String {
+pub fn digest(certs: &IssuedCerts) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    for pem in [&certs.ca_cert, &certs.server.0, &certs.peer.0, &certs.client.0] {
+    for pem in [&certs.ca_cert, &certs.server, &certs.peer, &certs.client] {
         h.update(pem.as_bytes());
         h.update([0]);
     }
@@ -470,11 +633,11 @@ pub fn digest(certs: &MemberCerts) -> String {
 /// `digest` of the files installed for a member; None if one is missing.
 pub fn installed_digest(paths: &MemberPaths) -> Option<String> {
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
-    let certs = MemberCerts {
+    let certs = IssuedCerts {
         ca_cert: read(paths.pki().join("ca.crt"))?,
-        server: (read(paths.pki().join("server.crt"))?, String::new()),
-        peer: (read(paths.pki().join("peer.crt"))?, String::new()),
-        client: (read(paths.client().join("client.crt"))?, String::new()),
+        server: read(paths.pki().join("server.crt"))?,
+        peer: read(paths.pki().join("peer.crt"))?,
+        client: read(paths.client().join("client.crt"))?,
     };
     Some(digest(&certs))
 }
@@ -519,6 +682,46 @@ mod tests {
         let certs = issue(&loaded, &name, "10.0.0.1".parse().unwrap(), &Policy::default(), None).unwrap();
         assert!(certs.server.0.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(format!("{:?}", certs.client_tls()).contains("redacted"));
+    }
+
+    #[test]
+    fn a_request_is_signed_for_its_key_with_the_controllers_names_and_a_forged_one_is_refused() {
+        let ca = new_ca("etcd").unwrap();
+        let name = MemberName::new("m1").unwrap();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let policy = Policy {
+            service_names: vec!["main-client".into()],
+            ..Policy::default()
+        };
+        let key = new_key().unwrap();
+        let csr = request(&name, &key).unwrap();
+        let issued = issue_requested(&ca, &name, ip, &policy, &csr).unwrap();
+        assert!(issued.certify(&csr), "all three certify the host's key");
+        let info = cert_info(&issued.server).unwrap();
+        assert_eq!(info.names, ["10.0.0.1", "127.0.0.1", "localhost", "main-client"]);
+        assert_eq!(info.issuer, subject(&ca.cert).unwrap());
+        // Another key's request is not certified by these.
+        let other_key = request(&name, &new_key().unwrap()).unwrap();
+        assert!(!issued.certify(&other_key));
+        // A request for another member, and one whose signature does not verify, are refused.
+        let err = issue_requested(
+            &ca,
+            &name,
+            ip,
+            &policy,
+            &request(&MemberName::new("m2").unwrap(), &key).unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("it is for \"m2\""), "{err}");
+        let body_end = csr.rfind("-----END").unwrap();
+        let mut forged = csr.clone().into_bytes();
+        let i = body_end - 10;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(issue_requested(&ca, &name, ip, &policy, &forged).is_err());
+        // The files a member gets pair each certificate with the one key.
+        let files = MemberCerts::with_key(issued, &key);
+        assert_eq!(files.peer.1, key);
     }
 
     #[test]
@@ -596,7 +799,7 @@ mod tests {
         let (name, ip) = (MemberName::new("h1").unwrap(), "10.0.0.1".parse().unwrap());
         let first = issue(&old, &name, ip, &Policy::default(), None).unwrap();
         write(&paths, &first, None).unwrap();
-        assert_eq!(installed_digest(&paths), Some(digest(&first)));
+        assert_eq!(installed_digest(&paths), Some(digest(&first.issued())));
         assert!(!trust_changes(&paths, &first).unwrap());
 
         let both = bundle([old.cert.as_str(), new.cert.as_str(), old.cert.as_str()]);
@@ -610,7 +813,7 @@ mod tests {
         };
         assert!(trust_changes(&paths, &trusting_both).unwrap(), "the new CA joins");
         install_renewed(&paths, &trusting_both).unwrap();
-        assert_eq!(installed_digest(&paths), Some(digest(&trusting_both)));
+        assert_eq!(installed_digest(&paths), Some(digest(&trusting_both.issued())));
         let by_new = issue(&new, &name, ip, &Policy::default(), Some(&first)).unwrap();
         assert_eq!(cert_info(&by_new.server.0).unwrap().issuer, subject(&new.cert).unwrap());
         assert!(trust_changes(&paths, &by_new).unwrap(), "the old CA leaves");
@@ -620,7 +823,7 @@ mod tests {
         assert!(e.contains("none of which it trusts"), "{e}");
         assert_eq!(
             installed_digest(&paths),
-            Some(digest(&trusting_both)),
+            Some(digest(&trusting_both.issued())),
             "nothing written"
         );
     }

@@ -180,16 +180,19 @@ pub async fn handle(
         }),
         (&Method::POST, None) => parse_body(&body).and_then(|obj| {
             validate::check(r, &obj, None)?;
-            store.lock().unwrap().create(r, &ns, obj)
+            let mut s = store.lock().unwrap();
+            rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
+            s.create(r, &ns, obj)
         }),
         (&Method::PUT, Some(name)) => parse_body(&body).and_then(|mut obj| {
             obj["metadata"]["name"] = json!(name);
             let mut s = store.lock().unwrap();
             let old = s.get(r, &ns, name)?;
             validate::check(r, &obj, Some(&old))?;
+            rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
             s.replace(r, &ns, obj, route.status())
         }),
-        (&Method::PATCH, Some(name)) => patch(&store, r, &ns, name, route.status(), &headers, &body),
+        (&Method::PATCH, Some(name)) => patch(&store, &user, r, &ns, name, route.status(), &headers, &body),
         (&Method::DELETE, Some(name)) => {
             // DeleteOptions, in the body (client-go, kube-rs) or the query (kubectl --cascade).
             let body: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -224,8 +227,10 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
         .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not a JSON or YAML object: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn patch(
     store: &Shared,
+    user: &User,
     r: &'static Resource,
     ns: &str,
     name: &str,
@@ -246,6 +251,7 @@ fn patch(
         // Server-side apply creates what does not exist yet.
         Err(e) if e.code == 404 && ctype.starts_with("application/apply-patch") && !status => {
             validate::check(r, &patch, None)?;
+            rbac::check_grant(&s, user, r.kind, (!ns.is_empty()).then_some(ns), &patch)?;
             return s.create(r, ns, patch);
         }
         Err(e) => return Err(e),
@@ -264,6 +270,7 @@ fn patch(
         m.remove("resourceVersion");
     }
     validate::check(r, &new, Some(&old))?;
+    rbac::check_grant(&s, user, r.kind, (!ns.is_empty()).then_some(ns), &new)?;
     s.replace(r, ns, new, status)
 }
 

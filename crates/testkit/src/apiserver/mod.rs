@@ -21,8 +21,10 @@
 //! - RBAC from the Roles, ClusterRoles and bindings it stores (with the bootstrap discovery
 //!   roles), for every request but the administrator's, with kube-apiserver's 403 messages.
 //!
+//!   and RBAC's escalation check on writes of Roles and bindings (grant only what you hold);
+//!
 //! Not kept: field managers, admission, defaulting from the schema (the Rust types default on
-//! read), bookmarks, RBAC's escalation checks on writes of Roles and bindings.
+//! read), bookmarks.
 
 mod auth;
 mod discovery;

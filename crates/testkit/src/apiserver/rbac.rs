@@ -68,6 +68,98 @@ pub fn authorize(store: &Store, user: &User, req: &Request) -> Result<(), ApiErr
     Err(forbidden(user, req))
 }
 
+/// RBAC's escalation check on a write of a Role, ClusterRole or binding (`r`, into `ns`):
+/// a user may grant only what it holds itself (or with `escalate` on roles, `bind` on the role
+/// a binding names). Each rule is taken apart into single requests, and each must be allowed:
+/// a `*` in the new rule is then matched only by a `*` the user holds, as Kubernetes does.
+pub fn check_grant(store: &Store, user: &User, kind: &str, ns: Option<&str>, obj: &Value) -> Result<(), ApiError> {
+    if user.groups.iter().any(|g| g == MASTERS) {
+        return Ok(());
+    }
+    let (rules, exemption, role) = match kind {
+        "Role" | "ClusterRole" => {
+            let plural = if kind == "Role" { "roles" } else { "clusterroles" };
+            (
+                obj["rules"].clone(),
+                ("escalate", plural),
+                obj["metadata"]["name"].as_str().unwrap_or_default(),
+            )
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let role_kind = obj["roleRef"]["kind"].as_str().unwrap_or_default();
+            let (plural, key, role_ns) = if role_kind == "Role" {
+                ("roles", "rbac.authorization.k8s.io/roles", ns.unwrap_or_default())
+            } else {
+                ("clusterroles", "rbac.authorization.k8s.io/clusterroles", "")
+            };
+            let r = resources::by_key(key).expect("RBAC resources are served");
+            let name = obj["roleRef"]["name"].as_str().unwrap_or_default();
+            let rules = store
+                .get(r, role_ns, name)
+                .map(|role| role["rules"].clone())
+                .unwrap_or(json!([]));
+            (rules, ("bind", plural), name)
+        }
+        _ => return Ok(()),
+    };
+    let exempt = Request::Resource {
+        verb: exemption.0,
+        group: "rbac.authorization.k8s.io",
+        resource: exemption.1,
+        subresource: None,
+        namespace: ns,
+        name: Some(role),
+    };
+    if authorize(store, user, &exempt).is_ok() {
+        return Ok(());
+    }
+    for rule in rules.as_array().into_iter().flatten() {
+        for verb in strings(&rule["verbs"]) {
+            for path in strings(&rule["nonResourceURLs"]) {
+                authorize(store, user, &Request::NonResource { verb, path })
+                    .map_err(|_| escalation(user, kind, rule))?;
+            }
+            let names = strings(&rule["resourceNames"]);
+            let names: Vec<Option<&str>> = if names.is_empty() {
+                vec![None]
+            } else {
+                names.into_iter().map(Some).collect()
+            };
+            for group in strings(&rule["apiGroups"]) {
+                for combined in strings(&rule["resources"]) {
+                    let (resource, subresource) = match combined.split_once('/') {
+                        Some((r, s)) => (r, Some(s)),
+                        None => (combined, None),
+                    };
+                    for name in &names {
+                        let req = Request::Resource {
+                            verb,
+                            group,
+                            resource,
+                            subresource,
+                            namespace: ns,
+                            name: *name,
+                        };
+                        authorize(store, user, &req).map_err(|_| escalation(user, kind, rule))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn escalation(user: &User, kind: &str, rule: &Value) -> ApiError {
+    ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{kind} is forbidden: user \"{}\" is attempting to grant RBAC permissions not currently held: {rule}",
+            user.name
+        ),
+    )
+}
+
 /// The rules that apply to `user` for a request in the request's namespace: every ClusterRoleBinding,
 /// and the RoleBindings of that namespace.
 fn rules_for(store: &Store, user: &User, req: &Request) -> Vec<Value> {
@@ -507,6 +599,52 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_user_grants_only_what_it_holds() {
+        let mut objs = namespaces(&["ops", "apps"]);
+        objs.push((
+            "rbac.authorization.k8s.io/clusterroles",
+            String::new(),
+            json!({"metadata": {"name": "operator"}, "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+                {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create"]}]}),
+        ));
+        objs.push((
+            "rbac.authorization.k8s.io/clusterrolebindings",
+            String::new(),
+            json!({"metadata": {"name": "operator"}, "roleRef": {"kind": "ClusterRole", "name": "operator"}, "subjects": sa_subject()}),
+        ));
+        let mut s = store_with(&objs);
+        let role = |verbs: Value| {
+            json!({"metadata": {"name": "agent"},
+                   "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["m1-tls"], "verbs": verbs}]})
+        };
+        check_grant(&s, &agent(), "Role", Some("apps"), &role(json!(["get"]))).unwrap();
+        let e = check_grant(&s, &agent(), "Role", Some("apps"), &role(json!(["get", "list"]))).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message
+                .contains("attempting to grant RBAC permissions not currently held"),
+            "{}",
+            e.message
+        );
+        let wildcard =
+            json!({"metadata": {"name": "all"}, "rules": [{"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}]});
+        assert!(
+            check_grant(&s, &agent(), "Role", Some("apps"), &wildcard).is_err(),
+            "a * is held only as a *"
+        );
+        // A binding to a role whose rules the user holds; not to one it does not.
+        let r = resources::by_key("rbac.authorization.k8s.io/roles").unwrap();
+        s.create(r, "apps", role(json!(["get"]))).unwrap();
+        s.create(r, "apps", json!({"metadata": {"name": "more"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete"]}]}))
+            .unwrap();
+        let binding = |role: &str| json!({"metadata": {"name": role}, "roleRef": {"kind": "Role", "name": role}, "subjects": sa_subject()});
+        check_grant(&s, &agent(), "RoleBinding", Some("apps"), &binding("agent")).unwrap();
+        assert!(check_grant(&s, &agent(), "RoleBinding", Some("apps"), &binding("more")).is_err());
+        assert!(check_grant(&s, &User::admin(), "RoleBinding", Some("apps"), &binding("more")).is_ok());
     }
 
     impl<'a> Request<'a> {

@@ -568,6 +568,12 @@ struct Pod {
 }
 
 fn start_agent(h: &LabHost, unit: &str, node: &str, pod: &Pod) -> crate::Result<()> {
+    if h.pid().is_none() {
+        return Err(crate::Error::transient(
+            "starting an agent",
+            format!("host {} is off", h.name()),
+        ));
+    }
     let active = h
         .exec(&["systemctl", "is-active", "--quiet", unit])
         .map(|o| o.status.success())
