@@ -597,3 +597,70 @@ async fn service_account_tokens_are_held_to_their_rbac() {
     accounts.delete("agent", &DeleteParams::default()).await.unwrap();
     assert_eq!(rejected(secrets.get("mine").await.unwrap_err()).0, 401);
 }
+
+/// What kubectl relies on: Events written as events.k8s.io are read as core Events (and
+/// selected by core's field names); access reviews and impersonation answer from RBAC.
+#[tokio::test]
+async fn events_are_one_store_and_access_reviews_answer_from_rbac() {
+    use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SubjectAccessReview};
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let admin = server.client();
+    let new: Event = serde_json::from_value(json!({
+        "metadata": {"name": "main.1", "namespace": "default"},
+        "eventTime": "2026-12-03T10:00:00.000000Z", "reportingController": "runc-etcd",
+        "reportingInstance": "operator-0", "action": "Reconcile", "reason": "MemberAdded", "type": "Normal",
+        "note": "member m1 placed on node n1",
+        "regarding": {"apiVersion": "runc-etcd.io/v1alpha1", "kind": "EtcdCluster", "name": "main", "namespace": "default"},
+    }))
+    .unwrap();
+    Api::<Event>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &new)
+        .await
+        .unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(admin.clone(), "default");
+    let found = core
+        .list(&ListParams::default().fields("involvedObject.name=main,involvedObject.kind=EtcdCluster"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].message.as_deref(), Some("member m1 placed on node n1"));
+    assert_eq!(found[0].reporting_component.as_deref(), Some("runc-etcd"));
+    assert!(
+        core.list(&ListParams::default().fields("involvedObject.name=other"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A review for a ServiceAccount with nothing bound: no; the administrator: yes.
+    let review = |user: &str| -> SubjectAccessReview {
+        serde_json::from_value(json!({"spec": {"user": user, "groups": ["system:authenticated"],
+            "resourceAttributes": {"verb": "get", "resource": "secrets", "namespace": "default", "name": "main-ca"}}}))
+        .unwrap()
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(admin.clone());
+    let answer = reviews
+        .create(&PostParams::default(), &review("system:serviceaccount:default:agent"))
+        .await
+        .unwrap();
+    assert!(!answer.status.unwrap().allowed);
+    // Impersonating it (kubectl --as), its own review says the same, and so does the API.
+    let mut config = kube::Config::new(server.url().parse().unwrap());
+    config.auth_info.impersonate = Some("system:serviceaccount:default:agent".into());
+    let agent = kube::Client::try_from(config).unwrap();
+    let ask: SelfSubjectAccessReview = serde_json::from_value(json!({"spec": {"resourceAttributes":
+        {"verb": "list", "resource": "secrets", "namespace": "default"}}}))
+    .unwrap();
+    let own = Api::<SelfSubjectAccessReview>::all(agent.clone())
+        .create(&PostParams::default(), &ask)
+        .await
+        .unwrap();
+    assert!(!own.status.unwrap().allowed);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(agent, "default");
+    assert_eq!(rejected(secrets.list(&ListParams::default()).await.unwrap_err()).0, 403);
+}

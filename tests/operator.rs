@@ -506,6 +506,60 @@ fn kubectl_applies_lists_and_deletes_etcdclusters() {
         }
     }
 
+    // What a newcomer reaches for: `describe` shows the Events the operator recorded (it writes
+    // events.k8s.io Events; kubectl reads core ones), `get events` lists them, `explain` knows
+    // every field, and `auth can-i` answers from RBAC, impersonating the agent.
+    let reasons = p.event_reasons("main");
+    assert!(!reasons.is_empty());
+    let described =
+        String::from_utf8_lossy(&kubectl(&p, &["describe", "etcdcluster", "main"], None).stdout).to_string();
+    let events_part = described.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        reasons.iter().all(|r| events_part.contains(r.as_str())),
+        "describe shows {reasons:?}:\n{described}"
+    );
+    let out = kubectl(
+        &p,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=main",
+            "-o",
+            "custom-columns=R:.reason,M:.message",
+            "--no-headers",
+        ],
+        None,
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(reasons.iter().all(|r| listed.contains(r.as_str())), "{}", text(&out));
+    let out = kubectl(&p, &["explain", "etcdcluster.spec.tls.certificateValidity"], None);
+    let explained = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && explained.contains("FIELD: certificateValidity"),
+        "{}",
+        text(&out)
+    );
+    let agent = format!("system:serviceaccount:{}:runc-etcd-agent", p.ns());
+    for (question, answer) in [
+        (&["list", "etcdmembers.runc-etcd.io"][..], "yes"),
+        (&["patch", "etcdmembers.runc-etcd.io"][..], "no"),
+        (&["get", "secrets/main-ca"][..], "no"),
+        (&["list", "nodes"][..], "no"),
+    ] {
+        let out = kubectl(
+            &p,
+            &[&["auth", "can-i"][..], question, &["--as", &agent]].concat(),
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            answer,
+            "can-i {question:?}: {}",
+            text(&out)
+        );
+    }
+
     // A bad spec is refused with the API server's message, and changes nothing.
     let out = kubectl(&p, &["apply", "-f", "-"], Some(&yaml.replace("size: 1", "size: 10")));
     assert!(!out.status.success());

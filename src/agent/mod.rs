@@ -34,7 +34,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::{self, Retries};
-use runc_etcd_api::contract::{CLUSTER_LABEL, NODE_LABEL};
+use runc_etcd_api::contract::{CLUSTER_LABEL, NODE_LABEL, node_label};
 use runc_etcd_api::{EtcdBackup, EtcdMember, EtcdMemberStatus, MemberPhase};
 use runc_etcd_host::names::{InstanceName, MemberName};
 use runc_etcd_host::{self as host, Engine};
@@ -66,7 +66,11 @@ struct Ctx {
 pub async fn run(client: kube::Client, engine: Engine, config: AgentConfig, metrics: Arc<Metrics>) -> Result<()> {
     let instance = InstanceName::new(format!("{}.{}", config.namespace, config.cluster))?;
     let members: Api<EtcdMember> = Api::namespaced(client.clone(), &config.namespace);
-    let selector = format!("{CLUSTER_LABEL}={},{NODE_LABEL}={}", config.cluster, config.node);
+    let selector = format!(
+        "{CLUSTER_LABEL}={},{NODE_LABEL}={}",
+        config.cluster,
+        node_label(&config.node)
+    );
     tracing::info!(
         "agent for {} on node {} watching EtcdMembers {selector}",
         instance,
@@ -238,7 +242,9 @@ async fn run_member(m: &EtcdMember, ctx: &Ctx) -> Result<Action> {
         secrets::Certs::Ready(certs) => certs,
         secrets::Certs::Waiting(message) => {
             ctx.report(m, phase(base, MemberPhase::Pending, message)).await?;
-            return Ok(Action::requeue(Duration::from_secs(2)));
+            // The controller signs within a pass of seeing the request: look again soon (a new
+            // member waits on this).
+            return Ok(Action::requeue(Duration::from_millis(500)));
         }
     };
     let wanted = match wanted_member(&ctx.instance, &m.spec, certs) {

@@ -20,7 +20,7 @@ use crate::operator::context::Ctx;
 use crate::operator::observe::View;
 use crate::operator::plan::Step;
 use crate::operator::retention::{self, Keep, Kind};
-use runc_etcd_api::contract::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL};
+use runc_etcd_api::contract::{BACKUP_FINALIZER, CLUSTER_LABEL, NODE_LABEL, node_label};
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::objects::finalizers_patch;
 use runc_etcd_api::{BackupPhase, EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdCluster};
@@ -321,12 +321,12 @@ async fn place(
 /// it. Written after the status (a crash in between is mended on the next pass).
 async fn label(c: &EtcdCluster, api: &Api<EtcdBackup>, b: &EtcdBackup, node: &str) -> Result<()> {
     let has_finalizer = b.finalizers().iter().any(|f| f == BACKUP_FINALIZER);
-    if b.labels().get(NODE_LABEL).map(String::as_str) == Some(node) && has_finalizer {
+    if b.labels().get(NODE_LABEL) == Some(&node_label(node)) && has_finalizer {
         return Ok(());
     }
     let mut labels = b.labels().clone();
     labels.insert(CLUSTER_LABEL.into(), c.name_any());
-    labels.insert(NODE_LABEL.into(), node.into());
+    labels.insert(NODE_LABEL.into(), node_label(node));
     let mut finalizers = b.finalizers().to_vec();
     if !has_finalizer {
         finalizers.push(BACKUP_FINALIZER.into());

@@ -18,7 +18,7 @@ use kube::Resource;
 
 use runc_etcd_api::contract::{
     AGENT_HOST_PATHS, CLUSTER_LABEL, ClusterNames, DEFAULT_BACKUP_DIR, IMAGE_RUNC, MEMBER_FINALIZER, NODE_LABEL,
-    member_secret,
+    member_secret, node_label,
 };
 use runc_etcd_api::{EtcdCluster, EtcdMember, EtcdMemberSpec, InitialClusterState};
 use runc_etcd_host::pki::{ClientTls, IssuedCerts};
@@ -406,7 +406,7 @@ pub fn etcd_member(c: &EtcdCluster, p: &PlannedMember) -> EtcdMember {
     let mut md = meta(c, p.name.clone());
     md.labels
         .get_or_insert_default()
-        .insert(NODE_LABEL.into(), p.node.clone());
+        .insert(NODE_LABEL.into(), node_label(&p.node));
     md.finalizers = Some(vec![MEMBER_FINALIZER.into()]);
     m.metadata = md;
     m

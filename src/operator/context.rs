@@ -62,7 +62,7 @@ impl Ctx {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(runc_etcd_api::objects::event_note(note)),
             action: reason.into(),
             secondary,
         };

@@ -18,7 +18,7 @@ use crate::operator::context::{Ctx, apply, selector};
 use crate::operator::observe::View;
 use crate::operator::{certs, children};
 use runc_etcd_api::contract::{
-    CLUSTER_FINALIZER, ClusterNames, Keyring, MEMBER_FINALIZER, NODE_LABEL, let_go_if_retired, released,
+    CLUSTER_FINALIZER, ClusterNames, Keyring, MEMBER_FINALIZER, NODE_LABEL, let_go_if_retired, node_label, released,
 };
 use runc_etcd_api::objects::create_or_keep;
 use runc_etcd_api::{ClusterPhase, EtcdCluster, EtcdMember};
@@ -141,8 +141,8 @@ async fn restore_members(c: &EtcdCluster, ctx: &Ctx) -> Result<()> {
             );
             ctx.event(c, EventType::Warning, "MemberRestored", Some(&name), note)
                 .await;
-        } else if m.labels().get(NODE_LABEL) != Some(&m.spec.node_name) {
-            let patch = json!({"metadata": {"labels": {NODE_LABEL: m.spec.node_name}}});
+        } else if m.labels().get(NODE_LABEL) != Some(&node_label(&m.spec.node_name)) {
+            let patch = json!({"metadata": {"labels": {NODE_LABEL: node_label(&m.spec.node_name)}}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             let note = format!(
                 "EtcdMember {name}'s node label was changed by hand: put back to {}",

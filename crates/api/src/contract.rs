@@ -16,8 +16,21 @@ use crate::EtcdCluster;
 
 /// Label on every object the controller makes for a cluster (value: the cluster's name).
 pub const CLUSTER_LABEL: &str = "runc-etcd.io/cluster";
-/// Label on EtcdMembers: the node that runs them (agents select on it; CRDs have no field selectors).
+/// Label on EtcdMembers: the node that runs them (agents select on it; CRDs have no field
+/// selectors). Its value is `node_label(node)`.
 pub const NODE_LABEL: &str = "runc-etcd.io/node";
+
+/// `NODE_LABEL`'s value for `node`: the name itself, or, for a name longer than a label value
+/// may be (63 characters; node names may have 253), its first 54 characters and 8 hex digits of
+/// its SHA-256 (an API server refuses the longer label, and the member would never be made).
+pub fn node_label(node: &str) -> String {
+    if node.len() <= 63 {
+        return node.to_string();
+    }
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(node.as_bytes()));
+    format!("{}.{}", &node[..54], &digest[..8])
+}
 /// The controller's finalizer on EtcdClusters: members retired and hosts clean before it goes.
 pub const CLUSTER_FINALIZER: &str = "runc-etcd.io/cluster";
 /// The agent's finalizer on EtcdMembers, set by the controller at creation so no member can be

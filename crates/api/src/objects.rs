@@ -56,6 +56,22 @@ where
 }
 
 /// Deletes `name`; one already gone is fine.
+/// The most an Event's note may hold (events.k8s.io/v1 validation): a longer one is refused
+/// and the Event lost.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `note`, cut to `EVENT_NOTE_LIMIT` bytes at a character boundary (ending in "…") if longer.
+pub fn event_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    let mut end = EVENT_NOTE_LIMIT - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}
+
 pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> kube::Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -72,6 +88,21 @@ mod tests {
     use super::*;
     use crate::EtcdCluster;
     use crate::contract::CLUSTER_FINALIZER;
+
+    #[test]
+    fn event_notes_fit_what_the_api_server_takes_and_long_node_names_fit_a_label() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(700); // 1400 bytes
+        let cut = event_note(long.clone());
+        assert!(cut.len() <= EVENT_NOTE_LIMIT && cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        use crate::contract::node_label;
+        assert_eq!(node_label("lab1-h1"), "lab1-h1");
+        let node = format!("{}.compute.internal", "ip-10-0-0-1-".repeat(10));
+        let label = node_label(&node);
+        assert_eq!(label.len(), 63);
+        assert!(label.starts_with(&node[..54]));
+        assert_ne!(label, node_label(&format!("{node}x")), "two long names keep two labels");
+    }
 
     #[test]
     fn finalizer_patches_keep_the_others_and_name_the_version() {

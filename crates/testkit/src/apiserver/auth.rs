@@ -111,13 +111,34 @@ pub async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let user = match token {
-        Some(t) => user_of(&store.lock().unwrap(), &t),
-        None if access == Access::AdminWithoutToken => Some(User::admin()),
-        None => None,
+    // Read here, so that nothing borrows the request across the await below (its body is not Sync).
+    let (as_user, as_groups) = {
+        let header = |name: &str| -> Vec<String> {
+            request
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect()
+        };
+        (header("Impersonate-User"), header("Impersonate-Group"))
     };
-    let Some(user) = user else {
-        return error(ApiError::new(401, "Unauthorized", "Unauthorized"));
+    let found = {
+        let s = store.lock().unwrap();
+        let user = match token {
+            Some(t) => user_of(&s, &t),
+            None if access == Access::AdminWithoutToken => Some(User::admin()),
+            None => None,
+        };
+        match (user, as_user.first()) {
+            (None, _) => Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
+            (Some(user), None) => Ok(user),
+            (Some(user), Some(name)) => super::rbac::impersonate(&s, &user, name, &as_groups),
+        }
+    };
+    let user = match found {
+        Ok(user) => user,
+        Err(e) => return error(e),
     };
     request.extensions_mut().insert(user);
     next.run(request).await

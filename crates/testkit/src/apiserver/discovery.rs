@@ -91,8 +91,36 @@ fn openapi_v3(group: &str, version: &str) -> Option<Value> {
     }
     (!paths.is_empty()).then(|| {
         json!({"openapi": "3.0.0", "info": {"title": "runc-etcd test API server", "version": "v1"},
-               "paths": paths, "components": {"schemas": {}}})
+               "paths": paths, "components": {"schemas": crd_schemas(group, version)}})
     })
+}
+
+/// The project's CRDs' schemas as a real API server publishes them, by definition name
+/// (`io.runc-etcd.v1alpha1.EtcdCluster`), each tagged with its kind: what `kubectl explain`
+/// reads.
+fn crd_schemas(group: &str, version: &str) -> serde_json::Map<String, Value> {
+    let reversed: Vec<&str> = group.split('.').rev().collect();
+    runc_etcd_api::crds()
+        .into_iter()
+        .filter(|c| c.spec.group == group)
+        .filter_map(|c| {
+            let v = c.spec.versions.iter().find(|v| v.name == version)?;
+            let mut schema = serde_json::to_value(v.schema.as_ref()?.open_api_v3_schema.as_ref()?).ok()?;
+            let kind = c.spec.names.kind.clone();
+            schema["x-kubernetes-group-version-kind"] = json!([{"group": group, "version": version, "kind": kind}]);
+            Some((format!("{}.{version}.{kind}", reversed.join(".")), schema))
+        })
+        .collect()
+}
+
+/// OpenAPI v2, for clients that still read it: the same definitions.
+fn openapi_v2() -> Value {
+    let mut definitions = serde_json::Map::new();
+    for (g, v) in group_versions() {
+        definitions.extend(crd_schemas(g, v));
+    }
+    json!({"swagger": "2.0", "info": {"title": "runc-etcd test API server", "version": "v1"},
+           "paths": {}, "definitions": definitions})
 }
 
 /// The discovery document at `path`, if it is one.
@@ -128,6 +156,7 @@ pub fn document(path: &str) -> Option<Value> {
                 .collect();
             Some(json!({ "paths": paths }))
         }
+        ["openapi", "v2"] => Some(openapi_v2()),
         ["openapi", "v3", "api", v] => openapi_v3("", v),
         ["openapi", "v3", "apis", g, v] => openapi_v3(g, v),
         ["api", v] => resource_list("", v),

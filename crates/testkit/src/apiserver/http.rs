@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::events::Shape;
 use super::rbac::{self, User};
 use super::resources::{self, Resource};
 use super::store::{ApiError, ApiResult, Store};
@@ -132,7 +133,15 @@ pub async fn handle(
             format!("the server could not find {}", uri.path()),
         ));
     };
-    let r = route.resource;
+    // Core Events are stored as events.k8s.io Events (`events`); `r` is where objects are kept.
+    let (r, shape) = match route.resource.key {
+        "core/events" => (
+            resources::by_key("events.k8s.io/events").expect("Events are served"),
+            Shape::Core,
+        ),
+        _ => (route.resource, Shape::Stored),
+    };
+    let asked = route.resource;
     let ns = route.namespace.clone().unwrap_or_default();
     if r.namespaced != route.namespace.is_some() && !(route.name.is_none() && method == Method::GET) {
         return error(ApiError::new(
@@ -144,8 +153,8 @@ pub async fn handle(
     let verb = verb(&method, route.name.is_some(), &q);
     let req = rbac::Request::Resource {
         verb: &verb,
-        group: r.group,
-        resource: r.plural,
+        group: asked.group,
+        resource: asked.plural,
         subresource: route.subresource.as_deref(),
         namespace: route.namespace.as_deref(),
         name: route.name.as_deref().or_else(|| pinned_name(&q)),
@@ -154,16 +163,11 @@ pub async fn handle(
         return error(e);
     }
     let result = match (&method, route.name.as_deref()) {
+        (&Method::POST, None) if asked.group == "authorization.k8s.io" => {
+            parse_body(&body).and_then(|review| rbac::review(&store.lock().unwrap(), &user, asked.kind, review))
+        }
         (&Method::POST, Some(name)) if route.subresource.as_deref() == Some("token") => {
-            // `kubectl create token` sends its TokenRequest as protobuf (client-go's default for
-            // built-in types). The server reads JSON only; the request's fields (audiences,
-            // expiry) change nothing here, since the harness's tokens do not expire.
-            let request = if body.starts_with(b"k8s\0") {
-                Ok(json!({"spec": {}}))
-            } else {
-                parse_body(&body)
-            };
-            request.and_then(|req| super::auth::token_request(&mut store.lock().unwrap(), &ns, name, &req))
+            parse_body(&body).and_then(|req| super::auth::token_request(&mut store.lock().unwrap(), &ns, name, &req))
         }
         (_, _) if route.subresource.as_deref() == Some("token") => Err(ApiError::new(
             405,
@@ -171,28 +175,45 @@ pub async fn handle(
             format!("{method} {}", uri.path()),
         )),
         (&Method::GET, None) if watching(&q) => {
-            return watch(store, r, route.namespace, q, wants_table(&headers));
+            return watch(store, (r, asked, shape), route.namespace, q, wants_table(&headers));
         }
-        (&Method::GET, None) => list(&store, r, route.namespace.as_deref(), &q).map(|l| as_table(&headers, r, l)),
+        (&Method::GET, None) => {
+            list(&store, (r, asked, shape), route.namespace.as_deref(), &q).map(|l| as_table(&headers, asked, l))
+        }
         (&Method::GET, Some(name)) => store.lock().unwrap().get(r, &ns, name).map(|o| {
             let rv = o["metadata"]["resourceVersion"].clone();
-            as_table(&headers, r, json!({"items": [o], "metadata": {"resourceVersion": rv}}))
+            as_table(
+                &headers,
+                asked,
+                json!({"items": [shape.out(o)], "metadata": {"resourceVersion": rv}}),
+            )
         }),
         (&Method::POST, None) => parse_body(&body).and_then(|obj| {
+            let obj = shape.into_stored(obj);
             validate::check(r, &obj, None)?;
             let mut s = store.lock().unwrap();
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
-            s.create(r, &ns, obj)
+            s.create(r, &ns, obj).map(|o| shape.out(o))
         }),
-        (&Method::PUT, Some(name)) => parse_body(&body).and_then(|mut obj| {
+        (&Method::PUT, Some(name)) => parse_body(&body).and_then(|obj| {
+            let mut obj = shape.into_stored(obj);
             obj["metadata"]["name"] = json!(name);
             let mut s = store.lock().unwrap();
             let old = s.get(r, &ns, name)?;
             validate::check(r, &obj, Some(&old))?;
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
-            s.replace(r, &ns, obj, route.status())
+            s.replace(r, &ns, obj, route.status()).map(|o| shape.out(o))
         }),
-        (&Method::PATCH, Some(name)) => patch(&store, &user, r, &ns, name, route.status(), &headers, &body),
+        (&Method::PATCH, Some(name)) => {
+            let target = Target {
+                r,
+                shape,
+                ns: &ns,
+                name,
+                status: route.status(),
+            };
+            patch(&store, &user, &target, &headers, &body).map(|o| shape.out(o))
+        }
         (&Method::DELETE, Some(name)) => {
             // DeleteOptions, in the body (client-go, kube-rs) or the query (kubectl --cascade).
             let body: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -222,22 +243,37 @@ pub async fn handle(
 }
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
+    if body.starts_with(b"k8s\0") {
+        return super::protobuf::to_json(body).ok_or_else(|| {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body is protobuf of a kind this server reads only as JSON",
+            )
+        });
+    }
     serde_json::from_slice(body)
         .or_else(|_| serde_saphyr::from_slice(body))
         .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not a JSON or YAML object: {e}")))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn patch(
-    store: &Shared,
-    user: &User,
+/// The object a patch is for, and the version it is written in.
+struct Target<'a> {
     r: &'static Resource,
-    ns: &str,
-    name: &str,
+    shape: Shape,
+    ns: &'a str,
+    name: &'a str,
     status: bool,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> ApiResult<Value> {
+}
+
+fn patch(store: &Shared, user: &User, t: &Target, headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let Target {
+        r,
+        shape,
+        ns,
+        name,
+        status,
+    } = *t;
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -250,13 +286,15 @@ fn patch(
         Ok(o) => o,
         // Server-side apply creates what does not exist yet.
         Err(e) if e.code == 404 && ctype.starts_with("application/apply-patch") && !status => {
+            let patch = shape.into_stored(patch);
             validate::check(r, &patch, None)?;
             rbac::check_grant(&s, user, r.kind, (!ns.is_empty()).then_some(ns), &patch)?;
             return s.create(r, ns, patch);
         }
         Err(e) => return Err(e),
     };
-    let mut new = old.clone();
+    // The patch is applied to the object as its version shows it.
+    let mut new = shape.out(old.clone());
     if ctype.starts_with("application/json-patch") {
         let ops: json_patch::Patch =
             serde_json::from_value(patch).map_err(|e| ApiError::new(400, "BadRequest", e.to_string()))?;
@@ -266,6 +304,7 @@ fn patch(
         // lists are replaced, not merged by key, and apply does not track field managers.
         json_patch::merge(&mut new, &patch);
     }
+    let mut new = shape.into_stored(new);
     if !compare_and_swap && let Some(m) = new["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
@@ -355,12 +394,20 @@ fn as_table(headers: &HeaderMap, r: &Resource, list: Value) -> Value {
     }
 }
 
-fn list(store: &Shared, r: &Resource, ns: Option<&str>, q: &HashMap<String, String>) -> ApiResult<Value> {
+/// Where a list or watch reads (`stored`), what was asked for, and in which version.
+type Reading = (&'static Resource, &'static Resource, Shape);
+
+fn list(store: &Shared, (r, asked, shape): Reading, ns: Option<&str>, q: &HashMap<String, String>) -> ApiResult<Value> {
     let s = store.lock().unwrap();
-    let items: Vec<Value> = s.list(r, ns).into_iter().filter(|o| matches(o, q)).collect();
+    let items: Vec<Value> = s
+        .list(r, ns)
+        .into_iter()
+        .map(|o| shape.out(o))
+        .filter(|o| matches(o, q))
+        .collect();
     Ok(json!({
-        "apiVersion": r.api_version(),
-        "kind": format!("{}List", r.kind),
+        "apiVersion": asked.api_version(),
+        "kind": format!("{}List", asked.kind),
         "metadata": {"resourceVersion": s.resource_version().to_string()},
         "items": items,
     }))
@@ -371,7 +418,7 @@ fn list(store: &Shared, r: &Resource, ns: Option<&str>, q: &HashMap<String, Stri
 /// is a one-row Table when the client asks for Tables (`kubectl get -w`).
 fn watch(
     store: Shared,
-    r: &'static Resource,
+    (r, asked, shape): Reading,
     ns: Option<String>,
     q: HashMap<String, String>,
     tables: bool,
@@ -385,12 +432,12 @@ fn watch(
                 .log
                 .iter()
                 .filter(|e| e.rv > from && e.resource == r.key())
-                .map(|e| json!({"type": e.kind, "object": e.object}))
+                .map(|e| json!({"type": e.kind, "object": shape.out(e.object.clone())}))
                 .collect(),
             None => s
                 .list(r, ns.as_deref())
                 .into_iter()
-                .map(|o| json!({"type": "ADDED", "object": o}))
+                .map(|o| json!({"type": "ADDED", "object": shape.out(o)}))
                 .collect(),
         };
         (backlog, rx, s.resource_version())
@@ -406,7 +453,7 @@ fn watch(
         loop {
             match rx.recv().await {
                 Ok(e) if e.rv > last_rv && e.resource == r.key() => {
-                    return Some((json!({"type": e.kind, "object": e.object}), rx));
+                    return Some((json!({"type": e.kind, "object": shape.out(e.object)}), rx));
                 }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -425,7 +472,7 @@ fn watch(
                     .as_str()
                     .unwrap_or("0")
                     .to_string();
-                e["object"] = super::table::table(r, std::slice::from_ref(&e["object"]), &rv);
+                e["object"] = super::table::table(asked, std::slice::from_ref(&e["object"]), &rv);
             }
             Ok::<_, std::convert::Infallible>(Bytes::from(format!("{e}\n")))
         });

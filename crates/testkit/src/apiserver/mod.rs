@@ -17,7 +17,11 @@
 //! - discovery, a minimal OpenAPI v3 and Tables (in watches too), so kubectl get [-w], apply
 //!   and delete work against it.
 //!
-//! - bearer tokens: one per ServiceAccount through the TokenRequest API, and the administrator's;
+//! - bearer tokens: one per ServiceAccount through the TokenRequest API, and the administrator's,
+//!   with impersonation (`kubectl --as`);
+//! - Events as one store served as events.k8s.io/v1 and core v1 (`events`), so `kubectl
+//!   describe` shows what the operator records;
+//! - SelfSubjectAccessReview and SubjectAccessReview from the same RBAC (`kubectl auth can-i`);
 //! - RBAC from the Roles, ClusterRoles and bindings it stores (with the bootstrap discovery
 //!   roles), for every request but the administrator's, with kube-apiserver's 403 messages.
 //!
@@ -28,7 +32,9 @@
 
 mod auth;
 mod discovery;
+mod events;
 mod http;
+mod protobuf;
 mod rbac;
 mod resources;
 mod store;

@@ -68,6 +68,90 @@ pub fn authorize(store: &Store, user: &User, req: &Request) -> Result<(), ApiErr
     Err(forbidden(user, req))
 }
 
+/// A SelfSubjectAccessReview (for the requester) or SubjectAccessReview (for `spec.user` and
+/// `spec.groups`), answered by the same rules (`kubectl auth can-i`).
+pub fn review(store: &Store, requester: &User, kind: &str, mut review: Value) -> Result<Value, ApiError> {
+    let spec = review["spec"].clone();
+    fn text(v: &Value) -> Option<&str> {
+        v.as_str().filter(|s| !s.is_empty())
+    }
+    let subject = match kind {
+        "SelfSubjectAccessReview" => requester.clone(),
+        _ => User {
+            name: text(&spec["user"]).unwrap_or_default().to_string(),
+            groups: strings(&spec["groups"]).into_iter().map(str::to_string).collect(),
+        },
+    };
+    let (res, non) = (&spec["resourceAttributes"], &spec["nonResourceAttributes"]);
+    let req = if res.is_object() {
+        Request::Resource {
+            verb: text(&res["verb"]).unwrap_or_default(),
+            group: text(&res["group"]).unwrap_or_default(),
+            resource: text(&res["resource"]).unwrap_or_default(),
+            subresource: text(&res["subresource"]),
+            namespace: text(&res["namespace"]),
+            name: text(&res["name"]),
+        }
+    } else if non.is_object() {
+        Request::NonResource {
+            verb: text(&non["verb"]).unwrap_or_default(),
+            path: text(&non["path"]).unwrap_or_default(),
+        }
+    } else {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "{kind}.authorization.k8s.io is invalid: spec: Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified"
+            ),
+        ));
+    };
+    let allowed = authorize(store, &subject, &req).is_ok();
+    review["status"] = json!({"allowed": allowed});
+    Ok(review)
+}
+
+/// Who a request acts as when it carries `Impersonate-User` (and `Impersonate-Group`) headers:
+/// allowed only with `impersonate` on that user, ServiceAccount or group, as Kubernetes checks it.
+pub fn impersonate(store: &Store, user: &User, name: &str, groups: &[String]) -> Result<User, ApiError> {
+    let (target, resource, namespace, object) = match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, sa)) => (User::service_account(ns, sa), "serviceaccounts", Some(ns), sa),
+        None => (
+            User {
+                name: name.to_string(),
+                groups: vec![],
+            },
+            "users",
+            None,
+            name,
+        ),
+    };
+    let check = |resource, namespace, name| {
+        let req = Request::Resource {
+            verb: "impersonate",
+            group: "",
+            resource,
+            subresource: None,
+            namespace,
+            name: Some(name),
+        };
+        authorize(store, user, &req)
+    };
+    check(resource, namespace, object)?;
+    for g in groups {
+        check("groups", None, g)?;
+    }
+    let mut target = target;
+    if !groups.is_empty() || resource == "users" {
+        target.groups = groups.to_vec();
+        target.groups.push(AUTHENTICATED.into());
+    }
+    Ok(target)
+}
+
 /// RBAC's escalation check on a write of a Role, ClusterRole or binding (`r`, into `ns`):
 /// a user may grant only what it holds itself (or with `escalate` on roles, `bind` on the role
 /// a binding names). Each rule is taken apart into single requests, and each must be allowed:
@@ -309,8 +393,9 @@ fn forbidden(user: &User, req: &Request) -> ApiError {
     ApiError::new(403, "Forbidden", message).with_details(details)
 }
 
-/// The bootstrap policy every cluster has that the lab's clients rely on: discovery and the
-/// version for every authenticated user (`system:discovery`, `system:public-info-viewer`).
+/// The bootstrap policy every cluster has that the lab's clients rely on: discovery, the
+/// version and asking what one may do, for every authenticated user (`system:discovery`,
+/// `system:public-info-viewer`, `system:basic-user`).
 pub fn bootstrap() -> Vec<(&'static str, Value)> {
     let role = |name: &str, urls: &[&str]| {
         json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
@@ -359,6 +444,16 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
         (
             "rbac.authorization.k8s.io/clusterrolebindings",
             binding("system:public-info-viewer", &[AUTHENTICATED, "system:unauthenticated"]),
+        ),
+        (
+            "rbac.authorization.k8s.io/clusterroles",
+            json!({"metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                   "rules": [{"apiGroups": ["authorization.k8s.io"],
+                              "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]}]}),
+        ),
+        (
+            "rbac.authorization.k8s.io/clusterrolebindings",
+            binding("system:basic-user", &[AUTHENTICATED]),
         ),
     ]
 }

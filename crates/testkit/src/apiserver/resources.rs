@@ -127,6 +127,25 @@ pub static RESOURCES: &[Resource] = &[
         false,
         false,
     ),
+    // Answered, never stored (`rbac::review`).
+    res(
+        "authorization.k8s.io/selfsubjectaccessreviews",
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+        false,
+    ),
+    res(
+        "authorization.k8s.io/subjectaccessreviews",
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        false,
+        false,
+    ),
     // Stored so that a harness can install the CRDs as on a real cluster; the server itself
     // serves and validates the project's resources from the code's CRDs.
     res(

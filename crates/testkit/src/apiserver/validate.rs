@@ -1,6 +1,8 @@
-//! Validation of the project's custom resources against their CRD schema, as the API server does
-//! at `kubectl apply`: types, ranges, patterns, enums and required fields from the OpenAPI schema,
-//! and the CEL rules (`x-kubernetes-validations`, with `oldSelf` on updates) through kube-cel.
+//! Validation as the API server does it at every write: the built-in rules the operator's
+//! objects meet (`builtin`: names, labels, a pod template's volumes and mounts, EndpointSlice
+//! addresses, Event notes), and the project's custom resources against their CRD schema: types,
+//! ranges, patterns, enums and required fields from the OpenAPI schema, and the CEL rules
+//! (`x-kubernetes-validations`, with `oldSelf` on updates) through kube-cel.
 
 use serde_json::Value;
 
@@ -26,14 +28,13 @@ fn schema_of(r: &Resource) -> Option<&'static Value> {
 }
 
 pub fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
-    let Some(schema) = schema_of(r) else {
-        return Ok(());
-    };
-    let mut errors = Vec::new();
-    // metadata is the API server's own business, not the CRD schema's.
-    openapi(&schema["properties"]["spec"], &obj["spec"], "spec", &mut errors);
-    if let Err(e) = kube::core::cel::Validator::new().validate(schema, obj, old) {
-        errors.extend(e.iter().map(|e| e.to_string()));
+    let mut errors = builtin(r, obj);
+    if let Some(schema) = schema_of(r) {
+        // metadata is the API server's own business, not the CRD schema's.
+        openapi(&schema["properties"]["spec"], &obj["spec"], "spec", &mut errors);
+        if let Err(e) = kube::core::cel::Validator::new().validate(schema, obj, old) {
+            errors.extend(e.iter().map(|e| e.to_string()));
+        }
     }
     if errors.is_empty() {
         return Ok(());
@@ -48,6 +49,126 @@ pub fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
             errors.join("; ")
         ),
     ))
+}
+
+const SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const LABEL_PART: &str = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$";
+
+fn matches(pattern: &str, s: &str) -> bool {
+    regex::Regex::new(pattern).is_ok_and(|re| re.is_match(s))
+}
+
+/// Kubernetes' built-in validation of what the operator writes, in kube-apiserver's words.
+fn builtin(r: &Resource, obj: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    // RBAC objects take any name a path segment can carry (`system:discovery`).
+    if !name.is_empty() && !r.key.starts_with("rbac.") {
+        let (pattern, max, what) = match r.kind {
+            "Namespace" | "Service" => (DNS_LABEL, 63, "RFC 1123 label"),
+            _ => (SUBDOMAIN, 253, "RFC 1123 subdomain"),
+        };
+        if name.len() > max {
+            errors.push(format!(
+                "metadata.name: Invalid value: \"{name}\": must be no more than {max} characters"
+            ));
+        } else if !matches(pattern, name) {
+            errors.push(format!(
+                "metadata.name: Invalid value: \"{name}\": a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+    }
+    for (key, value) in obj["metadata"]["labels"].as_object().into_iter().flatten() {
+        let value = value.as_str().unwrap_or_default();
+        let (prefix, part) = key.rsplit_once('/').unwrap_or(("", key));
+        if part.len() > 63
+            || !matches(LABEL_PART, part)
+            || prefix.len() > 253
+            || (!prefix.is_empty() && !matches(SUBDOMAIN, prefix))
+        {
+            errors.push(format!("metadata.labels: Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.', and be no more than 63 characters"));
+        }
+        if value.len() > 63 {
+            errors.push(format!(
+                "metadata.labels: Invalid value: \"{value}\": must be no more than 63 characters"
+            ));
+        } else if !value.is_empty() && !matches(LABEL_PART, value) {
+            errors.push(format!("metadata.labels: Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        }
+    }
+    match r.kind {
+        "DaemonSet" => pod(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut errors),
+        "Pod" => pod(&obj["spec"], "spec", &mut errors),
+        "EndpointSlice" => endpoint_slice(obj, &mut errors),
+        "Event" => {
+            let note = obj["note"].as_str().unwrap_or_default();
+            if note.len() > 1024 {
+                errors.push("note: Too long: may not be more than 1024 bytes".into());
+            }
+        }
+        _ => {}
+    }
+    errors
+}
+
+/// A pod spec's volumes and mounts: volume names unique, each mount naming a volume, no two
+/// mounts of a container at one path.
+fn pod(spec: &Value, path: &str, errors: &mut Vec<String>) {
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].contains(v) {
+            errors.push(format!("{path}.volumes[{i}].name: Duplicate value: \"{v}\""));
+        }
+    }
+    for (c, container) in spec["containers"].as_array().into_iter().flatten().enumerate() {
+        let mut paths: Vec<&str> = Vec::new();
+        for (m, mount) in container["volumeMounts"].as_array().into_iter().flatten().enumerate() {
+            let at = format!("{path}.containers[{c}].volumeMounts[{m}]");
+            let name = mount["name"].as_str().unwrap_or_default();
+            if !volumes.contains(&name) {
+                errors.push(format!("{at}.name: Not found: \"{name}\""));
+            }
+            let mount_path = mount["mountPath"].as_str().unwrap_or_default();
+            if paths.contains(&mount_path) {
+                errors.push(format!(
+                    "{at}.mountPath: Invalid value: \"{mount_path}\": must be unique"
+                ));
+            }
+            paths.push(mount_path);
+        }
+    }
+}
+
+/// An EndpointSlice's addresses are of its `addressType`.
+fn endpoint_slice(obj: &Value, errors: &mut Vec<String>) {
+    let kind = obj["addressType"].as_str().unwrap_or_default();
+    if !["IPv4", "IPv6", "FQDN"].contains(&kind) {
+        errors.push(format!(
+            "addressType: Unsupported value: \"{kind}\": supported values: \"FQDN\", \"IPv4\", \"IPv6\""
+        ));
+        return;
+    }
+    for (e, endpoint) in obj["endpoints"].as_array().into_iter().flatten().enumerate() {
+        for (a, address) in endpoint["addresses"].as_array().into_iter().flatten().enumerate() {
+            let address = address.as_str().unwrap_or_default();
+            let ok = match kind {
+                "IPv4" => address.parse::<std::net::Ipv4Addr>().is_ok(),
+                "IPv6" => address.parse::<std::net::Ipv6Addr>().is_ok(),
+                _ => matches(SUBDOMAIN, address),
+            };
+            if !ok {
+                errors.push(format!(
+                    "endpoints[{e}].addresses[{a}]: Invalid value: \"{address}\": must be a valid {kind} address"
+                ));
+            }
+        }
+    }
 }
 
 fn openapi(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
@@ -126,6 +247,44 @@ mod tests {
 
     const VALID: &str =
         "apiVersion: runc-etcd.io/v1alpha1\nkind: EtcdCluster\nmetadata: {name: main}\nspec: {version: 3.5.16}\n";
+
+    /// What a real API server refuses in the objects the operator writes, with its words.
+    #[test]
+    fn built_in_rules_refuse_what_a_real_server_refuses() {
+        let refused = |key: &str, obj: &str, want: &str| {
+            let e = check(by_key(key).unwrap(), &yaml(obj), None).unwrap_err();
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains(want), "{} does not say {want}", e.message);
+        };
+        let long = "n".repeat(64);
+        refused(
+            "runc-etcd.io/etcdmembers",
+            &format!("metadata: {{name: m1, labels: {{runc-etcd.io/node: {long}}}}}\nspec: {{}}"),
+            "must be no more than 63 characters",
+        );
+        refused("core/services", "metadata: {name: Main.client}", "RFC 1123 label");
+        refused(
+            "apps/daemonsets",
+            "metadata: {name: a}\nspec: {template: {spec: {volumes: [{name: state}, {name: backups}], containers: [{name: agent, volumeMounts: [{name: state, mountPath: /var/lib/runc-etcd}, {name: backups, mountPath: /var/lib/runc-etcd}]}]}}}",
+            "volumeMounts[1].mountPath: Invalid value: \"/var/lib/runc-etcd\": must be unique",
+        );
+        refused(
+            "discovery.k8s.io/endpointslices",
+            "metadata: {name: a}\naddressType: IPv4\nendpoints: [{addresses: [\"fd00::1\"]}]",
+            "must be a valid IPv4 address",
+        );
+        refused(
+            "events.k8s.io/events",
+            &format!("metadata: {{name: e}}\nnote: {}", "x".repeat(1025)),
+            "may not be more than 1024 bytes",
+        );
+        check(
+            by_key("discovery.k8s.io/endpointslices").unwrap(),
+            &yaml("metadata: {name: a}\naddressType: IPv6\nendpoints: [{addresses: [\"fd00::1\"]}]"),
+            None,
+        )
+        .unwrap();
+    }
 
     /// The CRDs' CEL rules, as this server (and a real one) evaluates them at `kubectl apply`.
     #[test]
