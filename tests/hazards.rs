@@ -643,3 +643,37 @@ fn unit_prop_of(h: &runc_etcd_testkit::lab::LabHost, unit: &str, prop: &str) -> 
         .trim()
         .to_string()
 }
+
+/// The agents' namespace enforcing a Pod Security level that refuses privileged pods: a real
+/// cluster makes no agent pod. The cluster says why and how to fix it, decides nothing on the
+/// agents' silence (no member is placed), and comes up once the namespace is relabelled.
+#[test]
+fn agents_refused_by_pod_security_are_reported_with_the_fix() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let p = Plane::up(1);
+    let namespaces: Api<Namespace> = Api::all(p.cp.client.clone());
+    let label = |level: &str| {
+        let patch = serde_json::json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}});
+        p.rt.block_on(namespaces.patch(p.ns(), &PatchParams::default(), &Patch::Merge(&patch)))
+            .unwrap();
+    };
+    label("baseline");
+    p.apply(&cluster_yaml("main", 1, &p.lab.image(V_MID), "")).unwrap();
+    p.wait("main", "Degraded/AgentsForbidden with the fix", 60, |c| {
+        degraded_by(
+            c,
+            "AgentsForbidden",
+            &format!(
+                "kubectl label namespace {} pod-security.kubernetes.io/enforce=privileged",
+                p.ns()
+            ),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        p.owned::<EtcdMember>("main").is_empty(),
+        "no member placed while no agent can run"
+    );
+    label("privileged");
+    p.wait_ready("main", 1, 120);
+}

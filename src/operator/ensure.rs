@@ -1,11 +1,12 @@
 //! Step 1 of a reconcile: the cluster's own objects, made idempotently each pass — the
-//! finalizer, valid names, the TLS Secrets (the CA and the controller's client identity), the
-//! agent DaemonSet and the client Service.
+//! finalizer, valid names, the TLS Secrets (the CA and the controller's client identity, the
+//! members' certificates for their hosts' requests), the agent DaemonSet and the client Service;
+//! retired members let go. After `observe`, the agents' Role (`agent_access`).
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -106,6 +107,29 @@ pub async fn agent_access(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()>
         create_or_keep(&bindings, &children::agent_role_binding(c, &ctx.agent)).await?;
     }
     Ok(())
+}
+
+/// The label by which a namespace's Pod Security Admission decides which pods it admits.
+const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// Why the agents cannot run, if they cannot: the namespace they live in enforces a Pod
+/// Security level that refuses privileged pods (`baseline`, `restricted`), so no agent pod is
+/// made and no member can be started, changed or stopped. Not knowing (no right to read the
+/// namespace) is not a reason.
+pub async fn agents_forbidden(ctx: &Ctx) -> Result<Option<String>> {
+    let ns = &ctx.agent.namespace;
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let found = match namespaces.get_opt(ns).await {
+        Ok(found) => found,
+        Err(kube::Error::Api(e)) if e.code == 403 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let level = found.and_then(|n| n.labels().get(POD_SECURITY_ENFORCE).cloned());
+    Ok(level.filter(|l| l == "baseline" || l == "restricted").map(|level| {
+        format!(
+            "agents cannot run: namespace {ns} enforces Pod Security level {level}, and the agents are privileged pods (they run etcd's units and data on the hosts); nothing is changed until they run. Fix: kubectl label namespace {ns} {POD_SECURITY_ENFORCE}=privileged --overwrite"
+        )
+    }))
 }
 
 /// EtcdMembers deleted or relabelled by hand are made again as they were: members leave only

@@ -2,7 +2,8 @@
 //!
 //! 1. [`ensure`](super::ensure): the cluster's own objects — finalizer, TLS Secrets, agent
 //!    DaemonSet, client Service (a deleted cluster goes to [`finalize`](super::finalize));
-//! 2. [`observe`](super::observe): EtcdMembers, nodes, backups, etcd's own view;
+//! 2. [`observe`](super::observe): EtcdMembers, nodes, backups, etcd's own view; then the
+//!    agents' Role names the Secrets they may read (`ensure::agent_access`, from what was seen);
 //! 3. [`decide`](super::decide) (pure): carry on the recorded change, or choose the next one
 //!    (the planners: `plan`, `upgrade`, `maintenance`, `disaster`), with the Events to emit;
 //! 4. [`record`](super::record): a new change is written into `status.lastOperation` *before* it
@@ -37,6 +38,9 @@ pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
 
 /// How often a pass blocked on a missing Secret looks again (Secrets are not watched).
 const BLOCKED_RECHECK: Duration = Duration::from_secs(10);
+/// How soon a cluster whose agents cannot run looks again (a namespace relabelled is not watched).
+const AGENTS_RECHECK: Duration = Duration::from_secs(10);
+
 /// How soon a pass held by a CA rotation's restart looks again (the member's agent reports
 /// through its EtcdMember, which is watched; this is the fallback).
 const ROTATION_RECHECK: Duration = Duration::from_secs(2);
@@ -58,6 +62,11 @@ async fn run(c: &EtcdCluster, ctx: &Ctx) -> Result<Action> {
     };
     let view = observe::all(c, ctx, &access).await?;
     ensure::agent_access(c, ctx, &view).await?;
+    // Without agents no member reports: nothing is decided on their silence.
+    if let Some(reason) = ensure::agents_forbidden(ctx).await? {
+        report::write(c, ctx, &view, &plan::Step::Wait { reason }, &[]).await?;
+        return Ok(Action::requeue(AGENTS_RECHECK));
+    }
     let backup_due = backups::tend(c, ctx, &view).await?;
     // A CA rotation restarting a member holds every other step this pass: two restarts at once
     // could cost quorum.

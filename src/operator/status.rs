@@ -39,6 +39,8 @@ pub fn spec_problem(reason: &str) -> Option<&'static str> {
         Some("RestoreNotPossible")
     } else if reason.starts_with("backup failed") {
         Some("BackupFailed")
+    } else if reason.starts_with("agents cannot run") {
+        Some("AgentsForbidden")
     } else {
         None
     }

@@ -31,10 +31,12 @@ OPERATOR = {
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch"},
 }
-# In the release namespace: leader election and the agent DaemonSets (which live there).
+# In the release namespace: leader election, the agent DaemonSets (which live there), and the
+# namespace itself (its Pod Security label).
 ELECTION = {
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
     ("apps", "daemonsets"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "namespaces"): {"get"},
 }
 # Cluster-wide: only this project's resources, so that a namespace being deleted cannot take the
 # agents' access to its members before they are retired.

@@ -156,7 +156,12 @@ pub async fn handle(
         group: asked.group,
         resource: asked.plural,
         subresource: route.subresource.as_deref(),
-        namespace: route.namespace.as_deref(),
+        // A request for a Namespace by name is in that namespace (Kubernetes' RequestInfo): a
+        // Role there may grant reading it.
+        namespace: match asked.key {
+            "core/namespaces" => route.name.as_deref(),
+            _ => route.namespace.as_deref(),
+        },
         name: route.name.as_deref().or_else(|| pinned_name(&q)),
     };
     if let Err(e) = rbac::authorize(&store.lock().unwrap(), &user, &req) {

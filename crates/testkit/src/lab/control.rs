@@ -473,12 +473,33 @@ impl Kubelet {
         if recheck {
             self.heartbeat(&nodes).await?;
         }
+        let namespaces = Api::<Namespace>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
         let mut want: BTreeMap<(String, usize), Pod> = BTreeMap::new();
         for ds in &sets {
             let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
                 continue;
             };
             let namespace = ds.metadata.namespace.clone().unwrap_or_default();
+            let labels = namespaces
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(&namespace))
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default();
+            if let Some(level) = refused_by_pod_security(&labels, &pod) {
+                // Pod Security Admission refuses the DaemonSet controller's new pods; the pods
+                // already running keep running.
+                tracing::debug!(
+                    "lab kubelet: namespace {namespace} enforces Pod Security {level}: no new pods for {}",
+                    unit_for(ds)
+                );
+                for (key, pod) in running.iter().filter(|(k, _)| k.0 == unit_for(ds)) {
+                    want.insert(key.clone(), pod.clone());
+                }
+                continue;
+            }
             let account = pod.service_account_name.clone().unwrap_or_else(|| "default".into());
             let token = match self.token(&namespace, &account).await {
                 Ok(t) => t,
@@ -557,6 +578,27 @@ impl Kubelet {
         }
         Ok(())
     }
+}
+
+/// The Pod Security level that refuses `pod` in a namespace with `labels`, if one does: baseline
+/// and restricted refuse privileged containers, the host's network and PIDs, and host paths
+/// (Pod Security Standards); without the label, the cluster's default admits it (privileged).
+fn refused_by_pod_security(
+    labels: &BTreeMap<String, String>,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+) -> Option<String> {
+    let level = labels.get("pod-security.kubernetes.io/enforce")?;
+    if level != "baseline" && level != "restricted" {
+        return None;
+    }
+    let privileged = pod
+        .containers
+        .iter()
+        .any(|c| c.security_context.as_ref().and_then(|s| s.privileged) == Some(true));
+    let host = pod.host_network == Some(true)
+        || pod.host_pid == Some(true)
+        || pod.volumes.iter().flatten().any(|v| v.host_path.is_some());
+    (privileged || host).then(|| level.clone())
 }
 
 /// What the stand-in kubelet runs for a pod.
