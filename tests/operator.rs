@@ -943,3 +943,41 @@ fn a_member_whose_image_is_gone_pulls_it_again() {
     let c = p.wait_ready("main", 3, 120);
     nothing_lost(&p, &c, w, 50, 3);
 }
+
+/// The agents' PriorityClass is the operator's setting (the chart's `agent.priorityClassName`):
+/// a class that does not exist admits no agent pod, as the Priority admission plugin refuses it;
+/// once it exists, the agents run and the cluster comes up.
+#[test]
+fn agents_run_with_the_priority_class_the_chart_names() {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let p = Plane::up_with(1, &[("RUNC_ETCD_AGENT_PRIORITY_CLASS", "etcd-agents")]);
+    p.apply(&cluster_yaml("main", 1, &p.lab.image(V_MID), "")).unwrap();
+    let sets: Api<DaemonSet> = Api::namespaced(p.cp.client.clone(), p.ns());
+    eventually("the agent DaemonSet with the class", 60, || {
+        p.rt.block_on(sets.list(&Default::default()))
+            .unwrap()
+            .items
+            .iter()
+            .any(|d| {
+                d.spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref()?.priority_class_name.as_deref())
+                    == Some("etcd-agents")
+            })
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        !unit_active(&p, 1),
+        "no agent runs while its PriorityClass does not exist"
+    );
+    let classes: Api<PriorityClass> = Api::all(p.cp.client.clone());
+    let class: PriorityClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "etcd-agents", "labels": {"runc-etcd.io/lab": p.lab.id.to_string()}},
+        "value": 1_000_000_000, "description": "runc-etcd agents"
+    }))
+    .unwrap();
+    p.rt.block_on(classes.create(&Default::default(), &class)).unwrap();
+    p.wait_ready("main", 1, 120);
+    p.rt.block_on(classes.delete("etcd-agents", &Default::default()))
+        .unwrap();
+}

@@ -29,6 +29,10 @@ pub struct OperatorArgs {
     /// The service account of the agent pods (made by the Helm chart, with its RBAC).
     #[arg(long, env = "RUNC_ETCD_AGENT_SERVICE_ACCOUNT", default_value = "runc-etcd-agent")]
     agent_service_account: String,
+    /// The PriorityClass of the agent pods; empty for none. Some clusters limit the critical
+    /// classes to kube-system with a ResourceQuota: name a class of your own there.
+    #[arg(long, env = "RUNC_ETCD_AGENT_PRIORITY_CLASS", default_value = "system-node-critical", value_parser = priority_class)]
+    agent_priority_class: String,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
@@ -38,8 +42,8 @@ pub struct OperatorArgs {
     cluster_domain: String,
 }
 
-/// A DNS domain such as `cluster.local`: lowercase labels of letters, digits and inner hyphens.
-fn dns_domain(s: &str) -> std::result::Result<String, String> {
+/// Whether `s` is a DNS subdomain: lowercase labels of letters, digits and inner hyphens.
+fn subdomain(s: &str) -> bool {
     let label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -48,7 +52,23 @@ fn dns_domain(s: &str) -> std::result::Result<String, String> {
             && l.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    if s.len() <= 253 && s.split('.').all(label) {
+    s.len() <= 253 && s.split('.').all(label)
+}
+
+/// A PriorityClass name (a DNS subdomain), or empty for none.
+fn priority_class(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || subdomain(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a PriorityClass name; use lowercase letters, digits, '-' and '.', such as system-node-critical, or empty for none"
+        ))
+    }
+}
+
+/// A DNS domain such as `cluster.local`: lowercase labels of letters, digits and inner hyphens.
+fn dns_domain(s: &str) -> std::result::Result<String, String> {
+    if subdomain(s) {
         Ok(s.to_string())
     } else {
         Err(format!(
@@ -116,6 +136,7 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
         agent: AgentImage {
             image: args.agent_image,
             service_account: args.agent_service_account,
+            priority_class: Some(args.agent_priority_class).filter(|p| !p.is_empty()),
             namespace: args.namespace,
         },
         cluster_domain: args.cluster_domain,

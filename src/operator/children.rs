@@ -30,6 +30,8 @@ pub const MANAGER: &str = "runc-etcd-operator";
 pub struct AgentImage {
     pub image: String,
     pub service_account: String,
+    /// The agent pods' PriorityClass (None: none).
+    pub priority_class: Option<String>,
     /// Where the agent DaemonSets live: the operator's own namespace, never the cluster's, so
     /// that deleting a cluster's namespace cannot take its agents before they have retired its
     /// members (README "Deleting a namespace").
@@ -188,7 +190,7 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
                     host_pid: Some(true),
                     node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-                    priority_class_name: Some("system-node-critical".into()),
+                    priority_class_name: agent.priority_class.clone(),
                     containers: vec![container],
                     volumes: Some(volumes),
                     ..Default::default()
@@ -431,10 +433,12 @@ mod tests {
         let agent = AgentImage {
             image: "runc-etcd:1".into(),
             service_account: "runc-etcd-agent".into(),
+            priority_class: Some("etcd-agents".into()),
             namespace: "runc-etcd-system".into(),
         };
         let ds = agent_daemonset(&c, &agent);
         let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.priority_class_name.as_deref(), Some("etcd-agents"));
         assert_eq!(pod.node_selector.unwrap()["etcd"], "yes");
         assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
         let args = pod.containers[0].args.clone().unwrap();

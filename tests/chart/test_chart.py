@@ -137,6 +137,8 @@ class ChartTest(unittest.TestCase):
                 agent_image = values.get("agent", {}).get("image") or want
                 self.assertIn(f"--agent-image={agent_image}", c["args"])
                 self.assertIn(f"--agent-service-account={agent_sa}", c["args"])
+                priority = values.get("agent", {}).get("priorityClassName", "system-node-critical")
+                self.assertIn(f"--agent-priority-class={priority}", c["args"])
                 self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
                 # Every binding's subject is a service account of the release namespace.
                 for d in docs:

@@ -127,6 +127,15 @@ pub static RESOURCES: &[Resource] = &[
         false,
         false,
     ),
+    res(
+        "scheduling.k8s.io/priorityclasses",
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+        false,
+        false,
+    ),
     // Answered, never stored (`rbac::review`).
     res(
         "authorization.k8s.io/selfsubjectaccessreviews",

@@ -119,6 +119,18 @@ impl Store {
                 .create(namespaces, "", obj)
                 .expect("a new store has no namespaces yet");
         }
+        // Every cluster has the two critical priority classes.
+        let classes = super::resources::by_key("scheduling.k8s.io/priorityclasses").expect("served");
+        for (name, value) in [
+            ("system-node-critical", 2_000_001_000),
+            ("system-cluster-critical", 2_000_000_000),
+        ] {
+            let obj = json!({"metadata": {"name": name}, "value": value, "globalDefault": false,
+                             "description": "built in"});
+            store
+                .create(classes, "", obj)
+                .expect("a new store has no priority classes yet");
+        }
         for (key, obj) in super::rbac::bootstrap() {
             let r = super::resources::by_key(key).expect("RBAC is served");
             store.create(r, "", obj).expect("a new store has no roles yet");

@@ -488,13 +488,19 @@ impl Kubelet {
                 .find(|n| n.metadata.name.as_deref() == Some(&namespace))
                 .and_then(|n| n.metadata.labels.clone())
                 .unwrap_or_default();
-            if let Some(level) = refused_by_pod_security(&labels, &pod) {
-                // Pod Security Admission refuses the DaemonSet controller's new pods; the pods
-                // already running keep running.
-                tracing::debug!(
-                    "lab kubelet: namespace {namespace} enforces Pod Security {level}: no new pods for {}",
-                    unit_for(ds)
-                );
+            // Admission refuses the DaemonSet controller's new pods (Pod Security by the
+            // namespace's label; Priority, for a class that does not exist); the pods already
+            // running keep running.
+            let classes = Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(self.client.clone());
+            let mut refusal = refused_by_pod_security(&labels, &pod)
+                .map(|level| format!("namespace {namespace} enforces Pod Security {level}"));
+            if let Some(class) = &pod.priority_class_name
+                && classes.get_opt(class).await?.is_none()
+            {
+                refusal = Some(format!("no PriorityClass with name {class} was found"));
+            }
+            if let Some(why) = refusal {
+                tracing::debug!("lab kubelet: {why}: no new pods for {}", unit_for(ds));
                 for (key, pod) in running.iter().filter(|(k, _)| k.0 == unit_for(ds)) {
                     want.insert(key.clone(), pod.clone());
                 }
