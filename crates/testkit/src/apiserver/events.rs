@@ -26,8 +26,8 @@ pub enum Shape {
     Core,
 }
 
-/// The object with its fields renamed to core's names, or back.
-fn rename(obj: Value, to_core: bool) -> Value {
+/// The object in core's shape, or back in the stored one: fields renamed, apiVersion set.
+fn convert(obj: Value, to_core: bool) -> Value {
     let Value::Object(fields) = obj else {
         return obj;
     };
@@ -43,6 +43,8 @@ fn rename(obj: Value, to_core: bool) -> Value {
             .unwrap_or(k);
         out.insert(key, v);
     }
+    let api_version = if to_core { "v1" } else { "events.k8s.io/v1" };
+    out.insert("apiVersion".into(), api_version.into());
     Value::Object(out)
 }
 
@@ -51,13 +53,7 @@ impl Shape {
     pub fn out(self, obj: Value) -> Value {
         match self {
             Shape::Stored => obj,
-            Shape::Core => {
-                let mut v = rename(obj, true);
-                if v.is_object() {
-                    v["apiVersion"] = "v1".into();
-                }
-                v
-            }
+            Shape::Core => convert(obj, true),
         }
     }
 
@@ -65,13 +61,7 @@ impl Shape {
     pub fn into_stored(self, obj: Value) -> Value {
         match self {
             Shape::Stored => obj,
-            Shape::Core => {
-                let mut v = rename(obj, false);
-                if v.is_object() {
-                    v["apiVersion"] = "events.k8s.io/v1".into();
-                }
-                v
-            }
+            Shape::Core => convert(obj, false),
         }
     }
 }

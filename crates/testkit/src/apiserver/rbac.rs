@@ -326,10 +326,7 @@ fn allows(rule: &Value, req: &Request) -> bool {
             name,
             ..
         } => {
-            let combined = match subresource {
-                Some(s) => format!("{resource}/{s}"),
-                None => resource.to_string(),
-            };
+            let combined = qualified(resource, *subresource);
             let names = strings(&rule["resourceNames"]);
             has(&verbs, verb)
                 && has(&strings(&rule["apiGroups"]), group)
@@ -344,6 +341,14 @@ fn allows(rule: &Value, req: &Request) -> bool {
                     *u == "*" || u == path || u.strip_suffix('*').is_some_and(|prefix| path.starts_with(prefix))
                 })
         }
+    }
+}
+
+/// `resource` or `resource/subresource`, as rules and messages name a request's resource.
+fn qualified(resource: &str, subresource: Option<&str>) -> String {
+    match subresource {
+        Some(s) => format!("{resource}/{s}"),
+        None => resource.to_string(),
     }
 }
 
@@ -365,10 +370,7 @@ fn forbidden(user: &User, req: &Request) -> ApiError {
             namespace,
             name,
         } => {
-            let shown = match subresource {
-                Some(s) => format!("{resource}/{s}"),
-                None => resource.to_string(),
-            };
+            let shown = qualified(resource, *subresource);
             let scope = match namespace {
                 Some(ns) => format!("in the namespace \"{ns}\""),
                 None => "at the cluster scope".into(),

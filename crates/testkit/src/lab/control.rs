@@ -477,6 +477,13 @@ impl Kubelet {
             .list(&ListParams::default())
             .await?
             .items;
+        let classes: Vec<String> = Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
         let mut want: BTreeMap<(String, usize), Pod> = BTreeMap::new();
         for ds in &sets {
             let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
@@ -491,11 +498,10 @@ impl Kubelet {
             // Admission refuses the DaemonSet controller's new pods (Pod Security by the
             // namespace's label; Priority, for a class that does not exist); the pods already
             // running keep running.
-            let classes = Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(self.client.clone());
             let mut refusal = refused_by_pod_security(&labels, &pod)
                 .map(|level| format!("namespace {namespace} enforces Pod Security {level}"));
             if let Some(class) = &pod.priority_class_name
-                && classes.get_opt(class).await?.is_none()
+                && !classes.contains(class)
             {
                 refusal = Some(format!("no PriorityClass with name {class} was found"));
             }
