@@ -664,3 +664,97 @@ async fn events_are_one_store_and_access_reviews_answer_from_rbac() {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(agent, "default");
     assert_eq!(rejected(secrets.list(&ListParams::default()).await.unwrap_err()).0, 403);
 }
+
+#[tokio::test]
+async fn server_side_apply_keeps_owners_refuses_conflicts_and_removes_what_is_no_longer_applied() {
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let cm = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
+    let data = |c: ConfigMap| c.data.unwrap_or_default().into_iter().collect::<Vec<_>>();
+    let by = |m: &str| PatchParams::apply(m);
+    let s = |k: &str, v: &str| (k.to_string(), v.to_string());
+
+    // Two appliers may own one field when they apply the same value.
+    cms.patch(
+        "c",
+        &by("operator"),
+        &Patch::Apply(cm(json!({"a": "1", "b": "1", "shared": "s"}))),
+    )
+    .await
+    .unwrap();
+    let c = cms
+        .patch("c", &by("helm"), &Patch::Apply(cm(json!({"shared": "s"}))))
+        .await
+        .unwrap();
+    let owners: Vec<(String, String)> = c
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.manager.unwrap(), e.operation.unwrap()))
+        .collect();
+    assert_eq!(owners, [s("operator", "Apply"), s("helm", "Apply")]);
+
+    // A merge patch by someone else takes the field it changed.
+    let edit = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    cms.patch("c", &edit, &Patch::Merge(json!({"data": {"a": "2"}})))
+        .await
+        .unwrap();
+    // So applying it again conflicts, in kube-apiserver's words, and changes nothing...
+    let (code, message) = rejected(
+        cms.patch(
+            "c",
+            &by("operator"),
+            &Patch::Apply(cm(json!({"a": "1", "b": "1", "shared": "s"}))),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+    assert!(
+        message.starts_with("Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1 at ")
+            && message.ends_with(": .data.a"),
+        "{message}"
+    );
+    assert_eq!(data(cms.get("c").await.unwrap())[0], s("a", "2"));
+    // ...unless forced, which takes it back. Dropping a field removes it, unless another
+    // manager owns it: `shared` stays while helm applies it.
+    let c = cms
+        .patch("c", &by("operator").force(), &Patch::Apply(cm(json!({"a": "1"}))))
+        .await
+        .unwrap();
+    assert_eq!(data(c), [s("a", "1"), s("shared", "s")]);
+    let c = cms.patch("c", &by("helm"), &Patch::Apply(cm(json!({})))).await.unwrap();
+    assert_eq!(data(c), [s("a", "1")]);
+    // A field another writer added is not the applier's to remove.
+    cms.patch("c", &edit, &Patch::Merge(json!({"data": {"mine": "x"}})))
+        .await
+        .unwrap();
+    let c = cms
+        .patch("c", &by("operator"), &Patch::Apply(cm(json!({"a": "1"}))))
+        .await
+        .unwrap();
+    assert_eq!(data(c), [s("a", "1"), s("mine", "x")]);
+
+    // An apply names its manager (only an apply may force: kube's client checks that itself).
+    let anonymous = PatchParams {
+        field_manager: None,
+        ..Default::default()
+    };
+    let (code, message) = rejected(
+        cms.patch("c", &anonymous, &Patch::Apply(cm(json!({"a": "1"}))))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            422,
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+        )
+    );
+}

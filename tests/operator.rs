@@ -380,6 +380,27 @@ fn bad_specs_are_refused_and_impossible_ones_reported() {
     p.label_node(3, &[("etcd", "yes")]);
     p.wait_ready("main", 3, 180);
     assert!(unit_active(&p, 3));
+
+    // The selector is dropped from the spec: server-side apply removes it from the cluster (the
+    // user's field) and from the agent DaemonSet (the operator's), which a merge patch would keep.
+    let without = p
+        .apply(&cluster_yaml("main", 3, &image, ""))
+        .expect("the spec without a selector applies");
+    assert!(
+        without.spec.node_selector.is_empty(),
+        "{:?}",
+        without.spec.node_selector
+    );
+    let sets: Api<DaemonSet> = Api::namespaced(p.cp.client.clone(), p.ns());
+    eventually("the agent DaemonSet without a node selector", 60, || {
+        let ds = p.rt.block_on(sets.list(&Default::default())).unwrap().items;
+        ds.len() == 1
+            && ds[0]
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .is_some_and(|t| t.node_selector.as_ref().is_none_or(|s| s.is_empty()))
+    });
 }
 
 fn condition_of<'a>(s: &'a runc_etcd_api::EtcdClusterStatus, type_: &str) -> &'a str {

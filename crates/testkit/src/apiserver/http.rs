@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::apply::{self, Operation, Writer};
 use super::events::Shape;
 use super::rbac::{self, User};
 use super::resources::{self, Resource};
@@ -151,6 +152,15 @@ pub async fn handle(
         ));
     }
     let verb = verb(&method, route.name.is_some(), &q);
+    let manager = apply::manager_of(
+        q.get("fieldManager").map(String::as_str),
+        headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+    );
+    let updater = Writer {
+        manager: &manager,
+        operation: Operation::Update,
+        status: route.status(),
+    };
     let req = rbac::Request::Resource {
         verb: &verb,
         group: asked.group,
@@ -194,8 +204,9 @@ pub async fn handle(
             )
         }),
         (&Method::POST, None) => parse_body(&body).and_then(|obj| {
-            let obj = shape.into_stored(obj);
+            let mut obj = shape.into_stored(obj);
             validate::check(r, &obj, None)?;
+            apply::update(r, None, &mut obj, &updater);
             let mut s = store.lock().unwrap();
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
             s.create(r, &ns, obj).map(|o| shape.out(o))
@@ -206,6 +217,7 @@ pub async fn handle(
             let mut s = store.lock().unwrap();
             let old = s.get(r, &ns, name)?;
             validate::check(r, &obj, Some(&old))?;
+            apply::update(r, Some(&old), &mut obj, &updater);
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
             s.replace(r, &ns, obj, route.status()).map(|o| shape.out(o))
         }),
@@ -217,7 +229,8 @@ pub async fn handle(
                 name,
                 status: route.status(),
             };
-            patch(&store, &user, &target, &headers, &body).map(|o| shape.out(o))
+            let force = q.get("force").is_some_and(|f| f == "true");
+            patch(&store, &user, &target, (&headers, &q, force), &body).map(|o| shape.out(o))
         }
         (&Method::DELETE, Some(name)) => {
             // DeleteOptions, in the body (client-go, kube-rs) or the query (kubectl --cascade).
@@ -271,7 +284,10 @@ struct Target<'a> {
     status: bool,
 }
 
-fn patch(store: &Shared, user: &User, t: &Target, headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+/// A patch's request: its headers, query and whether it forces an apply.
+type PatchRequest<'a> = (&'a HeaderMap, &'a HashMap<String, String>, bool);
+
+fn patch(store: &Shared, user: &User, t: &Target, (headers, q, force): PatchRequest, body: &[u8]) -> ApiResult<Value> {
     let Target {
         r,
         shape,
@@ -283,6 +299,18 @@ fn patch(store: &Shared, user: &User, t: &Target, headers: &HeaderMap, body: &[u
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    let applying = ctype.starts_with("application/apply-patch");
+    let field_manager = q.get("fieldManager").map(String::as_str);
+    apply::check_options(applying, field_manager, force)?;
+    let manager = apply::manager_of(
+        field_manager,
+        headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+    );
+    let writer = Writer {
+        manager: &manager,
+        operation: if applying { Operation::Apply } else { Operation::Update },
+        status,
+    };
     let patch = parse_body(body)?;
     // A patch that names no resourceVersion is not a compare-and-swap.
     let compare_and_swap = patch["metadata"]["resourceVersion"].is_string();
@@ -290,26 +318,32 @@ fn patch(store: &Shared, user: &User, t: &Target, headers: &HeaderMap, body: &[u
     let old = match s.get(r, ns, name) {
         Ok(o) => o,
         // Server-side apply creates what does not exist yet.
-        Err(e) if e.code == 404 && ctype.starts_with("application/apply-patch") && !status => {
+        Err(e) if e.code == 404 && applying && !status => {
             let patch = shape.into_stored(patch);
             validate::check(r, &patch, None)?;
             rbac::check_grant(&s, user, r.kind, (!ns.is_empty()).then_some(ns), &patch)?;
-            return s.create(r, ns, patch);
+            let obj = apply::apply(r, None, &patch, &writer, force)?;
+            return s.create(r, ns, obj);
         }
         Err(e) => return Err(e),
     };
     // The patch is applied to the object as its version shows it.
     let mut new = shape.out(old.clone());
-    if ctype.starts_with("application/json-patch") {
+    if applying {
+        new = apply::apply(r, Some(&new), &patch, &writer, force)?;
+    } else if ctype.starts_with("application/json-patch") {
         let ops: json_patch::Patch =
             serde_json::from_value(patch).map_err(|e| ApiError::new(400, "BadRequest", e.to_string()))?;
         json_patch::patch(&mut new, &ops).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
     } else {
-        // merge-patch, strategic-merge-patch and apply-patch are all applied as a JSON merge patch:
-        // lists are replaced, not merged by key, and apply does not track field managers.
+        // merge-patch and strategic-merge-patch are both applied as a JSON merge patch: a
+        // strategic merge's lists are replaced, not merged by key.
         json_patch::merge(&mut new, &patch);
     }
     let mut new = shape.into_stored(new);
+    if !applying {
+        apply::update(r, Some(&old), &mut new, &writer);
+    }
     if !compare_and_swap && let Some(m) = new["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }

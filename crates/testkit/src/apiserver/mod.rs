@@ -8,7 +8,9 @@
 //! - finalizers and deletionTimestamp;
 //! - ownerReference garbage collection, in the background or the foreground
 //!   (`propagationPolicy: Foreground`: the owner goes after its dependents);
-//! - merge, JSON and apply patches (apply and strategic merge act as JSON merge patches);
+//! - merge, JSON and apply patches (a strategic merge acts as a JSON merge patch);
+//! - server-side apply with managed fields (`apply`): ownership per field manager, conflicts
+//!   without `force` in kube-apiserver's words, removal of what a manager no longer applies;
 //! - namespaces: a namespaced object needs its namespace; a deleted namespace is Terminating
 //!   (nothing new may be made in it, its objects are deleted) until its last object is gone;
 //! - schema and CEL validation of the project's custom resources (CRDs can be stored, as a
@@ -27,9 +29,10 @@
 //!
 //!   and RBAC's escalation check on writes of Roles and bindings (grant only what you hold);
 //!
-//! Not kept: field managers, admission, defaulting from the schema (the Rust types default on
-//! read), bookmarks.
+//! Not kept: defaulting (from the schema or the built-in types: the Rust types default on read),
+//! a strategic merge's list merging, bookmarks.
 
+mod apply;
 mod auth;
 mod discovery;
 mod events;

@@ -271,8 +271,18 @@ impl Store {
         }
         if status_only {
             let status = new["status"].take();
+            let owners = new["metadata"].get("managedFields").cloned();
             new = old.clone();
             new["status"] = status;
+            match (owners, new["metadata"].as_object_mut()) {
+                (Some(owners), Some(m)) if !owners.is_null() => {
+                    m.insert("managedFields".into(), owners);
+                }
+                (_, Some(m)) => {
+                    m.remove("managedFields");
+                }
+                _ => {}
+            }
         } else {
             // Immutable metadata comes from the stored object; status only through its subresource.
             for f in [
