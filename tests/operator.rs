@@ -13,6 +13,7 @@ use common::*;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use runc_etcd_api::EtcdMember;
 use runc_etcd_testkit::lab::netns;
@@ -350,11 +351,40 @@ fn bad_specs_are_refused_and_impossible_ones_reported() {
         assert!(p.get("bad").is_none());
     }
 
+    // A permission taken from the operator (its rule on Services, which every cluster enforces)
+    // is said in the status; once it is back, the cluster goes on by itself.
+    let roles: Api<ClusterRole> = Api::all(p.cp.client.clone());
+    let role = format!("{}-operator", runc_etcd_testkit::lab::release(p.lab.id));
+    let granted = p.rt.block_on(roles.get(&role)).unwrap();
+    let mut taken = granted.clone();
+    taken.metadata.managed_fields = None;
+    if let Some(rules) = taken.rules.as_mut() {
+        rules.retain(|r| r.resources.as_ref().is_none_or(|x| x != &["services"]));
+    }
+    p.rt.block_on(roles.replace(&role, &Default::default(), &taken))
+        .unwrap();
+
     // Valid but impossible: 3 members wanted, 2 eligible nodes. Reported, nothing torn down.
     p.label_node(1, &[("etcd", "yes")]);
     p.label_node(2, &[("etcd", "yes")]);
     p.apply(&cluster_yaml("main", 3, &image, "  nodeSelector: {etcd: \"yes\"}\n"))
         .unwrap();
+    let c = p.wait("main", "refused a permission", 60, |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|x| x.type_ == "Degraded" && x.reason == "OperatorForbidden")
+        })
+    });
+    let says = &c.status.unwrap().conditions;
+    assert!(
+        says.iter()
+            .any(|x| x.message.contains("cannot patch resource \"services\"") && x.message.contains("Fix: grant it")),
+        "{says:?}"
+    );
+    let mut back = p.rt.block_on(roles.get(&role)).unwrap();
+    back.rules = granted.rules;
+    p.rt.block_on(roles.replace(&role, &Default::default(), &back)).unwrap();
     let c = p.wait("main", "short of nodes", 180, |c| {
         let s = c.status.clone().unwrap_or_default();
         s.ready_members == 2

@@ -391,6 +391,16 @@ impl Problem {
         }
     }
 
+    /// The API server refused the operator a request: its RBAC lacks a permission.
+    pub fn forbidden(refusal: &str) -> Problem {
+        Problem {
+            reason: "OperatorForbidden",
+            message: format!(
+                "the API server refused the operator: {refusal}. Fix: grant it; the chart's operator ClusterRole holds every permission the operator uses (helm upgrade to this operator's chart version, or restore a ClusterRole edited by hand); the operator retries by itself"
+            ),
+        }
+    }
+
     fn ca_replaced(c: &EtcdCluster, found: &str, expected: &str) -> Problem {
         Problem {
             reason: "CertificateAuthorityMismatch",

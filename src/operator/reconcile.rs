@@ -31,7 +31,19 @@ use runc_etcd_api::EtcdCluster;
 
 #[tracing::instrument(skip_all, fields(cluster = %c.name_any(), namespace = %c.namespace().unwrap_or_default()))]
 pub async fn reconcile(c: Arc<EtcdCluster>, ctx: Arc<Ctx>) -> Result<Action> {
-    let action = run(&c, &ctx).await?;
+    let action = match run(&c, &ctx).await {
+        Ok(action) => action,
+        Err(e) => {
+            // A missing permission is not the operator's to fix: it says so where the user
+            // looks (the next pass that gets through writes the status anew).
+            if let Some(refusal) = e.forbidden()
+                && let Err(report) = report::blocked(&c, &ctx, &ensure::Problem::forbidden(refusal)).await
+            {
+                tracing::warn!("could not report the refusal: {report}");
+            }
+            return Err(e);
+        }
+    };
     ctx.retries.succeeded(&retry::key(&*c));
     Ok(action)
 }

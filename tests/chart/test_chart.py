@@ -19,6 +19,7 @@ CHART = os.path.join(ROOT, "charts", "runc-etcd")
 OPERATOR = {
     ("runc-etcd.io", "etcdclusters"): {"get", "list", "watch", "patch"},
     ("runc-etcd.io", "etcdclusters/status"): {"patch"},
+    ("runc-etcd.io", "etcdclusters/finalizers"): {"update"},
     ("runc-etcd.io", "etcdbackups/status"): {"patch"},
     ("runc-etcd.io", "etcdmembers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("runc-etcd.io", "etcdbackups"): {"get", "list", "watch", "create", "patch", "delete"},
@@ -28,8 +29,8 @@ OPERATOR = {
     ("", "nodes"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("coordination.k8s.io", "leases"): {"list"},
-    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch", "delete"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch", "delete"},
 }
 # In the release namespace: leader election, the agent DaemonSets (which live there), and the
 # namespace itself (its Pod Security label).

@@ -123,9 +123,12 @@ impl Plane {
             }
             if Instant::now() > deadline {
                 let status = self.get(name).map(|c| serde_json::to_string_pretty(&c.status).unwrap());
+                // Every operator's: the leader is not always the last one started.
+                let operators: String = (0..self.cp.operators())
+                    .map(|i| format!("operator-{i} log (tail):\n{}\n", tail(&self.cp.operator_log(i), 40)))
+                    .collect();
                 panic!(
-                    "timed out after {secs}s waiting for {name} to be {what}\nstatus: {status:?}\noperator log (tail):\n{}\nagents:\n{}",
-                    tail(&self.cp.operator_log(self.cp.operators().saturating_sub(1)), 40),
+                    "timed out after {secs}s waiting for {name} to be {what}\nstatus: {status:?}\n{operators}agents:\n{}",
                     self.cp.agent_logs(15)
                 );
             }

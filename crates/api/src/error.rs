@@ -49,4 +49,13 @@ impl Error {
     pub fn is_invalid(&self) -> bool {
         matches!(self, Error::Engine(runc_etcd_host::Error::Invalid { .. }))
     }
+
+    /// The API server's refusal of a request this identity may not make (403), in its words:
+    /// a permission is missing, and only an administrator can grant it.
+    pub fn forbidden(&self) -> Option<&str> {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => Some(&s.message),
+            _ => None,
+        }
+    }
 }

@@ -209,6 +209,7 @@ pub async fn handle(
             apply::update(r, None, &mut obj, &updater);
             let mut s = store.lock().unwrap();
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
+            rbac::owner_references(&s, &user, (r, &ns, &super::store::name_of(&obj)), &obj, None)?;
             s.create(r, &ns, obj).map(|o| shape.out(o))
         }),
         (&Method::PUT, Some(name)) => parse_body(&body).and_then(|obj| {
@@ -219,6 +220,9 @@ pub async fn handle(
             validate::check(r, &obj, Some(&old))?;
             apply::update(r, Some(&old), &mut obj, &updater);
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
+            if !route.status() {
+                rbac::owner_references(&s, &user, (r, &ns, name), &obj, Some(&old))?;
+            }
             s.replace(r, &ns, obj, route.status()).map(|o| shape.out(o))
         }),
         (&Method::PATCH, Some(name)) => {
@@ -317,11 +321,21 @@ fn patch(store: &Shared, user: &User, t: &Target, (headers, q, force): PatchRequ
     let mut s = store.lock().unwrap();
     let old = match s.get(r, ns, name) {
         Ok(o) => o,
-        // Server-side apply creates what does not exist yet.
+        // Server-side apply creates what does not exist yet, if its user may create too.
         Err(e) if e.code == 404 && applying && !status => {
+            let create = rbac::Request::Resource {
+                verb: "create",
+                group: r.group,
+                resource: r.plural,
+                subresource: None,
+                namespace: (!ns.is_empty()).then_some(ns),
+                name: Some(name),
+            };
+            rbac::authorize(&s, user, &create)?;
             let patch = shape.into_stored(patch);
             validate::check(r, &patch, None)?;
             rbac::check_grant(&s, user, r.kind, (!ns.is_empty()).then_some(ns), &patch)?;
+            rbac::owner_references(&s, user, (r, ns, name), &patch, None)?;
             let obj = apply::apply(r, None, &patch, &writer, force)?;
             return s.create(r, ns, obj);
         }
@@ -349,6 +363,9 @@ fn patch(store: &Shared, user: &User, t: &Target, (headers, q, force): PatchRequ
     }
     validate::check(r, &new, Some(&old))?;
     rbac::check_grant(&s, user, r.kind, (!ns.is_empty()).then_some(ns), &new)?;
+    if !status {
+        rbac::owner_references(&s, user, (r, ns, name), &new, Some(&old))?;
+    }
     s.replace(r, ns, new, status)
 }
 

@@ -18,6 +18,7 @@ mod sh;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+pub use chart::release;
 pub use host::LabHost;
 pub use net::Net;
 pub use sh::{CommandFailed, LabResult};
