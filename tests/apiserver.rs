@@ -32,6 +32,17 @@ fn member(name: &str, node: &str, owner: &EtcdCluster) -> EtcdMember {
     .unwrap()
 }
 
+/// Waits (5 s at most) for what the server's background controllers finish (`deletion`).
+async fn soon<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    for _ in 0..50 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 5 s: {what}");
+}
+
 fn rejected(e: kube::Error) -> (u16, String) {
     match e {
         kube::Error::Api(s) => (s.code, s.message),
@@ -78,9 +89,22 @@ async fn create_conflicts_generation_and_status() {
     assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
     assert_eq!(patched.metadata.generation, Some(3));
 
-    // A write based on a stale resourceVersion is a conflict.
+    // A write based on a stale resourceVersion is a conflict; a custom resource takes none
+    // without one.
     let (code, msg) = rejected(api.replace("main", &PostParams::default(), &resized).await.unwrap_err());
     assert_eq!(code, 409, "{msg}");
+    let mut unconditional = resized.clone();
+    unconditional.metadata.resource_version = None;
+    let (code, msg) = rejected(
+        api.replace("main", &PostParams::default(), &unconditional)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422, "{msg}");
+    assert!(
+        msg.ends_with("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"),
+        "{msg}"
+    );
     // So is a patch that names a stale one (how an agent claims a backup only if unmoved).
     let stale =
         json!({"metadata": {"resourceVersion": resized.metadata.resource_version}, "status": {"phase": "Failed"}});
@@ -170,11 +194,10 @@ async fn finalizers_and_owner_garbage_collection() {
         .await
         .unwrap();
     assert_eq!(rejected(clusters.get("main").await.unwrap_err()).0, 404);
-    assert_eq!(
-        rejected(members.get("main-0").await.unwrap_err()).0,
-        404,
-        "garbage collected"
-    );
+    soon("the member garbage collected", || async {
+        members.get_opt("main-0").await.unwrap().is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -328,7 +351,10 @@ async fn objects_need_their_namespace_and_go_with_it() {
     namespaces.create(&PostParams::default(), &ns).await.unwrap();
     elsewhere.create(&PostParams::default(), &cm).await.unwrap();
     namespaces.delete("team-a", &DeleteParams::default()).await.unwrap();
-    assert!(elsewhere.get_opt("c").await.unwrap().is_none());
+    soon("the namespace's objects gone", || async {
+        elsewhere.get_opt("c").await.unwrap().is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -429,8 +455,11 @@ async fn a_deleted_namespace_terminates_until_its_finalizers_are_done() {
     namespaces.delete("apps", &DeleteParams::default()).await.unwrap();
     let terminating = namespaces.get("apps").await.unwrap();
     assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
-    assert_eq!(rejected(cms.get("plain").await.unwrap_err()).0, 404);
-    assert!(
+    soon("the ConfigMap gone", || async {
+        cms.get_opt("plain").await.unwrap().is_none()
+    })
+    .await;
+    soon("the member marked", || async {
         members
             .get("main-0")
             .await
@@ -438,7 +467,8 @@ async fn a_deleted_namespace_terminates_until_its_finalizers_are_done() {
             .metadata
             .deletion_timestamp
             .is_some()
-    );
+    })
+    .await;
     let (code, msg) = rejected(cms.create(&PostParams::default(), &cm).await.unwrap_err());
     assert_eq!(code, 403, "{msg}");
     assert!(msg.contains("being terminated"), "{msg}");
@@ -449,7 +479,10 @@ async fn a_deleted_namespace_terminates_until_its_finalizers_are_done() {
         .patch("main-0", &PatchParams::default(), &Patch::Merge(release))
         .await
         .unwrap();
-    assert_eq!(rejected(namespaces.get("apps").await.unwrap_err()).0, 404);
+    soon("the namespace gone", || async {
+        namespaces.get_opt("apps").await.unwrap().is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -464,33 +497,54 @@ async fn a_foreground_deletion_waits_for_the_dependents() {
         .unwrap();
     let mut m = member("main-0", "n1", &owner);
     m.metadata.finalizers = Some(vec!["runc-etcd.io/agent".into()]);
+    if let Some(r) = m.metadata.owner_references.as_mut() {
+        r[0].block_owner_deletion = Some(true);
+    }
     members.create(&PostParams::default(), &m).await.unwrap();
+
+    // A dependent that does not block its owner (no blockOwnerDeletion), held by a finalizer.
+    let mut loose = member("main-1", "n1", &owner);
+    loose.metadata.finalizers = Some(vec!["runc-etcd.io/agent".into()]);
+    if let Some(r) = loose.metadata.owner_references.as_mut() {
+        r[0].block_owner_deletion = None;
+    }
+    members.create(&PostParams::default(), &loose).await.unwrap();
 
     clusters.delete("main", &DeleteParams::foreground()).await.unwrap();
     let marked = clusters.get("main").await.unwrap();
     assert!(marked.metadata.deletion_timestamp.is_some());
     assert_eq!(marked.metadata.finalizers, Some(vec!["foregroundDeletion".to_string()]));
+    for name in ["main-0", "main-1"] {
+        soon("every dependent marked", || async {
+            members.get(name).await.unwrap().metadata.deletion_timestamp.is_some()
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        members
-            .get("main-0")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some()
+        clusters.get_opt("main").await.unwrap().is_some(),
+        "waits for its blocking dependent"
     );
 
+    // The blocking dependent gone, the owner goes, though the other is still there.
     let release = json!({"metadata": {"finalizers": null}});
     members
-        .patch("main-0", &PatchParams::default(), &Patch::Merge(release))
+        .patch("main-0", &PatchParams::default(), &Patch::Merge(&release))
         .await
         .unwrap();
-    assert_eq!(rejected(members.get("main-0").await.unwrap_err()).0, 404);
-    assert_eq!(
-        rejected(clusters.get("main").await.unwrap_err()).0,
-        404,
-        "gone after its dependents"
-    );
+    soon("the owner gone after its blocking dependent", || async {
+        clusters.get_opt("main").await.unwrap().is_none()
+    })
+    .await;
+    assert!(members.get_opt("main-1").await.unwrap().is_some());
+    members
+        .patch("main-1", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    soon("the other dependent gone", || async {
+        members.get_opt("main-1").await.unwrap().is_none()
+    })
+    .await;
 }
 
 /// A ServiceAccount's token (from the TokenRequest API, as a kubelet gets it) is that account,
@@ -757,4 +811,182 @@ async fn server_side_apply_keeps_owners_refuses_conflicts_and_removes_what_is_no
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
         )
     );
+}
+
+/// An orphaning deletion leaves the dependents without their owner; a namespace's pods go
+/// first (a bound pod once its kubelet lets it go), the rest after them; a pod on a node that
+/// does not exist is collected.
+#[tokio::test]
+async fn orphans_stay_and_a_namespace_deletes_its_pods_first() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let clusters: Api<EtcdCluster> = Api::namespaced(server.client(), "default");
+    let members: Api<EtcdMember> = Api::namespaced(server.client(), "default");
+    let owner = clusters
+        .create(&PostParams::default(), &cluster("main", json!({"version": "3.5.16"})))
+        .await
+        .unwrap();
+    members
+        .create(&PostParams::default(), &member("main-0", "n1", &owner))
+        .await
+        .unwrap();
+    let orphan = DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+        ..Default::default()
+    };
+    clusters.delete("main", &orphan).await.unwrap();
+    soon("the owner gone", || async {
+        clusters.get_opt("main").await.unwrap().is_none()
+    })
+    .await;
+    let kept = members.get("main-0").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    assert_eq!(kept.metadata.owner_references.unwrap_or_default(), vec![]);
+
+    let nodes: Api<Node> = Api::all(server.client());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let namespaces: Api<Namespace> = Api::all(server.client());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(server.client(), "apps");
+    let pod = |name: &str, node: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}))
+        .unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("agent", "n1")).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "apps");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "plain"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+
+    namespaces.delete("apps", &DeleteParams::default()).await.unwrap();
+    soon("the pod marked", || async {
+        pods.get("agent").await.unwrap().metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pods.get_opt("agent").await.unwrap().is_some(),
+        "its kubelet has not let it go"
+    );
+    assert!(
+        cms.get_opt("plain").await.unwrap().is_some(),
+        "nothing else before the pods"
+    );
+    // The kubelet stops its containers and deletes it for good.
+    pods.delete("agent", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    soon("the namespace gone", || async {
+        namespaces.get_opt("apps").await.unwrap().is_none()
+    })
+    .await;
+
+    // A pod whose node is gone is collected.
+    let default_pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    default_pods
+        .create(&PostParams::default(), &pod("lost", "n9"))
+        .await
+        .unwrap();
+    soon("the pod of a node that does not exist gone", || async {
+        default_pods.get_opt("lost").await.unwrap().is_none()
+    })
+    .await;
+}
+
+/// The DaemonSet controller makes one pod per eligible Node through admission (a refusal is a
+/// FailedCreate Event, and no pod), and replaces a pod whose template changed once its kubelet
+/// has let the old one go.
+#[tokio::test]
+async fn daemonsets_make_their_pods_through_admission() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use k8s_openapi::api::events::v1::Event;
+    runc_etcd_host::install_crypto_provider();
+    let server = ApiServer::start().await.unwrap();
+    let nodes: Api<Node> = Api::all(server.client());
+    for (name, labels) in [("n1", json!({"etcd": "yes"})), ("n2", json!({}))] {
+        let node = json!({"metadata": {"name": name, "labels": labels}});
+        nodes
+            .create(&PostParams::default(), &serde_json::from_value(node).unwrap())
+            .await
+            .unwrap();
+    }
+    let namespaces: Api<Namespace> = Api::all(server.client());
+    let ns = json!({"metadata": {"name": "ops", "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}});
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+        .await
+        .unwrap();
+    let ds = |image: &str| -> DaemonSet {
+        serde_json::from_value(
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agents"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "a"}},
+                "spec": {"nodeSelector": {"etcd": "yes"}, "hostNetwork": true,
+                    "containers": [{"name": "agent", "image": image, "securityContext": {"privileged": true}}]}}}}),
+        )
+        .unwrap()
+    };
+    let sets: Api<DaemonSet> = Api::namespaced(server.client(), "ops");
+    sets.create(&PostParams::default(), &ds("a:1")).await.unwrap();
+    let events: Api<Event> = Api::namespaced(server.client(), "ops");
+    soon("a FailedCreate event", || async {
+        events.list(&Default::default()).await.unwrap().items.iter().any(|e| {
+            e.reason.as_deref() == Some("FailedCreate")
+                && e.note.as_deref().is_some_and(|n| {
+                    n.contains("violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)")
+                })
+        })
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(server.client(), "ops");
+    assert!(pods.list(&Default::default()).await.unwrap().items.is_empty());
+
+    // Admitted: one pod, on the node the selector picks, owned by its DaemonSet.
+    let privileged = json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}});
+    namespaces
+        .patch("ops", &PatchParams::default(), &Patch::Merge(privileged))
+        .await
+        .unwrap();
+    let one = || async {
+        let items = pods.list(&Default::default()).await.unwrap().items;
+        (items.len() == 1).then(|| items[0].clone())
+    };
+    soon("one pod", || async { one().await.is_some() }).await;
+    let pod = one().await.unwrap();
+    assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+    assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "agents");
+
+    // A new template: the old pod is deleted, and replaced once its kubelet lets it go.
+    sets.replace("agents", &PostParams::default(), &ds("a:2"))
+        .await
+        .unwrap_or_else(|_| panic!("replace"));
+    soon("the old pod marked", || async {
+        pods.get(&pod.metadata.name.clone().unwrap())
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    })
+    .await;
+    pods.delete(
+        &pod.metadata.name.clone().unwrap(),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    soon("a pod of the new template", || async {
+        one().await.is_some_and(|p| {
+            p.spec.unwrap().containers[0].image.as_deref() == Some("a:2") && p.metadata.deletion_timestamp.is_none()
+        })
+    })
+    .await;
 }

@@ -674,6 +674,19 @@ fn agents_refused_by_pod_security_are_reported_with_the_fix() {
         p.owned::<EtcdMember>("main").is_empty(),
         "no member placed while no agent can run"
     );
+    // What `kubectl describe daemonset` shows: admission refused its pods, and none exists.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(p.cp.client.clone(), &p.cp.namespace);
+    let refused = p.rt.block_on(events.list(&Default::default())).unwrap().items;
+    assert!(
+        refused.iter().any(|e| e.reason.as_deref() == Some("FailedCreate")
+            && e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("violates PodSecurity \"baseline:latest\""))),
+        "{:?}",
+        refused.iter().map(|e| (&e.reason, &e.note)).collect::<Vec<_>>()
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(p.cp.client.clone(), &p.cp.namespace);
+    assert!(p.rt.block_on(pods.list(&Default::default())).unwrap().items.is_empty());
     label("privileged");
     p.wait_ready("main", 1, 120);
 }

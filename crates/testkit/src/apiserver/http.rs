@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::apply::{self, Operation, Writer};
+use super::deletion::Propagation;
 use super::events::Shape;
 use super::rbac::{self, User};
 use super::resources::{self, Resource};
@@ -210,11 +211,22 @@ pub async fn handle(
             let mut s = store.lock().unwrap();
             rbac::check_grant(&s, &user, r.kind, route.namespace.as_deref(), &obj)?;
             rbac::owner_references(&s, &user, (r, &ns, &super::store::name_of(&obj)), &obj, None)?;
+            if r.key() == "core/pods" {
+                super::admission::pod(&s, &ns, &obj)?;
+            }
             s.create(r, &ns, obj).map(|o| shape.out(o))
         }),
         (&Method::PUT, Some(name)) => parse_body(&body).and_then(|obj| {
             let mut obj = shape.into_stored(obj);
             obj["metadata"]["name"] = json!(name);
+            // Custom resources allow no unconditional update (most built-in kinds do).
+            if validate::schema_of(r).is_some() && obj["metadata"]["resourceVersion"].is_null() {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("{}.{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update", r.plural, r.group),
+                ));
+            }
             let mut s = store.lock().unwrap();
             let old = s.get(r, &ns, name)?;
             validate::check(r, &obj, Some(&old))?;
@@ -243,7 +255,11 @@ pub async fn handle(
                 .get("propagationPolicy")
                 .map(String::as_str)
                 .or(body["propagationPolicy"].as_str());
-            store.lock().unwrap().delete(r, &ns, name, policy == Some("Foreground"))
+            let grace = q
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse().ok())
+                .or(body["gracePeriodSeconds"].as_i64());
+            Propagation::parse(policy).and_then(|policy| store.lock().unwrap().delete(r, &ns, name, policy, grace))
         }
         _ => Err(ApiError::new(
             405,

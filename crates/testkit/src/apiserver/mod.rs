@@ -6,13 +6,19 @@
 //! - the status subresource (spec writes leave status alone and the reverse);
 //! - metadata.generation bumped on spec changes;
 //! - finalizers and deletionTimestamp;
-//! - ownerReference garbage collection, in the background or the foreground
-//!   (`propagationPolicy: Foreground`: the owner goes after its dependents);
+//! - deletion as kube-controller-manager finishes it, in passes after the request (`deletion`):
+//!   garbage collection in the background, the foreground (the owner goes once its blocking
+//!   dependents have) or orphaning; graceful pod deletion; namespaces that delete their pods
+//!   first, then the rest;
+//! - the DaemonSet controller (`daemonsets`): a pod per eligible Node, through admission;
+//! - admission of pods (`admission`): Pod Security by namespace label, PriorityClasses that
+//!   exist; OwnerReferencesPermissionEnforcement (`rbac::owner_references`);
 //! - merge, JSON and apply patches (a strategic merge acts as a JSON merge patch);
 //! - server-side apply with managed fields (`apply`): ownership per field manager, conflicts
 //!   without `force` in kube-apiserver's words, removal of what a manager no longer applies;
 //! - namespaces: a namespaced object needs its namespace; a deleted namespace is Terminating
-//!   (nothing new may be made in it, its objects are deleted) until its last object is gone;
+//!   (nothing new may be made in it) until its last object is gone;
+//! - no unconditional update (a PUT without resourceVersion) of a custom resource;
 //! - schema and CEL validation of the project's custom resources (CRDs can be stored, as a
 //!   harness installs them on a real cluster, but the schemas used are the code's);
 //! - optionally HTTPS and a bearer token (`serve_secured`), as a real cluster is reached;
@@ -32,8 +38,11 @@
 //! Not kept: defaulting (from the schema or the built-in types: the Rust types default on read),
 //! a strategic merge's list merging, bookmarks.
 
+mod admission;
 mod apply;
 mod auth;
+mod daemonsets;
+mod deletion;
 mod discovery;
 mod events;
 mod http;
@@ -122,6 +131,26 @@ impl ApiServer {
                 };
             }));
         }
+        // The controllers kube-controller-manager runs beside a real API server: those that
+        // finish deletions (`deletion`) and the DaemonSet controller (`daemonsets`).
+        // Their passes depend on nothing but the store: once a pass changes nothing, none runs
+        // again until something else does.
+        let background = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut settled = 0;
+            loop {
+                tokio::time::sleep(deletion::PASS).await;
+                let mut store = background.lock().unwrap();
+                let before = store.resource_version();
+                if before != settled {
+                    store.collect();
+                    store.run_daemonsets();
+                    if store.resource_version() == before {
+                        settled = before;
+                    }
+                }
+            }
+        }));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         Ok(ApiServer { addr, scheme, tasks })
     }

@@ -1,6 +1,6 @@
 //! The object store behind the test API server: JSON objects by (resource, namespace, name),
 //! one resourceVersion counter, an event log for watches, and Kubernetes' write rules
-//! (optimistic concurrency, generation, status subresource, finalizers, owner garbage collection).
+//! (optimistic concurrency, generation, status subresource, finalizers). Deleting is `deletion`.
 
 use std::collections::BTreeMap;
 
@@ -60,13 +60,10 @@ pub struct Event {
     pub object: Value,
 }
 
-type Key = (&'static str, String, String);
-
-/// The finalizer of an object deleted with `propagationPolicy: Foreground`.
-const FOREGROUND: &str = "foregroundDeletion";
+pub(super) type Key = (&'static str, String, String);
 
 pub struct Store {
-    objects: BTreeMap<Key, Value>,
+    pub(super) objects: BTreeMap<Key, Value>,
     rv: u64,
     pub log: Vec<Event>,
     pub events: broadcast::Sender<Event>,
@@ -75,7 +72,7 @@ pub struct Store {
     uid: u64,
 }
 
-fn meta(obj: &Value) -> &Value {
+pub(super) fn meta(obj: &Value) -> &Value {
     &obj["metadata"]
 }
 
@@ -97,7 +94,7 @@ fn secret_string_data(r: &Resource, obj: &mut Value) {
     }
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -143,7 +140,7 @@ impl Store {
             .contains_key(&("core/namespaces", String::new(), ns.to_string()))
     }
 
-    fn namespace_terminating(&self, ns: &str) -> bool {
+    pub(super) fn namespace_terminating(&self, ns: &str) -> bool {
         self.objects
             .get(&("core/namespaces", String::new(), ns.to_string()))
             .is_some_and(|n| meta(n).get("deletionTimestamp").is_some())
@@ -153,7 +150,7 @@ impl Store {
         self.rv
     }
 
-    fn record(&mut self, kind: &'static str, r: &Resource, object: Value) {
+    pub(super) fn record(&mut self, kind: &'static str, r: &Resource, object: Value) {
         let ev = Event {
             rv: self.rv,
             kind,
@@ -164,7 +161,7 @@ impl Store {
         let _ = self.events.send(ev);
     }
 
-    fn bump(&mut self, obj: &mut Value) {
+    pub(super) fn bump(&mut self, obj: &mut Value) {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
     }
@@ -319,154 +316,18 @@ impl Store {
         if new == old {
             return Ok(old); // a no-op write changes no resourceVersion and sends no event
         }
-        // A deleted object whose last finalizer goes away is gone.
+        // A deleted object whose last finalizer goes away is gone (a pod once its kubelet has
+        // also let it go: `deletion`).
         let finalizers_left = meta(&new)["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-        if meta(&new).get("deletionTimestamp").is_some() && !finalizers_left {
+        if meta(&new).get("deletionTimestamp").is_some() && !finalizers_left && !super::deletion::graceful(r, &new) {
             self.bump(&mut new);
             self.objects.remove(&key);
             self.record("DELETED", r, new.clone());
-            self.collect_garbage();
             return Ok(new);
         }
         self.bump(&mut new);
         self.objects.insert(key, new.clone());
         self.record("MODIFIED", r, new.clone());
         Ok(new)
-    }
-
-    /// Deletes an object: at once without finalizers, else marks it for deletion. With
-    /// `foreground`, an object with dependents is marked (finalizer `foregroundDeletion`) and goes
-    /// once they are gone. A namespace is marked Terminating, everything in it is deleted, and it
-    /// goes once the last of its objects' finalizers is done (the namespace controller's order:
-    /// none; here, the store's key order).
-    pub fn delete(&mut self, r: &Resource, ns: &str, name: &str, foreground: bool) -> ApiResult<Value> {
-        let mut obj = self.get(r, ns, name)?;
-        if r.key() == "core/namespaces" {
-            if meta(&obj).get("deletionTimestamp").is_none() {
-                obj["metadata"]["deletionTimestamp"] = json!(now());
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-                obj["status"]["phase"] = json!("Terminating");
-                self.bump(&mut obj);
-                self.objects.insert((r.key(), ns.into(), name.into()), obj.clone());
-                self.record("MODIFIED", r, obj.clone());
-            }
-            let inside: Vec<Key> = self.objects.keys().filter(|(_, n, _)| n == name).cloned().collect();
-            for (res, n, object) in inside {
-                let r = super::resources::by_key(res).expect("stored resources are known");
-                let _ = self.delete(r, &n, &object, false);
-            }
-            self.collect_garbage();
-            return Ok(self.get(r, ns, name).unwrap_or(obj));
-        }
-        let uid = meta(&obj)["uid"].as_str().unwrap_or_default().to_string();
-        let mut finalizers: Vec<Value> = meta(&obj)["finalizers"].as_array().cloned().unwrap_or_default();
-        if foreground && !self.dependents(&uid).is_empty() && !finalizers.contains(&json!(FOREGROUND)) {
-            finalizers.push(json!(FOREGROUND));
-            obj["metadata"]["finalizers"] = json!(finalizers);
-        }
-        if !finalizers.is_empty() {
-            if meta(&obj).get("deletionTimestamp").is_none() || foreground {
-                obj["metadata"]["deletionTimestamp"] = json!(now());
-                self.bump(&mut obj);
-                self.objects.insert((r.key(), ns.into(), name.into()), obj.clone());
-                self.record("MODIFIED", r, obj.clone());
-            }
-            if foreground {
-                for (res, n, dependent) in self.dependents(&uid) {
-                    let r = super::resources::by_key(res).expect("stored resources are known");
-                    let _ = self.delete(r, &n, &dependent, true);
-                }
-                self.collect_garbage();
-            }
-            return Ok(self.get(r, ns, name).unwrap_or(obj));
-        }
-        self.bump(&mut obj);
-        self.objects.remove(&(r.key(), ns.into(), name.into()));
-        self.record("DELETED", r, obj.clone());
-        self.collect_garbage();
-        Ok(obj)
-    }
-
-    /// The objects with an ownerReference to `uid`.
-    fn dependents(&self, uid: &str) -> Vec<Key> {
-        self.objects
-            .iter()
-            .filter(|(_, o)| {
-                meta(o)["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-
-    /// What Kubernetes' controllers finish in the background: an object deleted in the
-    /// foreground goes once its dependents are gone; a Terminating namespace goes once empty.
-    fn settle(&mut self) -> bool {
-        let waiting = self.objects.iter().find(|(_, o)| {
-            let m = meta(o);
-            m["finalizers"]
-                .as_array()
-                .is_some_and(|f| f.contains(&json!(FOREGROUND)))
-                && self.dependents(m["uid"].as_str().unwrap_or_default()).is_empty()
-        });
-        if let Some((key, o)) = waiting.map(|(k, o)| (k.clone(), o.clone())) {
-            let r = super::resources::by_key(key.0).expect("stored resources are known");
-            let mut o = o;
-            let left: Vec<Value> = meta(&o)["finalizers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|f| **f != json!(FOREGROUND))
-                .cloned()
-                .collect();
-            o["metadata"]["finalizers"] = json!(left);
-            let _ = self.replace(r, &key.1, o, false);
-            return true;
-        }
-        let empty = self.objects.iter().find(|((res, _, name), o)| {
-            *res == "core/namespaces"
-                && meta(o).get("deletionTimestamp").is_some()
-                && !self.objects.keys().any(|(_, n, _)| n == name)
-        });
-        if let Some((key, o)) = empty.map(|(k, o)| (k.clone(), o.clone())) {
-            let r = super::resources::by_key(key.0).expect("stored resources are known");
-            let mut o = o;
-            self.bump(&mut o);
-            self.objects.remove(&key);
-            self.record("DELETED", r, o);
-            return true;
-        }
-        false
-    }
-
-    /// Deletes (in the background, as Kubernetes' garbage collector does) every object whose
-    /// owners are all gone.
-    fn collect_garbage(&mut self) {
-        loop {
-            let uids: std::collections::BTreeSet<String> = self
-                .objects
-                .values()
-                .filter_map(|o| meta(o)["uid"].as_str().map(String::from))
-                .collect();
-            let orphan = self.objects.iter().find(|(_, o)| {
-                let owners = meta(o)["ownerReferences"].as_array();
-                owners.is_some_and(|refs| {
-                    !refs.is_empty()
-                        && refs
-                            .iter()
-                            .all(|r| !uids.contains(r["uid"].as_str().unwrap_or_default()))
-                        && meta(o).get("deletionTimestamp").is_none()
-                })
-            });
-            let Some(((res, ns, name), _)) = orphan.map(|(k, v)| (k.clone(), v.clone())) else {
-                if self.settle() {
-                    continue;
-                }
-                return;
-            };
-            let r = super::resources::by_key(res).expect("stored resources are known");
-            let _ = self.delete(r, &ns, &name, false);
-        }
     }
 }

@@ -10,7 +10,7 @@ use super::resources::Resource;
 use super::store::{ApiError, ApiResult};
 
 /// The openAPIV3Schema of each custom resource, built once: every write is checked against it.
-pub(super) fn schema_of(r: &Resource) -> Option<&'static Value> {
+pub fn schema_of(r: &Resource) -> Option<&'static Value> {
     static SCHEMAS: std::sync::OnceLock<Vec<(String, Value)>> = std::sync::OnceLock::new();
     let schemas = SCHEMAS.get_or_init(|| {
         runc_etcd_api::crds()

@@ -1,7 +1,8 @@
 //! The lab's control plane (ARCHITECTURE.md §7, tier 3): a Kubernetes API (the in-process test
 //! server, or a real cluster named by `RUNC_ETCD_TEST_KUBECONFIG`), a Node object per lab host,
-//! operator processes in the lab's LAN, and a stand-in kubelet that plays each agent DaemonSet's
-//! pods by running `runc-etcd agent` as a systemd service inside every matching host.
+//! operator processes in the lab's LAN, and a stand-in kubelet (`kubelet`) that runs the pods
+//! bound to the lab's Nodes (the agent DaemonSets' pods, made by the API server's DaemonSet
+//! controller) as `runc-etcd agent` systemd services inside the hosts.
 //!
 //! The operator and the agents run as the chart makes them: with their ServiceAccounts' tokens
 //! (TokenRequest, as a kubelet gets them) and the chart's RBAC, installed by `chart`; on the
@@ -12,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{AuthInfo, Kubeconfig};
@@ -23,15 +22,14 @@ use serde_json::json;
 use super::{Lab, LabHost, chart, external, netns};
 use crate::apiserver::{Access, ApiServer};
 use runc_etcd_api::objects::delete_if_present;
-use runc_etcd_api::scheduling::placeable;
 
 /// Where hosts find the API server; its user is the token at `SA_DIR`.
-const HOST_KUBECONFIG: &str = "/etc/runc-etcd-lab/kubeconfig";
+pub(super) const HOST_KUBECONFIG: &str = "/etc/runc-etcd-lab/kubeconfig";
 /// Where a pod finds its ServiceAccount's token (`token`, `namespace`).
-const SA_DIR: &str = "/run/secrets/kubernetes.io/serviceaccount";
+pub(super) const SA_DIR: &str = "/run/secrets/kubernetes.io/serviceaccount";
 /// Where the stand-in kubelet keeps each agent unit's token on its host, bound at `SA_DIR` in
 /// the unit's own mount namespace.
-const PODS_DIR: &str = "/run/runc-etcd-lab/pods";
+pub(super) const PODS_DIR: &str = "/run/runc-etcd-lab/pods";
 /// The operator's ServiceAccount, as the chart names it.
 const OPERATOR_SA: &str = "runc-etcd-operator";
 /// The env var naming a real cluster to run the control-plane tests against.
@@ -79,7 +77,7 @@ fn with_token_file(kc: &Kubeconfig, token_file: &str) -> Kubeconfig {
 }
 
 /// A ServiceAccount's token, from the TokenRequest API.
-async fn token_of(client: &kube::Client, namespace: &str, name: &str) -> crate::Result<String> {
+pub(super) async fn token_of(client: &kube::Client, namespace: &str, name: &str) -> crate::Result<String> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))
         .expect("a valid TokenRequest");
@@ -89,7 +87,7 @@ async fn token_of(client: &kube::Client, namespace: &str, name: &str) -> crate::
     Ok(answer.status.map(|s| s.token).unwrap_or_default())
 }
 
-fn io(what: &str) -> impl FnOnce(std::io::Error) -> crate::Error + '_ {
+pub(super) fn io(what: &str) -> impl FnOnce(std::io::Error) -> crate::Error + '_ {
     move |e| crate::Error::transient(what, e)
 }
 
@@ -170,7 +168,7 @@ impl ControlPlane {
         for h in &lab.hosts {
             cp.register_node(h, &BTreeMap::new()).await?;
         }
-        let kubelet = Kubelet {
+        let kubelet = super::kubelet::Kubelet {
             client: cp.client.clone(),
             hosts: lab.hosts.clone(),
             node_names: lab.hosts.iter().map(|h| cp.node_name(h)).collect(),
@@ -415,262 +413,5 @@ async fn install_crds(client: &kube::Client) -> crate::Result<()> {
         api.patch(&name, &PatchParams::apply("runc-etcd-lab").force(), &Patch::Apply(&crd))
             .await?;
     }
-    Ok(())
-}
-
-/// Plays the pods of agent DaemonSets: for each DaemonSet and each Node it selects, a
-/// `runc-etcd agent` service runs in that host with the pod's arguments.
-struct Kubelet {
-    client: kube::Client,
-    hosts: Vec<LabHost>,
-    node_names: Vec<String>,
-    /// ServiceAccount tokens by (namespace, name).
-    tokens: BTreeMap<(String, String), String>,
-}
-
-fn unit_for(ds: &DaemonSet) -> String {
-    format!(
-        "runc-etcd-agent-{}-{}",
-        ds.metadata.namespace.as_deref().unwrap_or("default"),
-        ds.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-impl Kubelet {
-    async fn run(mut self) {
-        let mut running: BTreeMap<(String, usize), Pod> = BTreeMap::new();
-        let mut tick = 0u32;
-        loop {
-            if let Err(e) = self.sync(&mut running, tick.is_multiple_of(20)).await {
-                tracing::debug!("lab kubelet: {e}");
-            }
-            tick += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// The token of a pod's ServiceAccount; an error (as the DaemonSet controller gets one) if
-    /// the account does not exist.
-    async fn token(&mut self, namespace: &str, account: &str) -> crate::Result<String> {
-        let key = (namespace.to_string(), account.to_string());
-        if let Some(t) = self.tokens.get(&key) {
-            return Ok(t.clone());
-        }
-        let t = token_of(&self.client, namespace, account).await?;
-        self.tokens.insert(key, t.clone());
-        Ok(t)
-    }
-
-    async fn sync(&mut self, running: &mut BTreeMap<(String, usize), Pod>, recheck: bool) -> crate::Result<()> {
-        let sets = Api::<DaemonSet>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
-        let nodes = Api::<Node>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
-        if recheck {
-            self.heartbeat(&nodes).await?;
-        }
-        let namespaces = Api::<Namespace>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
-        let classes: Vec<String> = Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter_map(|c| c.metadata.name)
-            .collect();
-        let mut want: BTreeMap<(String, usize), Pod> = BTreeMap::new();
-        for ds in &sets {
-            let Some(pod) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
-                continue;
-            };
-            let namespace = ds.metadata.namespace.clone().unwrap_or_default();
-            let labels = namespaces
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(&namespace))
-                .and_then(|n| n.metadata.labels.clone())
-                .unwrap_or_default();
-            // Admission refuses the DaemonSet controller's new pods (Pod Security by the
-            // namespace's label; Priority, for a class that does not exist); the pods already
-            // running keep running.
-            let mut refusal = refused_by_pod_security(&labels, &pod)
-                .map(|level| format!("namespace {namespace} enforces Pod Security {level}"));
-            if let Some(class) = &pod.priority_class_name
-                && !classes.contains(class)
-            {
-                refusal = Some(format!("no PriorityClass with name {class} was found"));
-            }
-            if let Some(why) = refusal {
-                tracing::debug!("lab kubelet: {why}: no new pods for {}", unit_for(ds));
-                for (key, pod) in running.iter().filter(|(k, _)| k.0 == unit_for(ds)) {
-                    want.insert(key.clone(), pod.clone());
-                }
-                continue;
-            }
-            let account = pod.service_account_name.clone().unwrap_or_else(|| "default".into());
-            let token = match self.token(&namespace, &account).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!("lab kubelet: no pods for {}: {e}", unit_for(ds));
-                    continue;
-                }
-            };
-            let selector = pod.node_selector.clone().unwrap_or_default();
-            let tolerations = pod.tolerations.clone().unwrap_or_default();
-            for (i, name) in self.node_names.iter().enumerate() {
-                let Some(node) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name)) else {
-                    continue;
-                };
-                if !placeable(&selector, &tolerations, node) {
-                    continue;
-                }
-                let args = pod.containers[0].args.clone().unwrap_or_default();
-                let args = args.iter().map(|a| a.replace("$(NODE_NAME)", name)).collect();
-                let pod = Pod {
-                    args,
-                    namespace: namespace.clone(),
-                    token: token.clone(),
-                };
-                want.insert((unit_for(ds), i), pod);
-            }
-        }
-        for (key, pod) in &want {
-            if running.get(key) != Some(pod) || recheck {
-                let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
-                let pod = pod.clone();
-                let node = self.node_names[key.1].clone();
-                tokio::task::spawn_blocking(move || start_agent(&h, &unit, &node, &pod))
-                    .await
-                    .expect("agent start does not panic")?;
-                running.insert(key.clone(), want[key].clone());
-            }
-        }
-        let gone: Vec<_> = running.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
-        for key in gone {
-            let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
-            tokio::task::spawn_blocking(move || h.exec(&["systemctl", "stop", &unit]))
-                .await
-                .expect("agent stop does not panic")
-                .map_err(|e| crate::Error::transient("stopping an agent", e))?;
-            running.remove(&key);
-        }
-        Ok(())
-    }
-
-    /// Renews the node Lease of every running host, as its kubelet would: a real cluster's node
-    /// lifecycle controller marks a Node whose Lease lapses (40 s) not Ready and taints it.
-    async fn heartbeat(&self, nodes: &[Node]) -> crate::Result<()> {
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-        for (h, name) in self.hosts.iter().zip(&self.node_names) {
-            let Some(node) = nodes.iter().find(|n| n.metadata.name.as_ref() == Some(name)) else {
-                continue;
-            };
-            if h.pid().is_none() {
-                continue; // powered off: its Lease lapses
-            }
-            let lease = json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
-                    "name": name, "uid": node.metadata.uid}]},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
-                    "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
-            });
-            leases
-                .patch(
-                    name,
-                    &PatchParams::apply("runc-etcd-lab").force(),
-                    &Patch::Apply(&lease),
-                )
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// The Pod Security level that refuses `pod` in a namespace with `labels`, if one does: baseline
-/// and restricted refuse privileged containers, the host's network and PIDs, and host paths
-/// (Pod Security Standards); without the label, the cluster's default admits it (privileged).
-fn refused_by_pod_security(
-    labels: &BTreeMap<String, String>,
-    pod: &k8s_openapi::api::core::v1::PodSpec,
-) -> Option<String> {
-    let level = labels.get("pod-security.kubernetes.io/enforce")?;
-    if level != "baseline" && level != "restricted" {
-        return None;
-    }
-    let privileged = pod
-        .containers
-        .iter()
-        .any(|c| c.security_context.as_ref().and_then(|s| s.privileged) == Some(true));
-    let host = pod.host_network == Some(true)
-        || pod.host_pid == Some(true)
-        || pod.volumes.iter().flatten().any(|v| v.host_path.is_some());
-    (privileged || host).then(|| level.clone())
-}
-
-/// What the stand-in kubelet runs for a pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pod {
-    args: Vec<String>,
-    namespace: String,
-    token: String,
-}
-
-fn start_agent(h: &LabHost, unit: &str, node: &str, pod: &Pod) -> crate::Result<()> {
-    if h.pid().is_none() {
-        return Err(crate::Error::transient(
-            "starting an agent",
-            format!("host {} is off", h.name()),
-        ));
-    }
-    let active = h
-        .exec(&["systemctl", "is-active", "--quiet", unit])
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if active {
-        return Ok(());
-    }
-    let _ = h.exec(&["systemctl", "reset-failed", unit]);
-    // The pod's token, at the standard path in the unit's own mount namespace.
-    let account = format!("{PODS_DIR}/{unit}/serviceaccount");
-    std::fs::create_dir_all(h.path(&account)).map_err(io("the pod's token folder"))?;
-    std::fs::create_dir_all(h.path(SA_DIR)).map_err(io("the token mount point"))?;
-    runc_etcd_host::write_atomic(&h.path(&format!("{account}/token")), pod.token.as_bytes(), 0o600)?;
-    runc_etcd_host::write_atomic(
-        &h.path(&format!("{account}/namespace")),
-        pod.namespace.as_bytes(),
-        0o644,
-    )?;
-    let mut cmd: Vec<String> = [
-        "systemd-run",
-        "--unit",
-        unit,
-        "-p",
-        "Restart=always",
-        "-p",
-        "RestartSec=1",
-        "-p",
-        &format!("BindReadOnlyPaths={account}:{SA_DIR}"),
-    ]
-    .map(String::from)
-    .to_vec();
-    for env in [
-        format!("KUBECONFIG={HOST_KUBECONFIG}"),
-        format!("NODE_NAME={node}"),
-        format!("RUNC_ETCD_INSECURE_REGISTRIES={}", h.insecure_registries),
-        "RUNC_ETCD_LOG=runc_etcd=debug,info".into(),
-    ] {
-        cmd.push(format!("--setenv={env}"));
-    }
-    cmd.push("/opt/lab/bin/runc-etcd".into());
-    cmd.extend(pod.args.iter().cloned());
-    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    h.check(&refs)
-        .map_err(|e| crate::Error::transient("starting an agent", e))?;
     Ok(())
 }

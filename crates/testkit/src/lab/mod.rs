@@ -10,6 +10,7 @@ pub mod control;
 pub mod external;
 mod host;
 pub mod images;
+mod kubelet;
 mod net;
 pub mod netns;
 pub mod registry;
