@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the lab and the tests need on a fresh Debian 12 machine (run as root):
-# build tools (protoc for etcd-client), runc, a real OCI registry, skopeo, dbus and iproute2 for the
+# build tools (protoc for etcd-client), buildah and mmdebstrap (the image, built from the
+# Dockerfile without a Docker engine), runc, a real OCI registry, skopeo, dbus and iproute2 for the
 # simulated hosts, iptables (network faults between them), faketime (an operator whose clock is off), strace (state files flushed to disk, in order), Debian's python3 (a port squatter in the tests; hosts do not see /root/.pyenv),
 # s3s-fs (an S3-compatible server, from crates.io), helm-python-sdk (PyPI), and Debian's etcd 3.4.23 (bookworm), 3.5.16 (trixie), 3.5.30 (sid) extracted
 # side by side under $RUNC_ETCD_LAB_CACHE/etcd/<version>/ (nothing from trixie/sid is installed:
@@ -11,11 +12,13 @@ SUITES=${SUITES:-bookworm trixie sid}
 
 if ! [ -f /usr/include/google/protobuf/descriptor.proto ] || ! command -v protoc >/dev/null || ! command -v runc >/dev/null || ! command -v docker-registry >/dev/null \
    || ! command -v skopeo >/dev/null || ! command -v dbus-daemon >/dev/null || ! command -v ip >/dev/null || ! command -v iptables >/dev/null || ! command -v faketime >/dev/null || ! command -v strace >/dev/null || ! command -v openssl >/dev/null \
+   || ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v strip >/dev/null \
    || ! [ -x /usr/bin/python3 ]; then
   apt-get update -q >/dev/null
   # --no-upgrade: the simulated hosts boot on an overlay of this machine's / and must not see it change
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade \
-    protobuf-compiler libprotobuf-dev runc docker-registry skopeo dbus iproute2 iptables faketime strace openssl util-linux procps systemd ca-certificates python3 >/dev/null
+    protobuf-compiler libprotobuf-dev runc docker-registry skopeo dbus iproute2 iptables faketime strace openssl util-linux procps systemd ca-certificates python3 \
+    buildah mmdebstrap binutils >/dev/null
 fi
 
 A=$CACHE/apt

@@ -1,7 +1,8 @@
-//! The Dockerfile cannot be built here (no Docker engine); what it copies and runs is checked:
-//! its sources exist, the binary it builds is the one it copies and has the subcommands the chart
-//! and the DaemonSets run, the runc it installs is where the agent looks for it, and the runtime
-//! user is not root.
+//! The Dockerfile: what its build stage copies exists and builds the binary it ships, which has
+//! the subcommands the chart and the DaemonSets run; the runc it installs is where the agent
+//! looks for it; the runtime user is not root. And the image itself, built from it without a
+//! Docker engine (`scripts/build-image.sh`: buildah on a Debian base from mmdebstrap, with the
+//! Rust stage's output supplied from this build), carries what the pods use and runs there.
 
 use std::process::Command;
 
@@ -111,5 +112,44 @@ fn the_shipped_binary_has_the_subcommands_the_chart_and_daemonsets_run() {
         "--log-json",
     ] {
         assert!(help.contains(flag), "operator {flag}");
+    }
+}
+
+/// The image built from the Dockerfile (`scripts/build-image.sh`) carries what the pods use:
+/// the binary (and it runs on the image's own libraries), runc where the agent installs it from,
+/// systemctl, CA certificates; it runs as the non-root user with the binary as its entrypoint.
+#[test]
+fn the_image_built_from_the_dockerfile_carries_what_the_pods_use() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let rootfs = out.path().join("rootfs");
+    let built = Command::new("bash")
+        .arg(root.join("scripts/build-image.sh"))
+        .args([env!("CARGO_BIN_EXE_runc-etcd"), "localhost/runc-etcd:test"])
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("rootfs.inspect.json")).unwrap()).unwrap();
+    let config = &inspect["OCIv1"]["config"];
+    assert_eq!(config["User"], "65532:65532");
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/usr/local/bin/runc-etcd"]));
+    let certs = std::fs::metadata(rootfs.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(certs.len() > 10_000, "CA certificates");
+    // Each runs inside the image's root, on the image's own libraries.
+    let image_runc = runc_etcd_api::contract::IMAGE_RUNC;
+    for args in [
+        &["/usr/local/bin/runc-etcd", "agent", "--help"][..],
+        &[image_runc, "--version"],
+        &["/usr/bin/systemctl", "--version"],
+    ] {
+        let ran = Command::new("chroot").arg(&rootfs).args(args).output().unwrap();
+        assert!(
+            ran.status.success(),
+            "{args:?} in the image: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
     }
 }

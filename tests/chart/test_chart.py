@@ -114,6 +114,12 @@ class ChartTest(unittest.TestCase):
                         ("Role", "runc-etcd-agent", ns),
                         ("RoleBinding", "runc-etcd-agent", ns),
                     }
+                priority = values.get("agent", {}).get("priorityClassName", "system-node-critical")
+                if priority in ("system-node-critical", "system-cluster-critical"):
+                    expected.add(("ResourceQuota", "runc-etcd-agent-critical-pods", "runc-etcd"))
+                    quota = next(d for d in docs if d["kind"] == "ResourceQuota")
+                    scope = quota["spec"]["scopeSelector"]["matchExpressions"]
+                    self.assertEqual(scope, [{"scopeName": "PriorityClass", "operator": "In", "values": [priority]}])
                 self.assertEqual(kinds, expected)
                 # No Role or ClusterRole grants anything beyond the lists above.
                 for d in docs:
@@ -138,7 +144,6 @@ class ChartTest(unittest.TestCase):
                 agent_image = values.get("agent", {}).get("image") or want
                 self.assertIn(f"--agent-image={agent_image}", c["args"])
                 self.assertIn(f"--agent-service-account={agent_sa}", c["args"])
-                priority = values.get("agent", {}).get("priorityClassName", "system-node-critical")
                 self.assertIn(f"--agent-priority-class={priority}", c["args"])
                 self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
                 # Every binding's subject is a service account of the release namespace.
@@ -146,6 +151,12 @@ class ChartTest(unittest.TestCase):
                     if d["kind"] in ("RoleBinding", "ClusterRoleBinding"):
                         for subject in d["subjects"]:
                             self.assertEqual(subject["namespace"], "runc-etcd", d["metadata"]["name"])
+
+    def test_no_priority_quota_in_kube_system_or_when_turned_off(self):
+        for values, namespace in [({}, "kube-system"), ({"agent": {"criticalPriorityQuota": {"enabled": False}}}, "ops")]:
+            out = helm_python.Chart.load(CHART).render(values, name="rel", namespace=namespace)
+            docs = [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+            self.assertFalse([d for d in docs if d["kind"] == "ResourceQuota"], (values, namespace))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,15 @@ pub static RESOURCES: &[Resource] = &[
         false,
     ),
     res(
+        "core/resourcequotas",
+        "",
+        "v1",
+        "resourcequotas",
+        "ResourceQuota",
+        true,
+        true,
+    ),
+    res(
         "scheduling.k8s.io/priorityclasses",
         "scheduling.k8s.io",
         "v1",

@@ -23,6 +23,7 @@ print(json.dumps([d for text in out.values() for d in yaml.safe_load_all(text) i
 /// unit test checks).
 const INSTALLED: &[(&str, &str, bool)] = &[
     ("ServiceAccount", "serviceaccounts", true),
+    ("ResourceQuota", "resourcequotas", true),
     ("Role", "roles", true),
     ("RoleBinding", "rolebindings", true),
     ("ClusterRole", "clusterroles", false),
@@ -67,7 +68,7 @@ fn render(release: &str, namespace: &str, values: &Value) -> crate::Result<Vec<V
 
 fn api(client: &kube::Client, kind: &str, namespace: Option<&str>) -> Option<Api<DynamicObject>> {
     let (_, plural, namespaced) = INSTALLED.iter().find(|(k, ..)| *k == kind)?;
-    let group = if kind == "ServiceAccount" {
+    let group = if kind == "ServiceAccount" || kind == "ResourceQuota" {
         ""
     } else {
         "rbac.authorization.k8s.io"

@@ -242,9 +242,13 @@ impl ControlPlane {
         } else {
             ("False", "NodeStatusUnknown")
         };
+        // Room for pods: a real cluster's scheduler binds the DaemonSet controller's pods only to
+        // a Node with allocatable pods, cpu and memory.
+        let room = json!({"cpu": "2", "memory": "4Gi", "pods": "110"});
         let status = json!({"status": {
             "addresses": [{"type": "InternalIP", "address": h.ip().to_string()}, {"type": "Hostname", "address": name}],
             "conditions": [{"type": "Ready", "status": status, "reason": reason, "message": "a simulated host"}],
+            "capacity": room, "allocatable": room,
         }});
         nodes
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
