@@ -71,7 +71,15 @@ impl Ctx {
         }
     }
 
+    /// Merges `status` into the cluster's status, unless that changes nothing in the status
+    /// this pass started from: a settled cluster costs the API server no writes.
     pub(super) async fn patch_status(&self, c: &EtcdCluster, status: serde_json::Value) -> Result<()> {
+        let now = serde_json::to_value(&c.status).unwrap_or_default();
+        let mut merged = now.clone();
+        json_patch::merge(&mut merged, &status);
+        if merged == now && !now.is_null() {
+            return Ok(());
+        }
         let api: Api<EtcdCluster> = self.api(c);
         api.patch_status(
             &c.name(),
@@ -80,5 +88,62 @@ impl Ctx {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// The annotation that holds a fingerprint of what the operator last applied to a child.
+const APPLIED: &str = "runc-etcd.io/applied";
+
+/// Server-side applies `desired` (the operator's child of a cluster) unless the live object
+/// has it already: the same fingerprint as last applied (so a field the operator stopped
+/// setting is still removed by an apply) and every field it sets equal (so a hand edit of one
+/// is put back; what the API server defaults is no difference). At rest a pass reads, and
+/// writes nothing.
+pub async fn apply_changed<K>(api: &Api<K>, name: &str, desired: &K) -> Result<()>
+where
+    K: Resource + serde::Serialize + serde::de::DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let mut want = serde_json::to_value(desired).expect("a Kubernetes object serializes");
+    let fingerprint = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(want.to_string().as_bytes())[..12])
+    };
+    if let Some(live) = api.get_opt(name).await? {
+        let live = serde_json::to_value(&live).expect("a Kubernetes object serializes");
+        if live["metadata"]["annotations"][APPLIED] == fingerprint.as_str() && contains(&live, &want) {
+            return Ok(());
+        }
+    }
+    want["metadata"]["annotations"][APPLIED] = json!(fingerprint);
+    api.patch(name, &apply(), &Patch::Apply(&want)).await?;
+    Ok(())
+}
+
+/// Whether `live` holds everything `want` sets: maps key by key, lists item by item.
+fn contains(live: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| v.is_null() || l.get(k).is_some_and(|lv| contains(lv, v))),
+        (Value::Array(l), Value::Array(w)) => l.len() == w.len() && l.iter().zip(w).all(|(l, w)| contains(l, w)),
+        (l, w) => l == w,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_the_server_adds_are_no_difference_and_an_edit_is() {
+        let want = json!({"spec": {"ports": [{"port": 2379, "protocol": "TCP"}], "selector": null}});
+        let defaulted = json!({"spec": {"ports": [{"port": 2379, "protocol": "TCP", "targetPort": 2379}],
+            "clusterIP": "10.0.0.1", "sessionAffinity": "None"}});
+        assert!(contains(&defaulted, &want));
+        let edited = json!({"spec": {"ports": [{"port": 2380, "protocol": "TCP"}]}});
+        assert!(!contains(&edited, &want));
+        let more = json!({"spec": {"ports": [{"port": 2379, "protocol": "TCP"}, {"port": 1, "protocol": "TCP"}]}});
+        assert!(!contains(&more, &want), "an item added by hand is a difference");
     }
 }

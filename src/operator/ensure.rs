@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::operator::context::{Ctx, apply, selector};
+use crate::operator::context::{Ctx, apply, apply_changed, selector};
 use crate::operator::observe::View;
 use crate::operator::{certs, children};
 use runc_etcd_api::contract::{
@@ -65,19 +65,10 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         return Ok(Ensured::Again);
     }
     let ds: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.agent.namespace);
-    ds.patch(
-        &children::agent_daemonset_name(c),
-        &apply(),
-        &Patch::Apply(&children::agent_daemonset(c, &ctx.agent)),
-    )
-    .await?;
+    let agents = children::agent_daemonset(c, &ctx.agent);
+    apply_changed(&ds, &children::agent_daemonset_name(c), &agents).await?;
     let svc: Api<Service> = ctx.api(c);
-    svc.patch(
-        &c.client_service(),
-        &apply(),
-        &Patch::Apply(&children::client_service(c)),
-    )
-    .await?;
+    apply_changed(&svc, &c.client_service(), &children::client_service(c)).await?;
     if let Some(keyring) = &keyring {
         certs::members(c, ctx, keyring).await?;
         certs::apps(c, ctx, keyring).await?;

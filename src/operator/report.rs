@@ -2,11 +2,11 @@
 //! `status::build`), the client Service's endpoints, the metrics and the Events.
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch};
+use kube::api::Api;
 
 use crate::error::Result;
 use crate::operator::children;
-use crate::operator::context::{Ctx, apply};
+use crate::operator::context::{Ctx, apply_changed};
 use crate::operator::decide::Note;
 use crate::operator::ensure::Problem;
 use crate::operator::observe::View;
@@ -99,13 +99,8 @@ async fn endpoints(c: &EtcdCluster, ctx: &Ctx, view: &View) -> Result<()> {
         .map(|o| (o.spec.ip.clone(), o.spec.node_name.clone(), healthy(o)))
         .collect();
     let slices: Api<EndpointSlice> = ctx.api(c);
-    slices
-        .patch(
-            &c.client_service(),
-            &apply(),
-            &Patch::Apply(&children::client_endpoints(c, &members)),
-        )
-        .await?;
+    let slice = children::client_endpoints(c, &members);
+    apply_changed(&slices, &c.client_service(), &slice).await?;
     Ok(())
 }
 

@@ -277,6 +277,39 @@ impl Plane {
     }
 
     /// Reasons of the Events about the cluster.
+    /// The writes the operator and the agents (their ServiceAccounts) make over `secs`, as the
+    /// API server counts them, heartbeats left out (the agents' and the leader's Leases are
+    /// renewed by design, as a kubelet's are). None against a server this process does not run.
+    pub fn writes_over(&self, secs: u64) -> Option<Vec<(String, u64)>> {
+        let server = self.cp.server.as_ref()?;
+        let before = server.requests();
+        std::thread::sleep(Duration::from_secs(secs));
+        let after = server.requests();
+        let writes = after
+            .into_iter()
+            .filter(|(c, _)| {
+                c.writes() && c.user.starts_with("system:serviceaccount:") && c.resource != "coordination.k8s.io/leases"
+            })
+            .filter_map(|(c, n)| {
+                let was = before.get(&c).copied().unwrap_or(0);
+                (n > was).then(|| (format!("{} {} {}", c.user, c.verb, c.resource), n - was))
+            })
+            .collect();
+        Some(writes)
+    }
+
+    /// The writes over `secs` once the lab is at rest: first a 10-second window without any
+    /// (a minute at most), so that what finishes the last change (a database still growing
+    /// after the last write, reported once) is not taken for churn.
+    pub fn writes_at_rest(&self, secs: u64) -> Option<Vec<(String, u64)>> {
+        for _ in 0..6 {
+            if self.writes_over(10)?.is_empty() {
+                break;
+            }
+        }
+        self.writes_over(secs)
+    }
+
     pub fn event_reasons(&self, cluster: &str) -> Vec<String> {
         self.events(cluster).into_iter().map(|(reason, _)| reason).collect()
     }

@@ -175,8 +175,26 @@ pub async fn handle(
         },
         name: route.name.as_deref().or_else(|| pinned_name(&q)),
     };
-    if let Err(e) = rbac::authorize(&store.lock().unwrap(), &user, &req) {
-        return error(e);
+    {
+        let mut s = store.lock().unwrap();
+        if let Err(e) = rbac::authorize(&s, &user, &req) {
+            return error(e);
+        }
+        let counted = super::Counted {
+            user: user.name.clone(),
+            verb: verb.clone(),
+            resource: format!(
+                "{}/{}{}",
+                asked.group,
+                asked.plural,
+                route
+                    .subresource
+                    .as_deref()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default()
+            ),
+        };
+        *s.requests.entry(counted).or_default() += 1;
     }
     let result = match (&method, route.name.as_deref()) {
         (&Method::POST, None) if asked.group == "authorization.k8s.io" => {

@@ -66,6 +66,23 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     scheme: &'static str,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    store: Arc<Mutex<store::Store>>,
+}
+
+/// A request as the server counts it: who (user name), the verb, and the resource
+/// (`group/plural`, with `/subresource`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Counted {
+    pub user: String,
+    pub verb: String,
+    pub resource: String,
+}
+
+impl Counted {
+    /// Whether the request changes something.
+    pub fn writes(&self) -> bool {
+        !matches!(self.verb.as_str(), "get" | "list" | "watch")
+    }
 }
 
 /// Serving as a real cluster does (the standalone server, `runc-etcd-lab apiserver`): HTTPS with
@@ -152,7 +169,18 @@ impl ApiServer {
             }
         }));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
-        Ok(ApiServer { addr, scheme, tasks })
+        Ok(ApiServer {
+            addr,
+            scheme,
+            tasks,
+            store,
+        })
+    }
+
+    /// Every resource request served so far, counted (the server's own count, as the
+    /// apiserver_request_total metric keeps it).
+    pub fn requests(&self) -> std::collections::BTreeMap<Counted, u64> {
+        self.store.lock().unwrap().requests.clone()
     }
 
     pub fn url(&self) -> String {

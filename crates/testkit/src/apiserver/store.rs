@@ -69,6 +69,8 @@ pub struct Store {
     pub events: broadcast::Sender<Event>,
     /// The bearer tokens the server knows (`auth`).
     pub tokens: super::auth::Tokens,
+    /// Resource requests served, by user, verb and resource (`ApiServer::requests`).
+    pub requests: BTreeMap<super::Counted, u64>,
     uid: u64,
 }
 
@@ -107,6 +109,7 @@ impl Store {
             log: Vec::new(),
             events: broadcast::channel(4096).0,
             tokens: Default::default(),
+            requests: BTreeMap::new(),
             uid: 0,
         };
         let namespaces = super::resources::by_key("core/namespaces").expect("namespaces are served");
