@@ -287,6 +287,10 @@ fn a_new_leader_finishes_the_rebuild_its_predecessor_died_in() {
     drop(s3);
 }
 
+/// Where an agent marks a failpoint fired: a folder its pod mounts from the host (the agent
+/// runs in the image's root, which the test does not see).
+const FIRED_DIR: &str = "/run/lock/runc-etcd";
+
 /// Arms failpoint `point` in the agents of `hosts` (systemd's environment for the units it
 /// starts, then the agents restarted): each dies there once, and systemd starts it again.
 fn arm_agents(hosts: &[&LabHost], point: &str) {
@@ -295,7 +299,7 @@ fn arm_agents(hosts: &[&LabHost], point: &str) {
             "systemctl",
             "set-environment",
             &format!("RUNC_ETCD_FAILPOINT={point}"),
-            &format!("RUNC_ETCD_FAILPOINT_ONCE=/var/tmp/failpoint-{point}"),
+            &format!("RUNC_ETCD_FAILPOINT_ONCE={FIRED_DIR}/failpoint-{point}"),
         ])
         .unwrap();
         h.check(&["systemctl", "restart", "runc-etcd-agent-*"]).unwrap();
@@ -303,7 +307,7 @@ fn arm_agents(hosts: &[&LabHost], point: &str) {
 }
 
 fn fired(h: &LabHost, point: &str) -> bool {
-    h.path(&format!("/var/tmp/failpoint-{point}")).exists()
+    h.path(&format!("{FIRED_DIR}/failpoint-{point}")).exists()
 }
 
 /// An agent dies after writing a new member's files but before starting it; agents die after

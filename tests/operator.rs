@@ -958,7 +958,11 @@ fn fragmented_and_full_databases_are_recovered() {
         [last.to_string(), (last + 1).to_string()].contains(&back),
         "the last acknowledged value ({last}) survived: got {back}"
     );
-    assert!(p.event_count("main", "RecoverSpaceSucceeded") >= 1);
+    // The Event comes with the pass's report, just after the alarm is disarmed (and writes are
+    // taken again): a moment later than the writer may look.
+    eventually("a RecoverSpaceSucceeded event", 30, || {
+        p.event_count("main", "RecoverSpaceSucceeded") >= 1
+    });
     p.wait("main", "healthy again", 60, |c| {
         available_with(c, 3) && condition(c, "Degraded") == Some("False")
     });

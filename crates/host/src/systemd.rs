@@ -69,6 +69,10 @@ fn has_exited_etcd(pid: u32) -> bool {
 async fn systemctl(args: &[&str]) -> Result<String> {
     let out = Command::new("systemctl")
         .args(args)
+        // In the agent's pod (the image's root, the host's PIDs) systemctl sees a root other than
+        // PID 1's, takes itself to be in a chroot and ignores every command, answering nothing
+        // and succeeding: the host's systemd is the one meant (its socket is mounted).
+        .env("SYSTEMD_IGNORE_CHROOT", "1")
         .output()
         .await
         .map_err(|e| Error::Command {

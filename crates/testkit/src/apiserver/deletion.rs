@@ -188,15 +188,18 @@ impl Store {
         }
     }
 
+    /// The objects being deleted that `finalizer` holds, with their uids.
+    fn held_by(&self, finalizer: &str) -> Vec<(Key, String)> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| finalizers(o).contains(&json!(finalizer)) && meta(o).get("deletionTimestamp").is_some())
+            .map(|(k, o)| (k.clone(), meta(o)["uid"].as_str().unwrap_or_default().to_string()))
+            .collect()
+    }
+
     /// Owners deleted with `orphan`: their dependents keep running without them.
     fn orphan_dependents(&mut self) {
-        let orphaning: Vec<(Key, String)> = self
-            .objects
-            .iter()
-            .filter(|(_, o)| finalizers(o).contains(&json!(ORPHAN)) && meta(o).get("deletionTimestamp").is_some())
-            .map(|(k, o)| (k.clone(), meta(o)["uid"].as_str().unwrap_or_default().to_string()))
-            .collect();
-        for (owner, uid) in orphaning {
+        for (owner, uid) in self.held_by(ORPHAN) {
             for (key, _) in self.dependents(&uid) {
                 let Some(mut o) = self.objects.get(&key).cloned() else {
                     continue;
@@ -218,13 +221,7 @@ impl Store {
     /// Owners deleted in the foreground: every dependent is deleted (in the foreground itself
     /// when it has dependents), and the owner goes once no blocking one is left.
     fn delete_in_foreground(&mut self) {
-        let waiting: Vec<(Key, String)> = self
-            .objects
-            .iter()
-            .filter(|(_, o)| finalizers(o).contains(&json!(FOREGROUND)) && meta(o).get("deletionTimestamp").is_some())
-            .map(|(k, o)| (k.clone(), meta(o)["uid"].as_str().unwrap_or_default().to_string()))
-            .collect();
-        for (owner, uid) in waiting {
+        for (owner, uid) in self.held_by(FOREGROUND) {
             let dependents = self.dependents(&uid);
             for (key, _) in &dependents {
                 if self.deleting(key) {

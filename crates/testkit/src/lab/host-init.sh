@@ -2,9 +2,9 @@
 # PID 1 of a simulated host's fresh pid+mount+uts+ipc+cgroup namespaces (already inside its netns).
 # Builds the host's root — an overlay of this machine's / with the host's own "disk" as upper
 # layer, fresh /proc /sys /dev /run /tmp and cgroup mounts — pivots into it and execs systemd.
-# usage: host-init.sh HOST_DIR BIN_DIR OCI_DIR
+# usage: host-init.sh HOST_DIR BIN_DIR OCI_DIR [IMAGE_ROOT]
 set -euo pipefail
-HD=$1; BIN=$2; OCI=$3
+HD=$1; BIN=$2; OCI=$3; IMG=${4:-}
 M=$HD/merged
 mount --make-rprivate /
 mount -t overlay overlay -o lowerdir=/,upperdir=$HD/upper,workdir=$HD/work $M
@@ -44,6 +44,8 @@ for d in /work /mnt /root /var/tmp/runc-etcd-lab; do [ -d $M$d ] && mount -t tmp
 mkdir -p $M/opt/lab/bin $M/opt/lab/oci
 mount --bind $BIN $M/opt/lab/bin; mount -o remount,ro,bind $M/opt/lab/bin
 [ -d "$OCI" ] && { mount --bind $OCI $M/opt/lab/oci; mount -o remount,ro,bind $M/opt/lab/oci; }
+# the image the pods run from (the kubelet stand-in mounts an overlay of it per pod)
+[ -n "$IMG" ] && [ -d "$IMG" ] && { mkdir -p $M/opt/lab/image; mount --bind $IMG $M/opt/lab/image; mount -o remount,ro,bind $M/opt/lab/image; }
 cd $M; mkdir -p .oldroot; pivot_root . .oldroot; cd /
 umount -l /.oldroot; rmdir /.oldroot
 exec env -i container=lxc TERM=dumb /lib/systemd/systemd --system --show-status=no

@@ -21,6 +21,8 @@ pub struct LabHost {
     pub bin_dir: PathBuf,
     /// The local OCI image layout, bound read-only at /opt/lab/oci.
     pub oci_dir: PathBuf,
+    /// The pods' image root (`pod_image`), bound read-only at /opt/lab/image.
+    pub image_dir: PathBuf,
     /// Registries the host CLI may reach over plain HTTP.
     pub insecure_registries: String,
 }
@@ -110,12 +112,13 @@ impl LabHost {
             join.push_str(&format!("echo $$ > {}/cgroup.procs; ", d.display()));
         }
         let launcher = format!(
-            "{join} exec nsenter --net=/run/netns/{ns} -- unshare --pid --fork --kill-child --mount --uts --ipc --cgroup -- bash {init} {dir} {bin} {oci}",
+            "{join} exec nsenter --net=/run/netns/{ns} -- unshare --pid --fork --kill-child --mount --uts --ipc --cgroup -- bash {init} {dir} {bin} {oci} {image}",
             ns = self.ns(),
             init = init.display(),
             dir = self.dir.display(),
             bin = self.bin_dir.display(),
             oci = self.oci_dir.display(),
+            image = self.image_dir.display(),
         );
         let log = std::fs::File::create(self.dir.join("unshare.log")).map_err(io_err("creating unshare.log"))?;
         let child = Command::new("bash")

@@ -1,9 +1,20 @@
 //! The stand-in kubelet of the lab's hosts: it runs the pods bound to their Nodes (made by the
-//! DaemonSet controller: the API server's, or a real cluster's) as `runc-etcd agent` services
-//! inside the hosts, with the pod's arguments and its ServiceAccount's token at the standard
-//! path. A pod being deleted is stopped, then let go (deleted again with a grace period of 0),
-//! as a kubelet does; on a powered-off host it stays Terminating until its Node goes. It also
-//! renews each running host's node Lease.
+//! DaemonSet controller: the API server's, or a real cluster's) as systemd services inside the
+//! hosts, each as a container runtime would run it:
+//! - its root is the image's root file system (`pod_image`: the image built from the
+//!   Dockerfile), under a writable overlay of its own;
+//! - it sees only the volumes its pod declares (hostPath) at their mount paths, and its
+//!   ServiceAccount's token at the standard path;
+//! - it runs the image's entrypoint with the container's arguments, `$(VAR)` expanded from its
+//!   env, fieldRefs resolved (`spec.nodeName`, `metadata.name`, `metadata.namespace`,
+//!   `status.hostIP`), as the securityContext's user (else the image's);
+//! - on the host's network and PID namespace (every lab pod is hostNetwork and hostPID).
+//!
+//! Three things a real node provides otherwise come from the lab: the API server's address, as a
+//! kubeconfig beside the token (no kube-proxy routes the `kubernetes` Service here), the lab
+//! registry as an insecure one, and debug logging. A pod being deleted is stopped, then let go
+//! (deleted again with a grace period of 0), as a kubelet does; on a powered-off host it stays
+//! Terminating until its Node goes. It also renews each running host's node Lease.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +26,7 @@ use serde_json::json;
 
 use super::LabHost;
 use super::control::{HOST_KUBECONFIG, PODS_DIR, SA_DIR, io, token_of};
+use super::pod_image::IMAGE_ROOT;
 
 pub struct Kubelet {
     pub client: kube::Client,
@@ -45,9 +57,73 @@ fn unit_for(pod: &Pod) -> String {
 /// What the kubelet runs for a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Agent {
+    /// The container's arguments, expanded.
     args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// hostPath volumes: (path on the host, mount path, read-only).
+    mounts: Vec<(String, String, bool)>,
+    /// The hostPaths of type DirectoryOrCreate.
+    create: Vec<String>,
+    user: Option<i64>,
     namespace: String,
     token: String,
+}
+
+/// What a pod's container runs with: its env (fieldRefs resolved), arguments (`$(VAR)`
+/// expanded), hostPath mounts and user. An env source or volume this stand-in cannot provide
+/// is an error, as a kubelet's `CreateContainerConfigError`.
+/// (arguments, env, hostPath mounts, the DirectoryOrCreate paths, user)
+type Container = (
+    Vec<String>,
+    Vec<(String, String)>,
+    Vec<(String, String, bool)>,
+    Vec<String>,
+    Option<i64>,
+);
+
+fn container(pod: &Pod, node: &str, host_ip: &str) -> Result<Container, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let c = spec.containers.first().ok_or("a pod without containers")?;
+    let mut env = Vec::new();
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, e.value_from.as_ref().and_then(|f| f.field_ref.as_ref())) {
+            (Some(v), _) => v.clone(),
+            (None, Some(field)) => match field.field_path.as_str() {
+                "spec.nodeName" => node.to_string(),
+                "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+                "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+                "status.hostIP" | "status.podIP" => host_ip.to_string(),
+                other => return Err(format!("env {}: fieldRef {other} is not provided here", e.name)),
+            },
+            (None, None) if e.value_from.is_none() => String::new(),
+            (None, None) => return Err(format!("env {}: only values and fieldRefs are provided here", e.name)),
+        };
+        env.push((e.name.clone(), value));
+    }
+    let expand = |arg: &String| {
+        env.iter()
+            .fold(arg.clone(), |a, (k, v)| a.replace(&format!("$({k})"), v))
+    };
+    let args = c.args.iter().flatten().map(expand).collect();
+    let (mut mounts, mut create) = (Vec::new(), Vec::new());
+    for m in c.volume_mounts.iter().flatten() {
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| format!("volumeMount {}: no such volume", m.name))?;
+        let path = volume
+            .host_path
+            .as_ref()
+            .ok_or_else(|| format!("volume {}: only hostPath volumes are provided here", m.name))?;
+        mounts.push((path.path.clone(), m.mount_path.clone(), m.read_only == Some(true)));
+        if path.type_.as_deref() == Some("DirectoryOrCreate") {
+            create.push(path.path.clone());
+        }
+    }
+    let user = c.security_context.as_ref().and_then(|s| s.run_as_user);
+    Ok((args, env, mounts, create, user))
 }
 
 impl Kubelet {
@@ -107,15 +183,29 @@ impl Kubelet {
                     continue;
                 }
             };
-            let args = spec.containers[0].args.clone().unwrap_or_default();
-            let args = args.iter().map(|a| a.replace("$(NODE_NAME)", &node)).collect();
-            want.insert((unit_for(&pod), i), Agent { args, namespace, token });
+            let (args, env, mounts, create, user) = match container(&pod, &node, &self.hosts[i].ip().to_string()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("lab kubelet: cannot run {}: {e}", unit_for(&pod));
+                    continue;
+                }
+            };
+            let agent = Agent {
+                args,
+                env,
+                mounts,
+                create,
+                user,
+                namespace,
+                token,
+            };
+            want.insert((unit_for(&pod), i), agent);
         }
         for (key, agent) in &want {
             if running.get(key) != Some(agent) || recheck {
                 let (unit, h) = (key.0.clone(), self.hosts[key.1].clone());
-                let (agent, node) = (agent.clone(), self.node_names[key.1].clone());
-                let started = tokio::task::spawn_blocking(move || start_agent(&h, &unit, &node, &agent))
+                let agent = agent.clone();
+                let started = tokio::task::spawn_blocking(move || start_agent(&h, &unit, &agent))
                     .await
                     .expect("agent start does not panic");
                 match started {
@@ -191,7 +281,7 @@ impl Kubelet {
     }
 }
 
-fn start_agent(h: &LabHost, unit: &str, node: &str, agent: &Agent) -> crate::Result<()> {
+fn start_agent(h: &LabHost, unit: &str, agent: &Agent) -> crate::Result<()> {
     if h.pid().is_none() {
         return Err(crate::Error::transient(
             "starting an agent",
@@ -206,38 +296,72 @@ fn start_agent(h: &LabHost, unit: &str, node: &str, agent: &Agent) -> crate::Res
         return Ok(());
     }
     let _ = h.exec(&["systemctl", "reset-failed", unit]);
-    // The pod's token, at the standard path in the unit's own mount namespace.
-    let account = format!("{PODS_DIR}/{unit}/serviceaccount");
+    let pod = format!("{PODS_DIR}/{unit}");
+    // The pod's token, and (the lab's addition) the API server's address beside it.
+    let account = format!("{pod}/serviceaccount");
     std::fs::create_dir_all(h.path(&account)).map_err(io("the pod's token folder"))?;
-    std::fs::create_dir_all(h.path(SA_DIR)).map_err(io("the token mount point"))?;
     runc_etcd_host::write_atomic(&h.path(&format!("{account}/token")), agent.token.as_bytes(), 0o600)?;
     runc_etcd_host::write_atomic(
         &h.path(&format!("{account}/namespace")),
         agent.namespace.as_bytes(),
         0o644,
     )?;
-    let mut cmd: Vec<String> = [
-        "systemd-run",
-        "--unit",
-        unit,
-        "-p",
-        "Restart=always",
-        "-p",
-        "RestartSec=1",
-        "-p",
-        &format!("BindReadOnlyPaths={account}:{SA_DIR}"),
-    ]
-    .map(String::from)
-    .to_vec();
-    for env in [
-        format!("KUBECONFIG={HOST_KUBECONFIG}"),
-        format!("NODE_NAME={node}"),
-        format!("RUNC_ETCD_INSECURE_REGISTRIES={}", h.insecure_registries),
-        "RUNC_ETCD_LOG=runc_etcd=debug,info".into(),
-    ] {
-        cmd.push(format!("--setenv={env}"));
+    let kubeconfig = std::fs::read(h.path(HOST_KUBECONFIG)).map_err(io("the lab's kubeconfig"))?;
+    runc_etcd_host::write_atomic(&h.path(&format!("{account}/kubeconfig")), &kubeconfig, 0o600)?;
+    // Its root: the image's, under a writable overlay of its own (where mount points are made).
+    let root = format!("{pod}/root");
+    let mounted = h
+        .exec(&["mountpoint", "-q", &root])
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        for d in ["upper", "work", "root"] {
+            std::fs::create_dir_all(h.path(&format!("{pod}/{d}"))).map_err(io("the pod's root folders"))?;
+        }
+        let options = format!("lowerdir={IMAGE_ROOT},upperdir={pod}/upper,workdir={pod}/work");
+        h.check(&["mount", "-t", "overlay", "overlay", "-o", &options, &root])
+            .map_err(|e| crate::Error::transient("mounting a pod's root", e))?;
     }
-    cmd.push("/opt/lab/bin/runc-etcd".into());
+    // Mount points, made in the pod's root as a container runtime makes them; a hostPath of
+    // type DirectoryOrCreate made on the host as a kubelet makes it.
+    for (path, at, _) in &agent.mounts {
+        if agent.create.contains(path) {
+            std::fs::create_dir_all(h.path(path)).map_err(io("a hostPath folder"))?;
+        }
+        std::fs::create_dir_all(h.path(&format!("{root}{at}"))).map_err(io("a mount point"))?;
+    }
+    std::fs::create_dir_all(h.path(&format!("{root}{SA_DIR}"))).map_err(io("the token mount point"))?;
+    let mut props = vec![
+        format!("RootDirectory={root}"),
+        "MountAPIVFS=yes".into(),
+        "Restart=always".into(),
+        "RestartSec=1".into(),
+        format!("BindReadOnlyPaths={account}:{SA_DIR}"),
+    ];
+    for (path, at, read_only) in &agent.mounts {
+        let bind = if *read_only { "BindReadOnlyPaths" } else { "BindPaths" };
+        props.push(format!("{bind}={path}:{at}"));
+    }
+    let user = agent
+        .user
+        .or_else(|| super::pod_image::image_user(&h.image_dir).map(i64::from));
+    if let Some(user) = user {
+        props.push(format!("User={user}"));
+    }
+    let mut cmd: Vec<String> = vec!["systemd-run".into(), "--unit".into(), unit.into()];
+    for p in props {
+        cmd.extend(["-p".into(), p]);
+    }
+    let lab_env = [
+        ("KUBECONFIG".to_string(), format!("{SA_DIR}/kubeconfig")),
+        ("RUNC_ETCD_INSECURE_REGISTRIES".into(), h.insecure_registries.clone()),
+        ("RUNC_ETCD_LOG".into(), "runc_etcd=debug,info".into()),
+    ];
+    for (k, v) in agent.env.iter().chain(&lab_env) {
+        cmd.push(format!("--setenv={k}={v}"));
+    }
+    // The image's entrypoint, with the container's arguments.
+    cmd.push("/usr/local/bin/runc-etcd".into());
     cmd.extend(agent.args.iter().cloned());
     let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
     h.check(&refs)

@@ -13,6 +13,7 @@ pub mod images;
 mod kubelet;
 mod net;
 pub mod netns;
+pub mod pod_image;
 pub mod registry;
 mod sh;
 
@@ -75,6 +76,7 @@ impl Lab {
     /// `bin_dir` holds the runc-etcd binary the hosts run.
     pub fn up(hosts: u8, bin_dir: &Path) -> LabResult<Lab> {
         let (layout, versions) = image_layout()?;
+        let image = pod_image::root_for(&bin_dir.join("runc-etcd"))?;
         let root = Path::new(LAB_ROOT);
         std::fs::create_dir_all(root).map_err(host::io_err("creating the lab root"))?;
         // A lab kept by `runc-etcd-lab up` has a `kept` marker: leave it alone until `down`.
@@ -105,18 +107,19 @@ impl Lab {
             keep: false,
         };
         for n in 1..=hosts {
-            lab.add_host(n, bin_dir, &layout)?;
+            lab.add_host(n, bin_dir, &layout, &image)?;
         }
         Ok(lab)
     }
 
-    fn add_host(&mut self, n: u8, bin_dir: &Path, layout: &Path) -> LabResult<()> {
+    fn add_host(&mut self, n: u8, bin_dir: &Path, layout: &Path, image: &Path) -> LabResult<()> {
         let host = LabHost {
             n,
             net: self.net,
             dir: self.dir.join("hosts").join(format!("h{n}")),
             bin_dir: bin_dir.to_path_buf(),
             oci_dir: layout.to_path_buf(),
+            image_dir: image.to_path_buf(),
             insecure_registries: self.registry_address(),
         };
         host.boot(false)?;
@@ -229,6 +232,7 @@ pub fn kept_hosts(id: u8) -> Vec<LabHost> {
             dir: dir.join(format!("h{n}")),
             bin_dir: PathBuf::new(),
             oci_dir: PathBuf::new(),
+            image_dir: PathBuf::new(),
             insecure_registries: format!("{}:{}", Net { lab: id }.gateway(), registry::PORT),
         })
         .filter(|h| h.pid().is_some())
@@ -245,6 +249,7 @@ pub fn cleanup_stale(id: u8, dir: &Path) {
             dir: dir.join("hosts").join(format!("h{n}")),
             bin_dir: PathBuf::new(),
             oci_dir: PathBuf::new(),
+            image_dir: PathBuf::new(),
             insecure_registries: String::new(),
         };
         if h.dir.exists() {
