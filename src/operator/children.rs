@@ -68,7 +68,9 @@ fn meta(c: &EtcdCluster, name: String) -> ObjectMeta {
 
 /// The agent DaemonSet: one privileged pod per eligible node (the cluster's node selector and
 /// tolerations), talking to the host's systemd.
-pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
+/// `restore_dir`: the host folder of the backup a new seed restores from, when it is another
+/// than the cluster's own (a cluster restored from another's host-folder backup).
+pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage, restore_dir: Option<&std::path::Path>) -> DaemonSet {
     let mut host_paths: Vec<(String, String)> = AGENT_HOST_PATHS
         .iter()
         .map(|(n, p)| (n.to_string(), p.to_string()))
@@ -82,8 +84,17 @@ pub fn agent_daemonset(c: &EtcdCluster, agent: &AgentImage) -> DaemonSet {
         .and_then(|b| b.host_path.as_ref())
         .and_then(|h| crate::backup::check_host_path(&h.path).ok());
     // The default lies in the state folder, mounted already.
-    if let Some(dir) = backup_dir.filter(|d| d != std::path::Path::new(DEFAULT_BACKUP_DIR)) {
+    if let Some(dir) = backup_dir
+        .as_deref()
+        .filter(|d| *d != std::path::Path::new(DEFAULT_BACKUP_DIR))
+    {
         host_paths.push(("backups".into(), dir.display().to_string()));
+    }
+    // The agents run in a pod that sees only these folders: a restore reads its snapshot there.
+    if let Some(dir) =
+        restore_dir.filter(|d| *d != std::path::Path::new(DEFAULT_BACKUP_DIR) && Some(*d) != backup_dir.as_deref())
+    {
+        host_paths.push(("restore".into(), dir.display().to_string()));
     }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "runc-etcd-agent".to_string()),
@@ -436,7 +447,7 @@ mod tests {
             priority_class: Some("etcd-agents".into()),
             namespace: "runc-etcd-system".into(),
         };
-        let ds = agent_daemonset(&c, &agent);
+        let ds = agent_daemonset(&c, &agent, None);
         let pod = ds.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.priority_class_name.as_deref(), Some("etcd-agents"));
         assert_eq!(pod.node_selector.unwrap()["etcd"], "yes");

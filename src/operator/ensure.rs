@@ -65,7 +65,8 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
         return Ok(Ensured::Again);
     }
     let ds: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.agent.namespace);
-    let agents = children::agent_daemonset(c, &ctx.agent);
+    let restore = restore_dir(c, ctx).await?;
+    let agents = children::agent_daemonset(c, &ctx.agent, restore.as_deref());
     apply_changed(&ds, &children::agent_daemonset_name(c), &agents).await?;
     let svc: Api<Service> = ctx.api(c);
     apply_changed(&svc, &c.client_service(), &children::client_service(c)).await?;
@@ -75,6 +76,20 @@ pub async fn objects(c: &EtcdCluster, ctx: &Ctx) -> Result<Ensured> {
     }
     restore_members(c, ctx).await?;
     Ok(Ensured::Ready(access, keyring))
+}
+
+/// The host folder of the backup a new seed would restore from, if it is one in a host folder
+/// (checked as a spec's is).
+async fn restore_dir(c: &EtcdCluster, ctx: &Ctx) -> Result<Option<std::path::PathBuf>> {
+    let Some(name) = crate::operator::disaster::restore_source(c) else {
+        return Ok(None);
+    };
+    let backups: Api<runc_etcd_api::EtcdBackup> = ctx.api(c);
+    let Some(b) = backups.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    let dir = b.status.and_then(|s| s.destination).and_then(|d| d.host_path);
+    Ok(dir.and_then(|h| crate::backup::check_host_path(&h.path).ok()))
 }
 
 /// The agents may read exactly the Secrets they need (`children::agent_role`): each member's
